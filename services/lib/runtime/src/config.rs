@@ -1,0 +1,188 @@
+//! Runtime configuration. Services build it from their own config file and `CORRAL_*` overrides;
+//! `kafka` entries pass through to librdkafka (TLS, SASL, tuning).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::RuntimeError;
+
+/// A state store the processor uses. Its changelog topic is `{topic_prefix}{application_id}.{name}-changelog`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSpec {
+    pub name: String,
+}
+
+/// A crash injected at a point of the commit protocol, for recovery tests only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultPoint {
+    /// Abort the process after the changelog and offsets were sent, before `commit_transaction`.
+    BeforeCommit,
+    /// Abort the process after `commit_transaction` succeeded, before the overlay reached RocksDB.
+    AfterCommit,
+}
+
+/// Crash at `point` on the `nth` commit that carried records (1-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    pub point: FaultPoint,
+    pub nth: u64,
+}
+
+impl std::str::FromStr for Fault {
+    type Err = RuntimeError;
+    /// `before_commit@3` or `after_commit@3`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            RuntimeError::Config(format!(
+                "fault `{s}` is not `before_commit@N` or `after_commit@N`"
+            ))
+        };
+        let (point, nth) = s.split_once('@').ok_or_else(bad)?;
+        let point = match point {
+            "before_commit" => FaultPoint::BeforeCommit,
+            "after_commit" => FaultPoint::AfterCommit,
+            _ => return Err(bad()),
+        };
+        let nth = nth.parse().map_err(|_| bad())?;
+        Ok(Fault { point, nth })
+    }
+}
+
+/// Everything a stream runtime needs.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// The service name: consumer group id, transactional id prefix and changelog topic prefix.
+    pub application_id: String,
+    /// A stable identity of this instance (the StatefulSet ordinal or pod name), never random:
+    /// it makes `transactional.id` and `group.instance.id` survive restarts, so a restarted instance
+    /// fences its predecessor at once and gets its partitions back without a rebalance.
+    pub instance_id: String,
+    pub bootstrap_servers: String,
+    /// Prefix of every topic name (default `corral.`).
+    pub topic_prefix: String,
+    /// Full input topic names. Inputs are co-partitioned: partition N of each forms one task.
+    pub input_topics: Vec<String>,
+    /// Full name of the dead-letter topic.
+    pub dlq_topic: String,
+    pub stores: Vec<StoreSpec>,
+    /// Where RocksDB stores live; one folder per instance and thread below it.
+    pub state_dir: PathBuf,
+    /// How often the transaction commits (Kafka Streams' EOS default: 100 ms).
+    pub commit_interval: Duration,
+    pub transaction_timeout: Duration,
+    /// Commit early when the open transaction's state writes exceed this many bytes.
+    pub max_uncommitted_bytes: usize,
+    /// Passed through to librdkafka (both clients).
+    pub kafka: BTreeMap<String, String>,
+    /// Admin endpoint address (`/metrics`, `/healthz`, `/readyz`); `None` serves none.
+    pub admin_addr: Option<SocketAddr>,
+    /// Test-only crash injection (`CORRAL_FAULT`).
+    pub fault: Option<Fault>,
+    /// Consumer group session timeout; a killed static member is replaced after this long.
+    pub session_timeout: Duration,
+}
+
+impl RuntimeConfig {
+    /// A config with the defaults of `DESIGN.md`; callers set topics and stores.
+    pub fn new(application_id: &str, instance_id: &str, bootstrap_servers: &str) -> Self {
+        Self {
+            application_id: application_id.to_string(),
+            instance_id: instance_id.to_string(),
+            bootstrap_servers: bootstrap_servers.to_string(),
+            topic_prefix: "corral.".to_string(),
+            input_topics: Vec::new(),
+            dlq_topic: "corral.events.dlq".to_string(),
+            stores: Vec::new(),
+            state_dir: PathBuf::from("state"),
+            commit_interval: Duration::from_millis(100),
+            transaction_timeout: Duration::from_secs(10),
+            max_uncommitted_bytes: 64 * 1024 * 1024,
+            kafka: BTreeMap::new(),
+            admin_addr: None,
+            fault: None,
+            session_timeout: Duration::from_secs(10),
+        }
+    }
+
+    pub fn changelog_topic(&self, store: &str) -> String {
+        format!(
+            "{}{}.{}-changelog",
+            self.topic_prefix, self.application_id, store
+        )
+    }
+
+    pub fn transactional_id(&self, thread: usize) -> String {
+        format!("{}-{}-{}", self.application_id, self.instance_id, thread)
+    }
+
+    /// Checks the invariants of `shared/reference/architecture.md` §3.2 at startup.
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        let fail = |m: String| Err(RuntimeError::Config(m));
+        if self.application_id.is_empty() || self.instance_id.is_empty() {
+            return fail("application_id and instance_id must not be empty".into());
+        }
+        if self.input_topics.is_empty() {
+            return fail("at least one input topic is required".into());
+        }
+        if self.commit_interval >= self.transaction_timeout {
+            return fail(format!(
+                "commit interval ({:?}) must be shorter than the transaction timeout ({:?})",
+                self.commit_interval, self.transaction_timeout
+            ));
+        }
+        for reserved in [
+            "transactional.id",
+            "group.id",
+            "group.instance.id",
+            "isolation.level",
+            "enable.auto.commit",
+        ] {
+            if self.kafka.contains_key(reserved) {
+                return fail(format!(
+                    "kafka.{reserved} is set by the runtime for exactly-once processing; remove it"
+                ));
+            }
+        }
+        let mut names: Vec<_> = self.stores.iter().map(|s| s.name.as_str()).collect();
+        names.sort_unstable();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            return fail("store names must be unique".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invariants_are_checked() {
+        let mut c = RuntimeConfig::new("counter", "0", "127.0.0.1:9092");
+        assert!(c.validate().is_err(), "no inputs");
+        c.input_topics.push("in".into());
+        c.validate().unwrap();
+        c.commit_interval = Duration::from_secs(20);
+        assert!(c.validate().is_err());
+        c.commit_interval = Duration::from_millis(100);
+        c.kafka.insert("transactional.id".into(), "x".into());
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn names_are_stable() {
+        let c = RuntimeConfig::new("identity", "2", "b");
+        assert_eq!(c.transactional_id(0), "identity-2-0");
+        assert_eq!(c.changelog_topic("graph"), "corral.identity.graph-changelog");
+        assert_eq!(
+            "after_commit@3".parse::<Fault>().unwrap(),
+            Fault { point: FaultPoint::AfterCommit, nth: 3 }
+        );
+        assert!("sometime".parse::<Fault>().is_err());
+    }
+}

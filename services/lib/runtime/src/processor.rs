@@ -1,0 +1,142 @@
+//! What a service writes: a [`Processor`] that turns one input record into state writes and outputs
+//! through a [`ProcessContext`]. Everything else (transactions, offsets, stores, restore,
+//! rebalances, dead letters) is the runtime's.
+
+use crate::store::{StateStore, StoreError};
+
+/// One input record, borrowed from the consumer.
+#[derive(Debug, Clone, Copy)]
+pub struct InputRecord<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    /// The record's Kafka timestamp in milliseconds, when it has one.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// A record to produce inside the transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    /// Explicit partition; `None` lets the murmur2 partitioner choose by key (as Java clients do).
+    pub partition: Option<i32>,
+}
+
+/// Why a record could not be processed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The record itself is unusable: it goes to the dead-letter topic with `reason` (a short,
+    /// bounded, machine-readable code such as `decode`) and `message`, and processing continues.
+    #[error("bad input ({reason}): {message}")]
+    BadInput {
+        reason: &'static str,
+        message: String,
+    },
+    /// A state store failed: the transaction aborts and the thread stops.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A bug or broken invariant: the transaction aborts and the thread stops.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl ProcessError {
+    pub fn bad_input(reason: &'static str, message: impl Into<String>) -> Self {
+        ProcessError::BadInput {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// The service's transform.
+pub trait Processor: Send {
+    /// Processes one record. Writes and outputs take effect only if this returns `Ok`; on
+    /// `BadInput` they are dropped and the record goes to the dead-letter topic.
+    fn process(
+        &mut self,
+        ctx: &mut ProcessContext<'_>,
+        record: &InputRecord<'_>,
+    ) -> Result<(), ProcessError>;
+}
+
+impl<F> Processor for F
+where
+    F: FnMut(&mut ProcessContext<'_>, &InputRecord<'_>) -> Result<(), ProcessError> + Send,
+{
+    fn process(
+        &mut self,
+        ctx: &mut ProcessContext<'_>,
+        record: &InputRecord<'_>,
+    ) -> Result<(), ProcessError> {
+        self(ctx, record)
+    }
+}
+
+/// A pending write of the record being processed: (store index, key, value or delete).
+pub(crate) type PendingWrite = (usize, Vec<u8>, Option<Vec<u8>>);
+
+/// Access to the task's stores and the transaction's outputs while one record is processed.
+pub struct ProcessContext<'a> {
+    pub(crate) partition: i32,
+    pub(crate) stores: &'a [StateStore],
+    pub(crate) writes: &'a mut Vec<PendingWrite>,
+    pub(crate) outputs: &'a mut Vec<Output>,
+}
+
+impl<'a> ProcessContext<'a> {
+    /// The task (input partition number) this record belongs to.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// Index of a store by name, in the order the config declares them.
+    pub fn store_index(&self, name: &str) -> Option<usize> {
+        self.stores.iter().position(|s| s.name() == name)
+    }
+
+    /// Reads a key of this task's partition, seeing this record's own earlier writes.
+    pub fn get(&self, store: usize, key: &[u8]) -> Result<Option<Vec<u8>>, ProcessError> {
+        // Latest write of this record wins; the list is tiny, so a reverse scan beats a map.
+        if let Some((_, _, v)) = self
+            .writes
+            .iter()
+            .rev()
+            .find(|(s, k, _)| *s == store && k.as_slice() == key)
+        {
+            return Ok(v.clone());
+        }
+        let s = self
+            .stores
+            .get(store)
+            .ok_or_else(|| ProcessError::Fatal(format!("no store with index {store}")))?;
+        Ok(s.get(self.partition, key)?)
+    }
+
+    pub fn put(&mut self, store: usize, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.push((store, key, Some(value)));
+    }
+
+    pub fn delete(&mut self, store: usize, key: Vec<u8>) {
+        self.writes.push((store, key, None));
+    }
+
+    /// Produces a record inside the transaction, partitioned by key.
+    pub fn emit(&mut self, topic: &str, key: Option<Vec<u8>>, value: Option<Vec<u8>>) {
+        self.outputs.push(Output {
+            topic: topic.to_string(),
+            key,
+            value,
+            partition: None,
+        });
+    }
+
+    /// Produces a record to an explicit partition inside the transaction.
+    pub fn emit_to(&mut self, output: Output) {
+        self.outputs.push(output);
+    }
+}

@@ -1,0 +1,310 @@
+//! Partition-scoped key-value state stores: RocksDB holding only committed data, an in-memory
+//! overlay holding the open transaction's writes, and a compacted changelog topic as the source of
+//! truth.
+//!
+//! Layout in RocksDB (one DB per store, one column family, WAL off):
+//! `[partition u32 BE][0x01][user key]` → value, and `[partition u32 BE][0x00]` → the next changelog
+//! offset to restore from (i64 BE). Data and offset live in the same column family and are written in
+//! one `WriteBatch`, so every flush is atomic and the DB is always a consistent, possibly stale,
+//! prefix of the changelog. Restore replays the changelog from the stored offset; re-applying an
+//! upsert or tombstone is idempotent, so a stale offset only costs time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use rocksdb::{WriteBatch, WriteOptions, DB};
+
+/// Errors from a state store. RocksDB failures are not recoverable by retrying the record.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("RocksDB error in store `{store}` at {path}: {source} (check disk space and permissions of the state directory)")]
+    Rocks {
+        store: String,
+        path: PathBuf,
+        source: rocksdb::Error,
+    },
+    #[error("store `{store}` partition {partition}: stored changelog offset is corrupt ({len} bytes); delete the state directory to force a full restore")]
+    CorruptOffset {
+        store: String,
+        partition: i32,
+        len: usize,
+    },
+}
+
+const TAG_OFFSET: u8 = 0x00;
+const TAG_DATA: u8 = 0x01;
+
+fn partition_prefix(partition: i32) -> [u8; 4] {
+    // Partitions are never negative; the cast keeps byte order sortable.
+    (partition as u32).to_be_bytes()
+}
+
+fn data_key(partition: i32, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + key.len());
+    k.extend_from_slice(&partition_prefix(partition));
+    k.push(TAG_DATA);
+    k.extend_from_slice(key);
+    k
+}
+
+fn offset_key(partition: i32) -> [u8; 5] {
+    let p = partition_prefix(partition);
+    [p[0], p[1], p[2], p[3], TAG_OFFSET]
+}
+
+/// A dirty entry: `None` is a delete (a tombstone in the changelog).
+pub type OverlayValue = Option<Vec<u8>>;
+
+/// One named store, holding every partition this stream thread owns.
+pub struct StateStore {
+    name: String,
+    changelog_topic: String,
+    path: PathBuf,
+    db: DB,
+    /// Writes of the open transaction, per partition. BTreeMap so later range reads can merge it
+    /// with a RocksDB iterator in key order.
+    overlay: HashMap<i32, BTreeMap<Vec<u8>, OverlayValue>>,
+    overlay_bytes: usize,
+}
+
+impl StateStore {
+    /// Opens (or creates) the store's RocksDB under `dir`.
+    pub fn open(name: &str, changelog_topic: &str, dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join(name);
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        // Kafka Streams' defaults for state stores, sized down: the changelog is the durable copy.
+        opts.set_write_buffer_size(16 * 1024 * 1024);
+        opts.set_max_write_buffer_number(3);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let db = DB::open(&opts, &path).map_err(|source| StoreError::Rocks {
+            store: name.to_string(),
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self {
+            name: name.to_string(),
+            changelog_topic: changelog_topic.to_string(),
+            path,
+            db,
+            overlay: HashMap::new(),
+            overlay_bytes: 0,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn changelog_topic(&self) -> &str {
+        &self.changelog_topic
+    }
+
+    fn rocks(&self, source: rocksdb::Error) -> StoreError {
+        StoreError::Rocks {
+            store: self.name.clone(),
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Reads through the overlay to committed data.
+    pub fn get(&self, partition: i32, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(v) = self.overlay.get(&partition).and_then(|o| o.get(key)) {
+            return Ok(v.clone());
+        }
+        self.get_committed(partition, key)
+    }
+
+    /// Reads committed data only (what RocksDB holds), bypassing the overlay.
+    pub fn get_committed(&self, partition: i32, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db
+            .get_pinned(data_key(partition, key))
+            .map(|v| v.map(|s| s.to_vec()))
+            .map_err(|e| self.rocks(e))
+    }
+
+    /// Buffers a write in the open transaction.
+    pub fn put(&mut self, partition: i32, key: Vec<u8>, value: OverlayValue) {
+        self.overlay_bytes += key.len() + value.as_ref().map_or(0, Vec::len);
+        self.overlay.entry(partition).or_default().insert(key, value);
+    }
+
+    /// Bytes written into the overlay since the last commit (an upper bound).
+    pub fn overlay_bytes(&self) -> usize {
+        self.overlay_bytes
+    }
+
+    /// The dirty entries of the open transaction, one per key: these become changelog records.
+    pub fn dirty(&self) -> impl Iterator<Item = (i32, &[u8], Option<&[u8]>)> {
+        self.overlay.iter().flat_map(|(p, entries)| {
+            entries
+                .iter()
+                .map(move |(k, v)| (*p, k.as_slice(), v.as_deref()))
+        })
+    }
+
+    /// Drops the open transaction's writes (after an abort or on revoke).
+    pub fn discard_overlay(&mut self) {
+        self.overlay.clear();
+        self.overlay_bytes = 0;
+    }
+
+    /// Drops one partition's open writes.
+    pub fn discard_partition(&mut self, partition: i32) {
+        self.overlay.remove(&partition);
+    }
+
+    /// After the transaction committed: writes the overlay and the next changelog offsets to RocksDB
+    /// in one batch. `next_offsets` maps partition → offset after the last changelog record of the
+    /// committed transaction.
+    pub fn apply_committed(&mut self, next_offsets: &HashMap<i32, i64>) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for (partition, entries) in std::mem::take(&mut self.overlay) {
+            for (k, v) in entries {
+                let key = data_key(partition, &k);
+                match v {
+                    Some(v) => batch.put(key, v),
+                    None => batch.delete(key),
+                }
+            }
+        }
+        for (partition, next) in next_offsets {
+            batch.put(offset_key(*partition), next.to_be_bytes());
+        }
+        self.overlay_bytes = 0;
+        self.write(batch)
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut opts = WriteOptions::default();
+        // The changelog is the durable copy; see the module docs for why this is safe.
+        opts.disable_wal(true);
+        self.db.write_opt(batch, &opts).map_err(|e| self.rocks(e))
+    }
+
+    /// The next changelog offset to restore from, if this partition was ever restored or written.
+    pub fn stored_offset(&self, partition: i32) -> Result<Option<i64>, StoreError> {
+        let raw = self
+            .db
+            .get_pinned(offset_key(partition))
+            .map_err(|e| self.rocks(e))?;
+        match raw {
+            None => Ok(None),
+            Some(bytes) => {
+                let arr: [u8; 8] =
+                    bytes
+                        .as_ref()
+                        .try_into()
+                        .map_err(|_| StoreError::CorruptOffset {
+                            store: self.name.clone(),
+                            partition,
+                            len: bytes.len(),
+                        })?;
+                Ok(Some(i64::from_be_bytes(arr)))
+            }
+        }
+    }
+
+    /// Applies a batch of changelog records read during restore, with the offset to resume from.
+    pub fn apply_restored(
+        &self,
+        partition: i32,
+        records: &[(Vec<u8>, Option<Vec<u8>>)],
+        next_offset: i64,
+    ) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for (k, v) in records {
+            let key = data_key(partition, k);
+            match v {
+                Some(v) => batch.put(key, v),
+                None => batch.delete(key),
+            }
+        }
+        batch.put(offset_key(partition), next_offset.to_be_bytes());
+        self.write(batch)
+    }
+
+    /// All committed entries of a partition in key order (tests and tools; not for the hot path).
+    pub fn committed_entries(&self, partition: i32) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut prefix = partition_prefix(partition).to_vec();
+        prefix.push(TAG_DATA);
+        let mut out = Vec::new();
+        for item in self.db.prefix_iterator(&prefix) {
+            let (k, v) = item.map_err(|e| self.rocks(e))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            out.push((k[prefix.len()..].to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Flushes memtables to disk (clean shutdown), so a restart restores only what came after.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(|e| self.rocks(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_reads_through_and_commits_atomically_with_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open("counts", "app.counts-changelog", dir.path()).unwrap();
+        store.put(3, b"a".to_vec(), Some(b"1".to_vec()));
+        assert_eq!(store.get(3, b"a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(store.get_committed(3, b"a").unwrap(), None, "overlay must not reach RocksDB before commit");
+        assert_eq!(store.get(4, b"a").unwrap(), None, "partitions are isolated");
+        assert_eq!(store.dirty().count(), 1);
+
+        store.apply_committed(&HashMap::from([(3, 17)])).unwrap();
+        assert_eq!(store.get_committed(3, b"a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(store.stored_offset(3).unwrap(), Some(17));
+        assert_eq!(store.stored_offset(4).unwrap(), None);
+        assert_eq!(store.dirty().count(), 0);
+
+        store.put(3, b"a".to_vec(), None);
+        store.discard_overlay();
+        assert_eq!(store.get(3, b"a").unwrap(), Some(b"1".to_vec()), "aborted delete is dropped");
+
+        store.put(3, b"a".to_vec(), None);
+        store.apply_committed(&HashMap::new()).unwrap();
+        assert_eq!(store.get(3, b"a").unwrap(), None);
+        assert_eq!(store.stored_offset(3).unwrap(), Some(17), "offset kept when no changelog record was written");
+    }
+
+    #[test]
+    fn restored_batches_are_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open("s", "t", dir.path()).unwrap();
+        let recs = vec![
+            (b"k1".to_vec(), Some(b"v1".to_vec())),
+            (b"k2".to_vec(), Some(b"v2".to_vec())),
+            (b"k1".to_vec(), None),
+        ];
+        store.apply_restored(0, &recs, 3).unwrap();
+        store.apply_restored(0, &recs, 3).unwrap();
+        assert_eq!(
+            store.committed_entries(0).unwrap(),
+            vec![(b"k2".to_vec(), b"v2".to_vec())]
+        );
+        assert_eq!(store.stored_offset(0).unwrap(), Some(3));
+    }
+
+    #[test]
+    fn reopening_keeps_flushed_data() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = StateStore::open("s", "t", dir.path()).unwrap();
+            store.put(1, b"k".to_vec(), Some(b"v".to_vec()));
+            store.apply_committed(&HashMap::from([(1, 5)])).unwrap();
+            store.flush().unwrap();
+        }
+        let store = StateStore::open("s", "t", dir.path()).unwrap();
+        assert_eq!(store.get(1, b"k").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(store.stored_offset(1).unwrap(), Some(5));
+    }
+}

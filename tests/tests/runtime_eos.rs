@@ -1,0 +1,257 @@
+//! Exactly-once tests of the stream runtime against the real broker (`deploy/local`): a per-key
+//! counter SIGKILLed at random points, moved between instances, scaled up and down, crashed inside
+//! the commit protocol, and restored from its changelog. The committed output must hold exactly
+//! one record per input, and per key the counts 1..n in order.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use corral_runtime::topics::CleanupPolicy;
+use corral_tests::{create_topic, produce, read_committed, unique, Record, Service};
+use rand::Rng;
+
+const BIN: &str = env!("CARGO_BIN_EXE_corral-counter");
+const PARTITIONS: i32 = 4;
+const KEYS: usize = 500;
+
+struct Setup {
+    app: String,
+    input: String,
+    output: String,
+    dlq: String,
+    state: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(name: &str) -> Setup {
+        let app = unique(name);
+        let s = Setup {
+            input: format!("{app}.in"),
+            output: format!("{app}.out"),
+            dlq: format!("{app}.dlq"),
+            app,
+            state: tempfile::tempdir().unwrap(),
+        };
+        create_topic(&s.input, PARTITIONS, CleanupPolicy::Delete);
+        create_topic(&s.output, PARTITIONS, CleanupPolicy::Delete);
+        create_topic(&s.dlq, 1, CleanupPolicy::Delete);
+        s
+    }
+
+    fn spawn(&self, instance: &str, extra_env: &[(&str, String)]) -> Service {
+        self.spawn_in(instance, self.state.path(), extra_env)
+    }
+
+    fn spawn_in(&self, instance: &str, state: &Path, extra_env: &[(&str, String)]) -> Service {
+        let args = vec![
+            "--bootstrap".into(),
+            corral_tests::bootstrap(),
+            "--app".into(),
+            self.app.clone(),
+            "--instance".into(),
+            instance.into(),
+            "--input".into(),
+            self.input.clone(),
+            "--output".into(),
+            self.output.clone(),
+            "--dlq".into(),
+            self.dlq.clone(),
+            "--state-dir".into(),
+            state.display().to_string(),
+        ];
+        Service::spawn(&format!("counter-{instance}"), BIN, &args, extra_env)
+    }
+
+    /// Produces `n` records numbered from `start`, keys spread over `KEYS`.
+    fn produce_range(&self, start: usize, n: usize) -> HashMap<Vec<u8>, u64> {
+        let mut counts = HashMap::new();
+        let records: Vec<_> = (start..start + n)
+            .map(|i| {
+                let k = format!("key-{}", i % KEYS).into_bytes();
+                *counts.entry(k.clone()).or_insert(0u64) += 1;
+                (k, format!("v{i}").into_bytes())
+            })
+            .collect();
+        produce(&self.input, records);
+        counts
+    }
+}
+
+/// Waits until the committed output holds `n` records (or the deadline passes) and returns it.
+fn await_output(s: &Setup, n: usize, timeout: Duration) -> Vec<Record> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = read_committed(&s.output, n, Duration::from_secs(20));
+        if out.len() >= n || Instant::now() > deadline {
+            return out;
+        }
+    }
+}
+
+/// Asserts exactly-once: per key the values are 1, 2, ..., n_k in order, and n_k matches the input.
+fn assert_exactly_once(out: &[Record], expected: &HashMap<Vec<u8>, u64>) {
+    let total: u64 = expected.values().sum();
+    let mut per_key: BTreeMap<Vec<u8>, Vec<u64>> = BTreeMap::new();
+    let mut ordered = out.to_vec();
+    ordered.sort_by_key(|r| (r.partition, r.offset));
+    for r in &ordered {
+        let v: u64 = String::from_utf8(r.value.clone().unwrap())
+            .unwrap()
+            .parse()
+            .unwrap();
+        per_key.entry(r.key.clone().unwrap()).or_default().push(v);
+    }
+    assert_eq!(
+        out.len() as u64,
+        total,
+        "committed output must hold exactly one record per input"
+    );
+    for (k, want) in expected {
+        let got = per_key.get(k).unwrap_or_else(|| panic!("no output for key {:?}", String::from_utf8_lossy(k)));
+        let seq: Vec<u64> = (1..=*want).collect();
+        assert_eq!(
+            got,
+            &seq,
+            "key {} must count 1..{want} exactly once, in order",
+            String::from_utf8_lossy(k)
+        );
+    }
+}
+
+fn merge(a: &mut HashMap<Vec<u8>, u64>, b: HashMap<Vec<u8>, u64>) {
+    for (k, v) in b {
+        *a.entry(k).or_insert(0) += v;
+    }
+}
+
+#[test]
+fn survives_repeated_sigkill_of_a_single_instance() {
+    let s = Setup::new("eos-kill");
+    let expected = s.produce_range(0, 200_000);
+    let mut rng = rand::rng();
+    for round in 0..6 {
+        let svc = s.spawn("0", &[]);
+        // Kill at a random point: sometimes during startup, restore or rebalance, mostly mid-stream.
+        let ms = rng.random_range(500..4_000);
+        std::thread::sleep(Duration::from_millis(ms));
+        eprintln!("round {round}: SIGKILL after {ms} ms");
+        svc.kill9();
+    }
+    let svc = s.spawn("0", &[]);
+    let out = await_output(&s, 200_000, Duration::from_secs(600));
+    svc.terminate();
+    let out_after = read_committed(&s.output, out.len(), Duration::from_secs(10));
+    assert_exactly_once(&out_after, &expected);
+}
+
+#[test]
+fn partitions_move_to_the_survivor_and_back() {
+    let s = Setup::new("eos-move");
+    let expected = s.produce_range(0, 100_000);
+    let a = s.spawn("a", &[]);
+    let b = s.spawn("b", &[]);
+    std::thread::sleep(Duration::from_millis(rand::rng().random_range(1_500..3_000)));
+    a.kill9(); // b takes a's partitions once a's session times out
+    std::thread::sleep(Duration::from_secs(9));
+    let a = s.spawn("a", &[]); // and a takes some back
+    let out = await_output(&s, 100_000, Duration::from_secs(600));
+    a.terminate();
+    b.terminate();
+    let out = read_committed(&s.output, out.len(), Duration::from_secs(10));
+    assert_exactly_once(&out, &expected);
+}
+
+#[test]
+fn scaling_one_two_one_mid_stream_loses_and_doubles_nothing() {
+    let s = Setup::new("eos-scale");
+    let mut expected = HashMap::new();
+    let a = s.spawn("a", &[]);
+    merge(&mut expected, s.produce_range(0, 20_000));
+    std::thread::sleep(Duration::from_secs(2));
+    let b = s.spawn("b", &[]);
+    for chunk in 1..5 {
+        merge(&mut expected, s.produce_range(chunk * 20_000, 20_000));
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    assert_eq!(b.terminate().code(), Some(0), "SIGTERM must stop the instance cleanly");
+    merge(&mut expected, s.produce_range(100_000, 20_000));
+    let out = await_output(&s, 120_000, Duration::from_secs(600));
+    a.terminate();
+    let out = read_committed(&s.output, out.len(), Duration::from_secs(10));
+    assert_exactly_once(&out, &expected);
+}
+
+fn crash_inside_commit(fault: &str) {
+    let s = Setup::new("eos-fault");
+    let mut expected = s.produce_range(0, 30_000);
+    let svc = s.spawn("0", &[("CORRAL_FAULT", fault.to_string())]);
+    let status = svc.wait_exit(Duration::from_secs(120));
+    assert!(!status.success(), "the injected crash must abort the process");
+    merge(&mut expected, s.produce_range(30_000, 10_000));
+    let svc = s.spawn("0", &[]);
+    let out = await_output(&s, 40_000, Duration::from_secs(300));
+    svc.terminate();
+    let out = read_committed(&s.output, out.len(), Duration::from_secs(10));
+    assert_exactly_once(&out, &expected);
+}
+
+#[test]
+fn crash_after_commit_before_rocksdb_write() {
+    crash_inside_commit("after_commit@3");
+}
+
+#[test]
+fn crash_before_commit() {
+    crash_inside_commit("before_commit@3");
+}
+
+#[test]
+fn lost_state_folder_is_rebuilt_from_the_changelog() {
+    let s = Setup::new("eos-restore");
+    let mut expected = s.produce_range(0, 20_000);
+    let svc = s.spawn("0", &[]);
+    await_output(&s, 20_000, Duration::from_secs(300));
+    assert_eq!(svc.terminate().code(), Some(0));
+    // The instance's local state is gone while it is stopped: counts must continue from the
+    // changelog, not restart at 1.
+    std::fs::remove_dir_all(s.state.path()).unwrap();
+    merge(&mut expected, s.produce_range(20_000, 10_000));
+    let svc = s.spawn("0", &[]);
+    let out = await_output(&s, 30_000, Duration::from_secs(300));
+    svc.terminate();
+    let out = read_committed(&s.output, out.len(), Duration::from_secs(10));
+    assert_exactly_once(&out, &expected);
+}
+
+#[test]
+fn undecodable_records_go_to_the_dead_letter_topic_and_processing_continues() {
+    let s = Setup::new("eos-dlq");
+    let mut expected = s.produce_range(0, 1_000);
+    produce(
+        &s.input,
+        vec![
+            (b"bad-1".to_vec(), vec![0xff, 0xfe, 0x00]),
+            (b"bad-2".to_vec(), vec![0xc3, 0x28]),
+        ],
+    );
+    merge(&mut expected, s.produce_range(1_000, 1_000));
+    let svc = s.spawn("0", &[]);
+    let out = await_output(&s, 2_000, Duration::from_secs(300));
+    let dlq = read_committed(&s.dlq, 2, Duration::from_secs(60));
+    svc.terminate();
+    assert_exactly_once(&out, &expected);
+    assert_eq!(dlq.len(), 2, "both bad records must reach the dead-letter topic");
+    for r in &dlq {
+        let letter = corral_codec::DeadLetter::decode(r.value.as_deref().unwrap()).unwrap();
+        assert_eq!(letter.origin_topic, s.input);
+        assert_eq!(letter.reason, "decode");
+        assert_eq!(letter.service, s.app);
+        assert!(letter.error.contains("not UTF-8"), "{}", letter.error);
+        assert!(letter.origin_offset >= 0);
+        assert!(letter.key.as_deref() == Some(b"bad-1") || letter.key.as_deref() == Some(b"bad-2"));
+        let original = letter.value.clone().unwrap();
+        assert!(original == vec![0xff, 0xfe, 0x00] || original == vec![0xc3, 0x28], "the original bytes are kept for replay");
+    }
+}
