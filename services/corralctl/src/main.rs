@@ -1,1 +1,89 @@
-fn main() {}
+//! `corralctl`: the operator CLI.
+//!
+//! - `corralctl topics apply [--manifest deploy/topics.yaml]`: creates missing topics, reports
+//!   drift (exit 2 when there is any); running it again changes nothing.
+//! - `corralctl definitions validate FILE`: reports every error in a file of audiences and
+//!   computed traits (exit 1 when there is any).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use corral_runtime::topics::{Manifest, TopicAdmin};
+
+#[derive(Parser)]
+#[command(name = "corralctl", version, about = "Operate a Corral deployment")]
+struct Cli {
+    /// Kafka bootstrap servers.
+    #[arg(long, global = true, env = "CORRAL_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Kafka topics from the manifest.
+    Topics {
+        #[command(subcommand)]
+        action: TopicsAction,
+    },
+    /// Audience and computed-trait definitions.
+    Definitions {
+        #[command(subcommand)]
+        action: DefinitionsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsAction {
+    /// Create missing topics and report drift.
+    Apply {
+        #[arg(long, default_value = "deploy/topics.yaml")]
+        manifest: PathBuf,
+        /// Topic name prefix (overrides the manifest's).
+        #[arg(long, env = "CORRAL_TOPIC_PREFIX")]
+        prefix: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DefinitionsAction {
+    /// Parse and type-check every definition in FILE.
+    Validate { file: PathBuf },
+}
+
+fn main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Topics {
+            action: TopicsAction::Apply { manifest, prefix },
+        } => {
+            let text = std::fs::read_to_string(&manifest)
+                .with_context(|| format!("reading topic manifest {}", manifest.display()))?;
+            let desired = Manifest::from_yaml(&text)?.desired(prefix.as_deref())?;
+            let admin = TopicAdmin::connect(&cli.bootstrap, &BTreeMap::new())?;
+            let report = admin.apply(&desired)?;
+            println!("{report}");
+            Ok(if report.drift.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+        Command::Definitions {
+            action: DefinitionsAction::Validate { file },
+        } => {
+            let report = corral_query::validate_definitions_file(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            println!("{report}");
+            Ok(if report.has_errors() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}

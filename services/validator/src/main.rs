@@ -1,0 +1,4 @@
+//! Corral's validator service (work in progress).
+fn main() -> anyhow::Result<()> {
+    anyhow::bail!("corral-validator is not implemented yet")
+}

@@ -1,0 +1,218 @@
+//! Load generator for the running-pipeline benchmarks (`make bench`): measures the runtime's
+//! exactly-once pass-through throughput, end-to-end latency at a fixed rate, and restore speed,
+//! against the local broker, printing one `runtime ...` line per figure.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark driver: fail loudly
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use corral_runtime::topics::CleanupPolicy;
+use corral_tests::{create_topic, produce, producer, read_committed, unique, Service};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, Producer};
+
+#[derive(Parser)]
+struct Args {
+    /// Records for the throughput and restore runs.
+    #[arg(long, default_value_t = 300_000)]
+    records: usize,
+    #[arg(long, default_value_t = 1024)]
+    record_bytes: usize,
+    #[arg(long, default_value_t = 3)]
+    partitions: i32,
+    /// Rate of the latency run (records/s) and its length.
+    #[arg(long, default_value_t = 2_000)]
+    latency_rate: u64,
+    #[arg(long, default_value_t = 15)]
+    latency_seconds: u64,
+}
+
+const COUNTER: &str = "corral-counter";
+
+fn counter_bin() -> std::path::PathBuf {
+    std::env::current_exe().unwrap().with_file_name(COUNTER)
+}
+
+fn spawn(app: &str, input: &str, output: &str, state: &std::path::Path, commit_ms: u64, passthrough: bool) -> Service {
+    let mut args = vec![
+        "--bootstrap".to_string(), corral_tests::bootstrap(),
+        "--app".into(), app.into(), "--instance".into(), "0".into(),
+        "--input".into(), input.into(), "--output".into(), output.into(),
+        "--dlq".into(), format!("{input}.dlq"),
+        "--state-dir".into(), state.display().to_string(),
+        "--commit-interval-ms".into(), commit_ms.to_string(),
+    ];
+    if passthrough {
+        args.push("--passthrough".into());
+    }
+    Service::spawn(app, counter_bin().to_str().unwrap(), &args, &[("RUST_LOG", "info".into())])
+}
+
+fn topics(name: &str, partitions: i32) -> (String, String, String) {
+    let app = unique(name);
+    let (input, output) = (format!("{app}.in"), format!("{app}.out"));
+    create_topic(&input, partitions, CleanupPolicy::Delete);
+    create_topic(&output, partitions, CleanupPolicy::Delete);
+    create_topic(&format!("{input}.dlq"), 1, CleanupPolicy::Delete);
+    (app, input, output)
+}
+
+/// Rate at which committed output appeared: records / (last - first output timestamp).
+fn throughput(commit_ms: u64, args: &Args) {
+    let (app, input, output) = topics(&format!("bench-pass-{commit_ms}"), args.partitions);
+    let payload = vec![b'x'; args.record_bytes];
+    produce(&input, (0..args.records).map(|i| (format!("k{i}").into_bytes(), payload.clone())));
+    let state = tempfile::tempdir().unwrap();
+    let svc = spawn(&app, &input, &output, state.path(), commit_ms, true);
+    let out = read_committed_timestamps(&output, args.records, Duration::from_secs(600));
+    svc.terminate();
+    let (first, last) = (out.iter().min().copied().unwrap_or(0), out.iter().max().copied().unwrap_or(0));
+    let secs = ((last - first).max(1)) as f64 / 1000.0;
+    println!(
+        "runtime passthrough commit_interval_ms={commit_ms} records={} records_per_sec={:.0} mb_per_sec={:.1}",
+        out.len(),
+        out.len() as f64 / secs,
+        out.len() as f64 * args.record_bytes as f64 / secs / 1_048_576.0
+    );
+}
+
+fn read_committed_timestamps(topic: &str, n: usize, timeout: Duration) -> Vec<i64> {
+    let consumer = committed_consumer(topic);
+    let deadline = Instant::now() + timeout;
+    let mut ts = Vec::with_capacity(n);
+    while ts.len() < n && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            ts.push(m.timestamp().to_millis().unwrap_or(0));
+        }
+    }
+    ts
+}
+
+fn committed_consumer(topic: &str) -> BaseConsumer {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", corral_tests::bootstrap())
+        .set("group.id", unique("bench-reader"))
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    c
+}
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+}
+
+/// Produce at a fixed rate with the send time in the value; latency = time the committed copy is read.
+fn latency(args: &Args) {
+    let (app, input, output) = topics("bench-latency", args.partitions);
+    let state = tempfile::tempdir().unwrap();
+    let svc = spawn(&app, &input, &output, state.path(), 100, true);
+    let consumer = committed_consumer(&output);
+    // Let the group settle before measuring.
+    std::thread::sleep(Duration::from_secs(8));
+    let total = args.latency_rate * args.latency_seconds;
+    let reader = std::thread::spawn(move || {
+        let mut lat = Vec::with_capacity(total as usize);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while (lat.len() as u64) < total && Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                let sent: u64 = std::str::from_utf8(m.payload().unwrap_or_default())
+                    .ok()
+                    .and_then(|s| s.split(':').next()?.parse().ok())
+                    .unwrap_or(0);
+                lat.push(now_us().saturating_sub(sent));
+            }
+        }
+        lat
+    });
+    let p = producer();
+    let started = Instant::now();
+    let pad = "y".repeat(args.record_bytes.saturating_sub(20));
+    for i in 0..total {
+        let due = started + Duration::from_micros(i * 1_000_000 / args.latency_rate);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let v = format!("{}:{pad}", now_us());
+        let k = format!("k{i}");
+        let mut rec = BaseRecord::to(&input).key(&k).payload(&v);
+        while let Err((_, r)) = p.send(rec) {
+            rec = r;
+            p.poll(Duration::from_millis(1));
+        }
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    let mut lat = reader.join().unwrap();
+    svc.terminate();
+    lat.sort_unstable();
+    let pct = |q: f64| lat.get(((lat.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(0) as f64 / 1000.0;
+    println!(
+        "runtime latency rate_per_sec={} records={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1}",
+        args.latency_rate, lat.len(), pct(0.5), pct(0.99), pct(1.0)
+    );
+}
+
+/// Builds a changelog of `records` distinct keys, deletes the local state and times the restore
+/// reported by the runtime's own log line per partition.
+fn restore(args: &Args) {
+    let (app, input, output) = topics("bench-restore", args.partitions);
+    let payload = vec![b'z'; 100];
+    produce(&input, (0..args.records).map(|i| (format!("key-{i}").into_bytes(), payload.clone())));
+    let state = tempfile::tempdir().unwrap();
+    let svc = spawn(&app, &input, &output, state.path(), 1000, false);
+    let _ = read_committed(&output, args.records, Duration::from_secs(600));
+    svc.terminate();
+    std::fs::remove_dir_all(state.path()).unwrap();
+    let started = Instant::now();
+    let mut cmd = std::process::Command::new(counter_bin());
+    cmd.args([
+        "--bootstrap", &corral_tests::bootstrap(), "--app", &app, "--instance", "0",
+        "--input", &input, "--output", &output, "--dlq", &format!("{input}.dlq"),
+        "--state-dir", &state.path().display().to_string(),
+    ])
+    .env("RUST_LOG", "info")
+    .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut restored: HashMap<String, (u64, f64)> = HashMap::new();
+    use std::io::BufRead;
+    for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        if line.contains("store partition restored") {
+            let field = |name: &str| -> Option<String> {
+                let start = line.find(&format!("{name}="))? + name.len() + 1;
+                let rest = &line[start..];
+                Some(rest.split_whitespace().next()?.trim_matches('"').to_string())
+            };
+            let p = field("partition").unwrap_or_default();
+            let n: u64 = field("records").and_then(|s| s.parse().ok()).unwrap_or(0);
+            let s: f64 = field("seconds").and_then(|s| s.parse().ok()).unwrap_or(0.0);
+            restored.insert(p, (n, s));
+            if restored.len() as i32 == args.partitions || started.elapsed() > Duration::from_secs(300) {
+                break;
+            }
+        }
+    }
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    let records: u64 = restored.values().map(|v| v.0).sum();
+    let seconds: f64 = restored.values().map(|v| v.1).sum();
+    println!(
+        "runtime restore records={records} seconds={seconds:.2} records_per_sec={:.0}",
+        records as f64 / seconds.max(1e-6)
+    );
+}
+
+fn main() {
+    let args = Args::parse();
+    throughput(100, &args);
+    throughput(1000, &args);
+    latency(&args);
+    restore(&args);
+}
