@@ -1,4 +1,123 @@
-//! Corral's collector service (work in progress).
+//! `corral-collector`: Segment's HTTP Tracking API → Kafka `events.raw`.
+//!
+//! Local stack: `corral-collector` with no flags listens on 127.0.0.1:8080, writes to
+//! `corral.events.raw` on 127.0.0.1:9092 and accepts the write key `corral-demo`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use corral_collector::config::{Args, Config};
+use corral_collector::http::{self, App};
+use corral_collector::metrics::Metrics;
+use corral_collector::sink::KafkaSink;
+use corral_telemetry::{admin_router, init_tracing, register_build_info, registry, Health};
+
 fn main() -> anyhow::Result<()> {
-    anyhow::bail!("corral-collector is not implemented yet")
+    let args = Args::parse();
+    let cfg = Config::load(args)?;
+    init_tracing(cfg.log_json);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(run(cfg))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    if cfg.using_demo_key {
+        tracing::warn!("no write keys configured: accepting the local-stack demo key corral-demo (source demo, space default)");
+    }
+    let reg = registry("collector");
+    register_build_info(&reg, env!("CARGO_PKG_VERSION"))?;
+    let metrics = Metrics::new(&reg)?;
+    let health = Health::new();
+    health.set_not_ready("connecting to Kafka");
+    let sink = KafkaSink::new(&cfg, health.clone()).context("creating the Kafka producer")?;
+
+    let app = Arc::new(App {
+        sink,
+        keys: cfg.write_keys.clone(),
+        limits: cfg.limits,
+        trusted_proxies: cfg.trusted_proxies.clone(),
+        metrics,
+        raw_topic: cfg.raw_topic.clone(),
+        retry_after_seconds: cfg.retry_after_seconds,
+    });
+
+    // Readiness: probe Kafka until it answers and both topics exist, and again whenever a
+    // client error marked it down. Requests are served either way (503 while Kafka is down).
+    let probe_app = app.clone();
+    std::thread::Builder::new()
+        .name("kafka-probe".into())
+        .spawn(move || loop {
+            let health = probe_app.sink.health();
+            if !health.is_ready() {
+                match probe_app.sink.probe(Duration::from_secs(2)) {
+                    Ok(()) => {
+                        tracing::info!("Kafka reachable and topics present: ready");
+                        health.set_ready();
+                    }
+                    Err(why) => health.set_not_ready(why),
+                }
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        })
+        .context("starting the Kafka probe thread")?;
+
+    let admin = admin_router(reg.clone(), health.clone());
+    let api = http::router(app.clone());
+    let (api, admin_server) = match cfg.admin_listen {
+        Some(addr) => (api, Some((addr, admin))),
+        None => (api.merge(admin), None),
+    };
+    if let Some((addr, admin)) = admin_server {
+        tokio::spawn(async move {
+            if let Err(e) = corral_telemetry::serve_admin(addr, admin, shutdown_signal()).await {
+                tracing::error!(error = %e, "admin endpoint failed");
+            }
+        });
+    }
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "binding {} (is another process using the port?)",
+                cfg.listen
+            )
+        })?;
+    tracing::info!(listen = %cfg.listen, raw_topic = %cfg.raw_topic, dlq_topic = %cfg.dlq_topic, bootstrap = %cfg.kafka_bootstrap, "collector listening");
+    axum::serve(
+        listener,
+        api.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .context("serving HTTP")?;
+    tracing::info!("shutting down: flushing the producer");
+    let flush_app = app.clone();
+    tokio::task::spawn_blocking(move || flush_app.sink.flush(Duration::from_secs(10)))
+        .await
+        .context("flushing")?;
+    Ok(())
 }

@@ -1,0 +1,383 @@
+//! Configuration: flags, `CORRAL_*` environment variables, an optional YAML file, defaults; in
+//! that order of precedence. The defaults are the local stack's (`make up`): listen on
+//! 127.0.0.1:8080, Kafka on 127.0.0.1:9092, topics `corral.events.raw` / `corral.events.dlq`, and
+//! the write key `corral-demo` for source `demo` in space `default`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::auth::{Source, WriteKeys};
+use crate::error::ConfigError;
+use crate::ingest::Limits;
+use crate::ip::Cidr;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9092";
+pub const DEFAULT_PREFIX: &str = "corral.";
+pub const DEMO_WRITE_KEY: &str = "corral-demo=demo:default";
+
+/// Command line (each flag also reads its `CORRAL_*` variable).
+#[derive(Debug, Clone, Default, Parser)]
+#[command(
+    name = "corral-collector",
+    version,
+    about = "Segment's HTTP Tracking API in front of Kafka"
+)]
+pub struct Args {
+    /// YAML config file (see docs/collector.md).
+    #[arg(long, env = "CORRAL_COLLECTOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address of the Tracking API [default: 127.0.0.1:8080].
+    #[arg(long, env = "CORRAL_COLLECTOR_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Serve /metrics, /healthz, /readyz here instead of on the API address.
+    #[arg(long, env = "CORRAL_COLLECTOR_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Kafka bootstrap servers [default: 127.0.0.1:9092].
+    #[arg(long, env = "CORRAL_KAFKA_BOOTSTRAP")]
+    pub kafka_bootstrap: Option<String>,
+    /// Extra librdkafka producer properties, NAME=VALUE (repeatable; TLS, SASL, tuning).
+    #[arg(long = "kafka", value_name = "NAME=VALUE")]
+    pub kafka: Vec<String>,
+    /// Topic name prefix [default: corral.].
+    #[arg(long, env = "CORRAL_TOPIC_PREFIX")]
+    pub topic_prefix: Option<String>,
+    /// Full name of the raw events topic [default: <prefix>events.raw].
+    #[arg(long, env = "CORRAL_COLLECTOR_RAW_TOPIC")]
+    pub raw_topic: Option<String>,
+    /// Full name of the dead-letter topic [default: <prefix>events.dlq].
+    #[arg(long, env = "CORRAL_COLLECTOR_DLQ_TOPIC")]
+    pub dlq_topic: Option<String>,
+    /// Write key, KEY=SOURCE or KEY=SOURCE:SPACE (space defaults to `default`); repeatable, or
+    /// comma-separated in the variable. Replaces the keys of the config file.
+    /// [default: corral-demo=demo:default]
+    #[arg(
+        long = "write-key",
+        env = "CORRAL_COLLECTOR_WRITE_KEYS",
+        value_delimiter = ',',
+        value_name = "KEY=SOURCE[:SPACE]"
+    )]
+    pub write_keys: Vec<String>,
+    /// Peers whose X-Forwarded-For is believed (IP or CIDR; repeatable or comma-separated).
+    #[arg(
+        long = "trusted-proxy",
+        env = "CORRAL_COLLECTOR_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
+    /// Per-message limit in bytes [default: 32768].
+    #[arg(long, env = "CORRAL_COLLECTOR_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Per-request limit in bytes, before and after decompression [default: 512000].
+    #[arg(long, env = "CORRAL_COLLECTOR_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// Messages per batch [default: 2500].
+    #[arg(long, env = "CORRAL_COLLECTOR_MAX_BATCH_MESSAGES")]
+    pub max_batch_messages: Option<usize>,
+    /// How long a request waits for Kafka before answering 503, in ms (librdkafka
+    /// message.timeout.ms) [default: 5000].
+    #[arg(long, env = "CORRAL_COLLECTOR_DELIVERY_TIMEOUT_MS")]
+    pub delivery_timeout_ms: Option<u64>,
+    /// Retry-After seconds on 503 and 429 [default: 1].
+    #[arg(long, env = "CORRAL_COLLECTOR_RETRY_AFTER_SECONDS")]
+    pub retry_after_seconds: Option<u64>,
+    /// Log JSON lines (production).
+    #[arg(long, env = "CORRAL_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// The YAML file; every key optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub kafka: FileKafka,
+    #[serde(default)]
+    pub topics: FileTopics,
+    pub write_keys: Option<Vec<FileWriteKey>>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub limits: FileLimits,
+    pub delivery_timeout_ms: Option<u64>,
+    pub retry_after_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileKafka {
+    pub bootstrap: Option<String>,
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTopics {
+    pub prefix: Option<String>,
+    pub raw: Option<String>,
+    pub dlq: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileWriteKey {
+    pub key: String,
+    pub source: String,
+    #[serde(default = "default_space")]
+    pub space: String,
+    /// Written as `write_key_id`; defaults to the source id.
+    pub id: Option<String>,
+}
+
+fn default_space() -> String {
+    "default".to_string()
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    pub max_message_bytes: Option<usize>,
+    pub max_request_bytes: Option<usize>,
+    pub max_batch_messages: Option<usize>,
+}
+
+/// The resolved configuration the service runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub kafka_bootstrap: String,
+    pub kafka_properties: BTreeMap<String, String>,
+    pub raw_topic: String,
+    pub dlq_topic: String,
+    pub write_keys: WriteKeys,
+    pub using_demo_key: bool,
+    pub trusted_proxies: Vec<Cidr>,
+    pub limits: Limits,
+    pub delivery_timeout_ms: u64,
+    pub retry_after_seconds: u64,
+    pub log_json: bool,
+}
+
+/// Parses `KEY=SOURCE[:SPACE]`.
+pub fn parse_write_key(s: &str) -> Result<(String, Source), ConfigError> {
+    let bad = || ConfigError::WriteKey(s.to_string());
+    let (key, rest) = s.trim().split_once('=').ok_or_else(bad)?;
+    let (source, space) = rest.split_once(':').unwrap_or((rest, "default"));
+    if key.is_empty() || source.is_empty() || space.is_empty() {
+        return Err(bad());
+    }
+    Ok((
+        key.to_string(),
+        Source {
+            source_id: source.to_string(),
+            space_id: space.to_string(),
+            key_id: source.to_string(),
+        },
+    ))
+}
+
+impl Config {
+    pub fn load(args: Args) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let p = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: p.clone(),
+                    source,
+                })?;
+                serde_yaml::from_str(&text)
+                    .map_err(|source| ConfigError::Parse { path: p, source })?
+            }
+            None => FileConfig::default(),
+        };
+        Config::resolve(args, file)
+    }
+
+    pub fn resolve(args: Args, file: FileConfig) -> Result<Config, ConfigError> {
+        let listen = match args.listen.or(file.listen) {
+            Some(l) => l,
+            None => DEFAULT_LISTEN
+                .parse()
+                .map_err(|_| ConfigError::Invalid("default listen address".into()))?,
+        };
+        let prefix = args
+            .topic_prefix
+            .or(file.topics.prefix)
+            .unwrap_or_else(|| DEFAULT_PREFIX.to_string());
+        let raw_topic = args
+            .raw_topic
+            .or(file.topics.raw)
+            .unwrap_or_else(|| format!("{prefix}events.raw"));
+        let dlq_topic = args
+            .dlq_topic
+            .or(file.topics.dlq)
+            .unwrap_or_else(|| format!("{prefix}events.dlq"));
+
+        let mut kafka_properties = file.kafka.properties;
+        for p in &args.kafka {
+            let (k, v) = p
+                .split_once('=')
+                .ok_or_else(|| ConfigError::KafkaProperty(p.clone()))?;
+            kafka_properties.insert(k.trim().to_string(), v.trim().to_string());
+        }
+
+        let mut using_demo_key = false;
+        let entries: Vec<(String, Source)> = if !args.write_keys.is_empty() {
+            args.write_keys
+                .iter()
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| parse_write_key(s))
+                .collect::<Result<_, _>>()?
+        } else if let Some(keys) = file.write_keys {
+            keys.into_iter()
+                .map(|k| {
+                    let id = k.id.unwrap_or_else(|| k.source.clone());
+                    (
+                        k.key,
+                        Source {
+                            source_id: k.source,
+                            space_id: k.space,
+                            key_id: id,
+                        },
+                    )
+                })
+                .collect()
+        } else {
+            using_demo_key = true;
+            vec![parse_write_key(DEMO_WRITE_KEY)?]
+        };
+        if entries.is_empty() {
+            return Err(ConfigError::Invalid("no write keys configured".into()));
+        }
+
+        let trusted_proxies = args
+            .trusted_proxies
+            .iter()
+            .chain(file.trusted_proxies.iter())
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| s.parse::<Cidr>())
+            .collect::<Result<_, _>>()?;
+
+        let d = Limits::default();
+        let limits = Limits {
+            max_message_bytes: args
+                .max_message_bytes
+                .or(file.limits.max_message_bytes)
+                .unwrap_or(d.max_message_bytes),
+            max_request_bytes: args
+                .max_request_bytes
+                .or(file.limits.max_request_bytes)
+                .unwrap_or(d.max_request_bytes),
+            max_batch_messages: args
+                .max_batch_messages
+                .or(file.limits.max_batch_messages)
+                .unwrap_or(d.max_batch_messages),
+        };
+        if limits.max_message_bytes == 0
+            || limits.max_request_bytes == 0
+            || limits.max_batch_messages == 0
+        {
+            return Err(ConfigError::Invalid("limits must be positive".into()));
+        }
+        let delivery_timeout_ms = args
+            .delivery_timeout_ms
+            .or(file.delivery_timeout_ms)
+            .unwrap_or(5_000);
+        if delivery_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "delivery timeout must be positive".into(),
+            ));
+        }
+        Ok(Config {
+            listen,
+            admin_listen: args.admin_listen.or(file.admin_listen),
+            kafka_bootstrap: args
+                .kafka_bootstrap
+                .or(file.kafka.bootstrap)
+                .unwrap_or_else(|| DEFAULT_BOOTSTRAP.to_string()),
+            kafka_properties,
+            raw_topic,
+            dlq_topic,
+            write_keys: WriteKeys::new(entries),
+            using_demo_key,
+            trusted_proxies,
+            limits,
+            delivery_timeout_ms,
+            retry_after_seconds: args
+                .retry_after_seconds
+                .or(file.retry_after_seconds)
+                .unwrap_or(1)
+                .max(1),
+            log_json: args.log_json,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_local_stack() {
+        let c = Config::resolve(Args::default(), FileConfig::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.kafka_bootstrap, "127.0.0.1:9092");
+        assert_eq!(c.raw_topic, "corral.events.raw");
+        assert_eq!(c.dlq_topic, "corral.events.dlq");
+        let s = c.write_keys.get("corral-demo").unwrap();
+        assert_eq!(
+            (s.source_id.as_str(), s.space_id.as_str()),
+            ("demo", "default")
+        );
+        assert!(c.using_demo_key);
+        assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn flags_beat_file_beat_defaults() {
+        let file: FileConfig = serde_yaml::from_str(
+            "listen: 0.0.0.0:9000\ntopics: {prefix: 'x.', dlq: dead}\nwrite_keys:\n  - {key: k1, source: web, space: s1, id: web-2024}\nlimits: {max_batch_messages: 10}\nkafka: {properties: {linger.ms: '1'}}\n",
+        )
+        .unwrap();
+        let args = Args::parse_from([
+            "c",
+            "--listen",
+            "127.0.0.1:1",
+            "--kafka",
+            "compression.type=lz4",
+        ]);
+        let c = Config::resolve(args, file.clone()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:1");
+        assert_eq!(c.raw_topic, "x.events.raw");
+        assert_eq!(c.dlq_topic, "dead");
+        assert_eq!(c.write_keys.get("k1").unwrap().key_id, "web-2024");
+        assert!(c.write_keys.get("corral-demo").is_none());
+        assert_eq!(c.limits.max_batch_messages, 10);
+        assert_eq!(c.kafka_properties.get("linger.ms").unwrap(), "1");
+        assert_eq!(c.kafka_properties.get("compression.type").unwrap(), "lz4");
+
+        let args = Args::parse_from(["c", "--write-key", "a=src", "--write-key", "b=src2:sp"]);
+        let c = Config::resolve(args, file).unwrap();
+        assert_eq!(c.write_keys.len(), 2);
+        assert_eq!(c.write_keys.get("a").unwrap().space_id, "default");
+        assert_eq!(c.write_keys.get("b").unwrap().space_id, "sp");
+    }
+
+    #[test]
+    fn bad_entries_are_errors() {
+        assert!(parse_write_key("nokey").is_err());
+        assert!(parse_write_key("=src").is_err());
+        let args = Args::parse_from(["c", "--trusted-proxy", "x/y"]);
+        assert!(Config::resolve(args, FileConfig::default()).is_err());
+        assert!(serde_yaml::from_str::<FileConfig>("lisen: x").is_err());
+    }
+}

@@ -1,0 +1,639 @@
+//! The HTTP edge: routes, body reading and decompression, CORS, responses, metrics.
+
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use chrono::Utc;
+use corral_codec::{AvroRecord, DeadLetter};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use crate::auth::{self, WriteKeys};
+use crate::error::IngestError;
+use crate::ingest::{self, Endpoint, Limits, Normalized, Receipt};
+use crate::ip::{self, Cidr};
+use crate::metrics::Metrics;
+use crate::sink::{OutRecord, Sink, Topic};
+use corral_codec::MessageType;
+
+/// Everything a request handler needs.
+pub struct App<S> {
+    pub sink: S,
+    pub keys: WriteKeys,
+    pub limits: Limits,
+    pub trusted_proxies: Vec<Cidr>,
+    pub metrics: Metrics,
+    pub raw_topic: String,
+    pub retry_after_seconds: u64,
+}
+
+/// Paths and the endpoint each serves (the one-letter forms are analytics.js's).
+pub const ROUTES: &[(&str, Endpoint)] = &[
+    ("/v1/track", Endpoint::Single(MessageType::Track)),
+    ("/v1/t", Endpoint::Single(MessageType::Track)),
+    ("/v1/identify", Endpoint::Single(MessageType::Identify)),
+    ("/v1/i", Endpoint::Single(MessageType::Identify)),
+    ("/v1/page", Endpoint::Single(MessageType::Page)),
+    ("/v1/p", Endpoint::Single(MessageType::Page)),
+    ("/v1/screen", Endpoint::Single(MessageType::Screen)),
+    ("/v1/s", Endpoint::Single(MessageType::Screen)),
+    ("/v1/group", Endpoint::Single(MessageType::Group)),
+    ("/v1/g", Endpoint::Single(MessageType::Group)),
+    ("/v1/alias", Endpoint::Single(MessageType::Alias)),
+    ("/v1/a", Endpoint::Single(MessageType::Alias)),
+    ("/v1/batch", Endpoint::Batch),
+    ("/v1/b", Endpoint::Batch),
+    ("/v1/import", Endpoint::Batch),
+];
+
+/// The Tracking API router (admin routes are merged in by the caller).
+pub fn router<S: Sink>(app: Arc<App<S>>) -> Router {
+    let mut r = Router::new();
+    for (path, endpoint) in ROUTES {
+        let endpoint = *endpoint;
+        r = r.route(
+            path,
+            post(
+                move |State(app): State<Arc<App<S>>>, req: Request| async move {
+                    handle(app, endpoint, req).await
+                },
+            ),
+        );
+    }
+    let retry_after = app.retry_after_seconds;
+    r.with_state(app)
+        .fallback(move |req: Request| async move {
+            IngestError::NotFound(req.uri().path().to_string()).to_response(retry_after)
+        })
+        .method_not_allowed_fallback(move |req: Request| async move {
+            IngestError::MethodNotAllowed(req.method().to_string()).to_response(retry_after)
+        })
+        .layer(middleware::from_fn(cors))
+}
+
+const ALLOW_HEADERS: &str = "Authorization, Content-Type, Content-Encoding, X-Retry-Count";
+
+/// CORS for analytics.js: preflights are answered here; every response carries
+/// `Access-Control-Allow-Origin` (the request's Origin, so credentialed requests work too).
+async fn cors(req: Request, next: Next) -> Response {
+    let origin = req.headers().get("origin").cloned();
+    if req.method() == Method::OPTIONS {
+        let requested = req
+            .headers()
+            .get("access-control-request-headers")
+            .cloned()
+            .unwrap_or(HeaderValue::from_static(ALLOW_HEADERS));
+        let mut resp = StatusCode::OK.into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            "access-control-allow-methods",
+            HeaderValue::from_static("POST, OPTIONS"),
+        );
+        h.insert("access-control-allow-headers", requested);
+        h.insert("access-control-max-age", HeaderValue::from_static("86400"));
+        set_origin(h, origin);
+        return resp;
+    }
+    let mut resp = next.run(req).await;
+    set_origin(resp.headers_mut(), origin);
+    resp
+}
+
+fn set_origin(h: &mut HeaderMap, origin: Option<HeaderValue>) {
+    match origin {
+        Some(o) => {
+            h.insert("access-control-allow-origin", o);
+            h.insert(
+                "access-control-allow-credentials",
+                HeaderValue::from_static("true"),
+            );
+            h.append("vary", HeaderValue::from_static("Origin"));
+        }
+        None => {
+            h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+        }
+    }
+}
+
+fn success() -> Response {
+    (
+        StatusCode::OK,
+        axum::Json(serde_json::json!({"success": true})),
+    )
+        .into_response()
+}
+
+async fn handle<S: Sink>(app: Arc<App<S>>, endpoint: Endpoint, req: Request) -> Response {
+    let started = Instant::now();
+    let label = endpoint.label();
+    let (parts, body) = req.into_parts();
+    let retried = parts
+        .headers
+        .get("x-retry-count")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    if retried > 0 {
+        app.metrics.client_retries.inc();
+    }
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let resp = match ingest_request(&app, endpoint, &parts.headers, peer, body).await {
+        Ok(()) => success(),
+        Err(e) => {
+            if e.status().is_server_error() || e.retryable() {
+                tracing::warn!(endpoint = label, code = e.code(), error = %e, "request not accepted");
+            } else {
+                tracing::debug!(endpoint = label, code = e.code(), error = %e, "request rejected");
+            }
+            e.to_response(app.retry_after_seconds)
+        }
+    };
+    app.metrics
+        .requests
+        .with_label_values(&[label, resp.status().as_str()])
+        .inc();
+    app.metrics
+        .request_duration
+        .with_label_values(&[label])
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn ingest_request<S: Sink>(
+    app: &App<S>,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    peer: Option<IpAddr>,
+    body: Body,
+) -> Result<(), IngestError> {
+    // A bad Basic key is rejected before the body is read.
+    let header_cred =
+        auth::header_credential(headers.get("authorization").and_then(|v| v.to_str().ok()))?;
+    if let auth::HeaderCredential::WriteKey(k) = &header_cred {
+        if app.keys.get(k).is_none() {
+            return Err(IngestError::InvalidWriteKey);
+        }
+    }
+    let limit = app.limits.max_request_bytes;
+    let raw = read_body(body, headers, limit).await?;
+    app.metrics.request_size.observe(raw.len() as f64);
+    let encoding = headers
+        .get("content-encoding")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_ascii_lowercase());
+    let decoded = decode_body(encoding.as_deref(), raw, limit)?;
+    let json = ingest::parse_body(&decoded)?;
+    drop(decoded);
+    let envelope = ingest::split(endpoint, json, &app.limits)?;
+    let source = auth::resolve(&app.keys, &header_cred, envelope.write_key.as_deref())?;
+
+    let client_ip = peer.map(|p| {
+        let xff = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        ip::client_ip(p, xff, &app.trusted_proxies).to_string()
+    });
+    let rcpt = Receipt {
+        received_at: Utc::now(),
+        space_id: &source.space_id,
+        source_id: &source.source_id,
+        key_id: &source.key_id,
+        client_ip,
+    };
+
+    let mut records = Vec::with_capacity(envelope.items.len());
+    let mut counted: Vec<(&'static str, &'static str)> = Vec::with_capacity(envelope.items.len());
+    let mut items = envelope.items.clone();
+    for item in items.drain(..) {
+        match ingest::normalize(item, &envelope, &rcpt, || uuid::Uuid::new_v4().to_string()) {
+            Normalized::Accepted(msg) => {
+                let value = msg.encode().map_err(|e| {
+                    IngestError::InvalidRequest(format!(
+                        "message {} could not be encoded: {e}",
+                        msg.message_id
+                    ))
+                })?;
+                counted.push((msg.message_type.as_str(), "accepted"));
+                records.push(OutRecord {
+                    topic: Topic::Raw,
+                    key: Some(msg.message_id.clone().into_bytes()),
+                    value,
+                });
+            }
+            Normalized::Dead(d) => {
+                let dl = DeadLetter {
+                    space_id: source.space_id.clone(),
+                    service: "collector".into(),
+                    origin_topic: app.raw_topic.clone(),
+                    origin_partition: -1,
+                    origin_offset: -1,
+                    key: d.message_id.as_ref().map(|m| m.clone().into_bytes()),
+                    value: Some(d.payload.clone()),
+                    error: d.error.clone(),
+                    reason: d.reason.as_str().into(),
+                    failed_at_ms: rcpt.received_at.timestamp_millis(),
+                };
+                let value = dl.encode().map_err(|e| {
+                    IngestError::InvalidRequest(format!("dead letter could not be encoded: {e}"))
+                })?;
+                app.metrics
+                    .dead_letters
+                    .with_label_values(&[d.reason.as_str()])
+                    .inc();
+                counted.push((
+                    d.message_type.map(|t| t.as_str()).unwrap_or("unknown"),
+                    "dead_lettered",
+                ));
+                records.push(OutRecord {
+                    topic: Topic::Dlq,
+                    key: None,
+                    value,
+                });
+            }
+        }
+    }
+    if records.is_empty() {
+        return Ok(());
+    }
+    let write_started = Instant::now();
+    match app.sink.write(records).await {
+        Ok(()) => {
+            app.metrics
+                .kafka_write_duration
+                .observe(write_started.elapsed().as_secs_f64());
+            for (t, outcome) in counted {
+                app.metrics.messages.with_label_values(&[t, outcome]).inc();
+            }
+            Ok(())
+        }
+        Err(e) => {
+            app.metrics
+                .produce_errors
+                .with_label_values(&[e.label()])
+                .inc();
+            for (t, _) in counted {
+                app.metrics
+                    .messages
+                    .with_label_values(&[t, "rejected"])
+                    .inc();
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// Reads the body up to `limit` bytes; a declared or actual larger body is `request_too_large`.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, IngestError> {
+    if let Some(len) = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > limit {
+            return Err(IngestError::RequestTooLarge {
+                what: "the request body",
+                size: len,
+                limit,
+            });
+        }
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(IngestError::RequestTooLarge {
+                what: "the request body",
+                size: limit + 1,
+                limit,
+            })
+        }
+        Err(e) => Err(IngestError::InvalidRequest(format!(
+            "reading the request body failed: {e}"
+        ))),
+    }
+}
+
+/// Decompresses per `Content-Encoding`, capping the decompressed size at `limit`.
+pub fn decode_body(encoding: Option<&str>, raw: Bytes, limit: usize) -> Result<Bytes, IngestError> {
+    let mut out = Vec::new();
+    let enc = encoding.unwrap_or("identity");
+    let result = match enc {
+        "" | "identity" => return Ok(raw),
+        "gzip" | "x-gzip" => flate2::read::MultiGzDecoder::new(&raw[..])
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out),
+        "deflate" => flate2::read::ZlibDecoder::new(&raw[..])
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out),
+        other => return Err(IngestError::UnsupportedEncoding(other.to_string())),
+    };
+    match result {
+        Ok(_) if out.len() > limit => Err(IngestError::RequestTooLarge {
+            what: "the decompressed request body",
+            size: out.len(),
+            limit,
+        }),
+        Ok(_) => Ok(Bytes::from(out)),
+        Err(e) => Err(IngestError::InvalidEncoding {
+            encoding: enc.to_string(),
+            detail: e.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::auth::Source;
+    use crate::error::SinkError;
+    use crate::sink::MemorySink;
+    use base64::Engine;
+    use corral_codec::RawEvent;
+    use std::io::Write;
+    use tower::ServiceExt;
+
+    fn app() -> Arc<App<MemorySink>> {
+        let registry = prometheus::Registry::new();
+        Arc::new(App {
+            sink: MemorySink::default(),
+            keys: WriteKeys::new([(
+                "wk".to_string(),
+                Source {
+                    source_id: "demo".into(),
+                    space_id: "default".into(),
+                    key_id: "demo".into(),
+                },
+            )]),
+            limits: Limits {
+                max_message_bytes: 1024,
+                max_request_bytes: 4096,
+                max_batch_messages: 5,
+            },
+            trusted_proxies: vec![],
+            metrics: Metrics::new(&registry).unwrap(),
+            raw_topic: "t.events.raw".into(),
+            retry_after_seconds: 2,
+        })
+    }
+
+    fn basic() -> String {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("wk:")
+        )
+    }
+
+    async fn call(
+        app: &Arc<App<MemorySink>>,
+        req: axum::http::Request<Body>,
+    ) -> (StatusCode, HeaderMap, serde_json::Value) {
+        let resp = router(app.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let json = if body.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&body).unwrap()
+        };
+        (status, headers, json)
+    }
+
+    fn post(path: &str, body: impl Into<Body>) -> axum::http::request::Builder {
+        let _ = body;
+        axum::http::Request::post(path)
+    }
+
+    #[tokio::test]
+    async fn track_is_written_with_200_and_small_body() {
+        let app = app();
+        let req = post("/v1/t", "")
+            .header("authorization", basic())
+            .header("content-type", "text/plain")
+            .body(Body::from(
+                r#"{"userId":"u","event":"E","properties":{"n":1}}"#,
+            ))
+            .unwrap();
+        let (status, _, body) = call(&app, req).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, serde_json::json!({"success": true}));
+        let recs = app.sink.records.lock().unwrap().clone();
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].topic, Topic::Raw);
+        let ev = RawEvent::decode(&recs[0].value).unwrap();
+        assert_eq!(recs[0].key.as_deref(), Some(ev.message_id.as_bytes()));
+        assert_eq!(ev.event.as_deref(), Some("E"));
+        assert_eq!(ev.source_id.as_deref(), Some("demo"));
+    }
+
+    #[tokio::test]
+    async fn errors_are_json_with_code_and_message() {
+        let app = app();
+        let cases: Vec<(axum::http::Request<Body>, StatusCode, &str)> = vec![
+            (
+                post("/v1/batch", "").body(Body::from("{nope")).unwrap(),
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+            ),
+            (
+                post("/v1/batch", "")
+                    .body(Body::from(r#"{"batch":[]}"#))
+                    .unwrap(),
+                StatusCode::UNAUTHORIZED,
+                "missing_write_key",
+            ),
+            (
+                post("/v1/batch", "")
+                    .body(Body::from(r#"{"batch":[],"writeKey":"x"}"#))
+                    .unwrap(),
+                StatusCode::UNAUTHORIZED,
+                "invalid_write_key",
+            ),
+            (
+                post("/v1/batch", "")
+                    .header("authorization", basic())
+                    .body(Body::from(vec![b' '; 5000]))
+                    .unwrap(),
+                StatusCode::BAD_REQUEST,
+                "request_too_large",
+            ),
+            (
+                post("/v1/batch", "")
+                    .header("authorization", basic())
+                    .header("content-encoding", "br")
+                    .body(Body::from("{}"))
+                    .unwrap(),
+                StatusCode::BAD_REQUEST,
+                "unsupported_encoding",
+            ),
+            (
+                post("/v1/batch", "")
+                    .header("authorization", basic())
+                    .header("content-encoding", "gzip")
+                    .body(Body::from("not gzip"))
+                    .unwrap(),
+                StatusCode::BAD_REQUEST,
+                "invalid_encoding",
+            ),
+            (
+                post("/v2/nothing", "").body(Body::empty()).unwrap(),
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                axum::http::Request::get("/v1/track")
+                    .body(Body::empty())
+                    .unwrap(),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+            ),
+        ];
+        for (req, status, code) in cases {
+            let (s, _, body) = call(&app, req).await;
+            assert_eq!(
+                (s, body["code"].as_str().unwrap()),
+                (status, code),
+                "{body}"
+            );
+            assert!(body["message"].as_str().unwrap().len() > 5);
+        }
+    }
+
+    #[tokio::test]
+    async fn gzip_bodies_and_decompressed_cap() {
+        let app = app();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(br#"{"batch":[{"type":"identify","userId":"u"}],"writeKey":"wk"}"#)
+            .unwrap();
+        let req = post("/v1/batch", "")
+            .header("content-encoding", "gzip")
+            .body(Body::from(gz.finish().unwrap()))
+            .unwrap();
+        assert_eq!(call(&app, req).await.0, StatusCode::OK);
+        // 100 KB of spaces compress to ~100 bytes: the cap applies after decompression.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&vec![b' '; 100_000]).unwrap();
+        let req = post("/v1/batch", "")
+            .header("authorization", basic())
+            .header("content-encoding", "gzip")
+            .body(Body::from(gz.finish().unwrap()))
+            .unwrap();
+        let (s, _, body) = call(&app, req).await;
+        assert_eq!(
+            (s, body["code"].as_str().unwrap()),
+            (StatusCode::BAD_REQUEST, "request_too_large")
+        );
+        assert!(body["message"].as_str().unwrap().contains("decompressed"));
+    }
+
+    #[tokio::test]
+    async fn sink_failures_are_503_or_429_with_retry_after() {
+        let app = app();
+        for (err, status) in [
+            (
+                SinkError::Unavailable("down".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (SinkError::QueueFull, StatusCode::TOO_MANY_REQUESTS),
+        ] {
+            *app.sink.fail.lock().unwrap() = Some(err);
+            let req = post("/v1/identify", "")
+                .header("authorization", basic())
+                .body(Body::from(r#"{"userId":"u"}"#))
+                .unwrap();
+            let (s, headers, body) = call(&app, req).await;
+            assert_eq!(s, status);
+            assert_eq!(headers.get("retry-after").unwrap(), "2");
+            assert!(body["code"].is_string() && body["message"].is_string());
+        }
+    }
+
+    #[tokio::test]
+    async fn unusable_messages_get_200_and_a_dead_letter() {
+        let app = app();
+        let req = post("/v1/batch", "")
+            .header("authorization", basic())
+            .body(Body::from(
+                r#"{"batch":[{"type":"track","userId":"u"},{"type":"identify","userId":"u"}]}"#,
+            ))
+            .unwrap();
+        assert_eq!(call(&app, req).await.0, StatusCode::OK);
+        let recs = app.sink.records.lock().unwrap().clone();
+        assert_eq!(
+            recs.iter().map(|r| r.topic).collect::<Vec<_>>(),
+            [Topic::Dlq, Topic::Raw]
+        );
+        let dl = DeadLetter::decode(&recs[0].value).unwrap();
+        assert_eq!(dl.reason, "missing_event");
+        assert_eq!(dl.service, "collector");
+        assert_eq!(
+            app.metrics
+                .dead_letters
+                .with_label_values(&["missing_event"])
+                .get(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn cors_preflight_and_origin() {
+        let app = app();
+        let req = axum::http::Request::builder()
+            .method("OPTIONS")
+            .uri("/v1/t")
+            .header("origin", "https://shop.example")
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .body(Body::empty())
+            .unwrap();
+        let (s, h, _) = call(&app, req).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(
+            h.get("access-control-allow-origin").unwrap(),
+            "https://shop.example"
+        );
+        assert_eq!(
+            h.get("access-control-allow-headers").unwrap(),
+            "authorization,content-type"
+        );
+        assert!(h
+            .get("access-control-allow-methods")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("POST"));
+        let req = post("/v1/t", "")
+            .header("origin", "https://shop.example")
+            .body(Body::from("{"))
+            .unwrap();
+        let (_, h, _) = call(&app, req).await;
+        assert_eq!(
+            h.get("access-control-allow-origin").unwrap(),
+            "https://shop.example"
+        );
+    }
+
+    #[tokio::test]
+    async fn retries_are_counted() {
+        let app = app();
+        let req = post("/v1/batch", "")
+            .header("authorization", basic())
+            .header("x-retry-count", "3")
+            .body(Body::from(r#"{"batch":[]}"#))
+            .unwrap();
+        assert_eq!(call(&app, req).await.0, StatusCode::OK);
+        assert_eq!(app.metrics.client_retries.get(), 1);
+    }
+}

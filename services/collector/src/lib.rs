@@ -1,0 +1,15 @@
+//! Corral's collector: Segment's HTTP Tracking API in front of Kafka.
+//!
+//! Layout (after vectordotdev/vector's sources): [`config`] (flags, env, file), [`error`] (typed
+//! errors and their HTTP answers), [`metrics`], the pure domain logic in [`auth`], [`ip`] and
+//! [`ingest`] (parsing, limits, batch merge, timestamps, dead letters), and the edges: [`http`]
+//! (axum) and [`sink`] (rdkafka). See `docs/collector.md`.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod ingest;
+pub mod ip;
+pub mod metrics;
+pub mod sink;
