@@ -4,6 +4,10 @@
 //!   drift (exit 2 when there is any); running it again changes nothing.
 //! - `corralctl definitions validate FILE`: reports every error in a file of audiences and
 //!   computed traits (exit 1 when there is any).
+//! - `corralctl plans validate|apply|check-event` and `corralctl replay blocked`: tracking plans
+//!   (see `plans.rs` and the `corral-validator` crate).
+
+mod plans;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,7 +21,12 @@ use corral_runtime::topics::{Manifest, TopicAdmin};
 #[command(name = "corralctl", version, about = "Operate a Corral deployment")]
 struct Cli {
     /// Kafka bootstrap servers.
-    #[arg(long, global = true, env = "CORRAL_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        global = true,
+        env = "CORRAL_KAFKA_BOOTSTRAP",
+        default_value = "127.0.0.1:9092"
+    )]
     bootstrap: String,
     #[command(subcommand)]
     command: Command,
@@ -34,6 +43,16 @@ enum Command {
     Definitions {
         #[command(subcommand)]
         action: DefinitionsAction,
+    },
+    /// Tracking plans (Segment Protocols).
+    Plans {
+        #[command(subcommand)]
+        action: plans::PlansAction,
+    },
+    /// Replay quarantined messages.
+    Replay {
+        #[command(subcommand)]
+        action: plans::ReplayAction,
     },
 }
 
@@ -58,6 +77,8 @@ enum DefinitionsAction {
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Plans { action } => plans::plans(&cli.bootstrap, action),
+        Command::Replay { action } => plans::replay(&cli.bootstrap, action),
         Command::Topics {
             action: TopicsAction::Apply { manifest, prefix },
         } => {
