@@ -1,0 +1,429 @@
+//! End-to-end tests of the validator against the real broker (`deploy/local`): exact outputs for a
+//! mixed stream, de-duplication across SIGKILL, plan hot reload, replay of blocked messages.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use corral_codec::{
+    AvroRecord, BlockedEvent, DeadLetter, MessageType, RawEvent, SegmentMessage, ValidEvent,
+    Violation,
+};
+use corral_runtime::topics::CleanupPolicy;
+use corral_tests::{bootstrap, create_topic, produce, read_committed, unique, Record, Service};
+use corral_validator::kafka::{apply_plan, replay_blocked, ApplyResult, ReplayFilter};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_corral-validator");
+const SAMPLE: &str = include_str!("../../../examples/tracking-plan.yaml");
+
+struct Setup {
+    app: String,
+    raw: String,
+    valid: String,
+    blocked: String,
+    violations: String,
+    dlq: String,
+    definitions: String,
+    state: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(name: &str) -> Setup {
+        let app = unique(name);
+        let t = |n: &str| format!("{app}.{n}");
+        let s = Setup {
+            raw: t("events.raw"),
+            valid: t("events.valid"),
+            blocked: t("events.blocked"),
+            violations: t("events.violations"),
+            dlq: t("events.dlq"),
+            definitions: t("definitions"),
+            app,
+            state: tempfile::tempdir().unwrap(),
+        };
+        for topic in [&s.raw, &s.valid, &s.blocked, &s.violations] {
+            create_topic(topic, 3, CleanupPolicy::Delete);
+        }
+        create_topic(&s.dlq, 1, CleanupPolicy::Delete);
+        create_topic(&s.definitions, 1, CleanupPolicy::Compact);
+        s
+    }
+
+    /// Applies the sample plan with its `controls:` block replaced.
+    fn apply(&self, controls: &str) -> ApplyResult {
+        let start = SAMPLE.find("controls:").unwrap();
+        let end = SAMPLE.find("\nevents:").unwrap() + 1;
+        let text = format!(
+            "{}controls:\n{controls}\n{}",
+            &SAMPLE[..start],
+            &SAMPLE[end..]
+        );
+        let path: PathBuf = self
+            .state
+            .path()
+            .join(format!("plan-{}.yaml", rand::random::<u32>()));
+        std::fs::write(&path, text).unwrap();
+        apply_plan(&bootstrap(), &self.definitions, &path, Some("test".into())).unwrap()
+    }
+
+    fn spawn(&self) -> Service {
+        let args: Vec<String> = [
+            "--bootstrap",
+            &bootstrap(),
+            "--app",
+            &self.app,
+            "--instance",
+            "0",
+            "--raw-topic",
+            &self.raw,
+            "--valid-topic",
+            &self.valid,
+            "--blocked-topic",
+            &self.blocked,
+            "--violations-topic",
+            &self.violations,
+            "--dlq-topic",
+            &self.dlq,
+            "--definitions-topic",
+            &self.definitions,
+            "--state-dir",
+            &self.state.path().join("state").display().to_string(),
+            "--session-timeout-ms",
+            "6000",
+            "--commit-interval-ms",
+            "100",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        Service::spawn("validator", BIN, &args, &[])
+    }
+
+    fn send(&self, msgs: &[SegmentMessage]) {
+        produce(
+            &self.raw,
+            msgs.iter()
+                .map(|m| (m.message_id.clone().into_bytes(), m.encode().unwrap())),
+        );
+    }
+
+    fn read(&self, topic: &str) -> Vec<Record> {
+        read_committed(topic, 0, Duration::from_secs(20))
+    }
+
+    /// Waits until `topic` holds at least `n` committed records.
+    fn await_count(&self, topic: &str, n: usize) -> Vec<Record> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let out = read_committed(topic, n, Duration::from_secs(10));
+            if out.len() >= n || Instant::now() > deadline {
+                return out;
+            }
+        }
+    }
+}
+
+fn track(id: &str, event: &str, props: serde_json::Value) -> SegmentMessage {
+    let mut m = SegmentMessage::new("default", MessageType::Track, id);
+    m.event = Some(event.into());
+    m.user_id = Some(format!("user-{id}"));
+    m.properties = Some(props);
+    m.source_id = Some("web".into());
+    m
+}
+
+fn valid_feature(id: &str) -> SegmentMessage {
+    track(
+        id,
+        "Feature Used",
+        json!({"feature_name": "export", "time_spent_seconds": 3}),
+    )
+}
+
+fn ids<T>(
+    records: &[Record],
+    decode: impl Fn(&[u8]) -> T,
+    id: impl Fn(&T) -> String,
+) -> Vec<String> {
+    let mut v: Vec<String> = records
+        .iter()
+        .map(|r| id(&decode(r.value.as_deref().unwrap())))
+        .collect();
+    v.sort();
+    v
+}
+
+fn valid_ids(r: &[Record]) -> Vec<String> {
+    ids(
+        r,
+        |b| ValidEvent::decode(b).unwrap(),
+        |e| e.message.message_id.clone(),
+    )
+}
+
+fn blocked_ids(r: &[Record]) -> Vec<String> {
+    ids(
+        r,
+        |b| BlockedEvent::decode(b).unwrap(),
+        |e| e.message.message_id.clone(),
+    )
+}
+
+const STRICT: &str =
+    "  track: {unplanned_events: block, unplanned_properties: omit, violations: block}";
+
+#[test]
+fn mixed_stream_gives_exact_outputs_and_duplicates_stay_dropped_across_sigkill() {
+    let s = Setup::new("val-mixed");
+    assert!(matches!(
+        s.apply(STRICT),
+        ApplyResult::Applied { version: 1, .. }
+    ));
+    assert!(
+        matches!(s.apply(STRICT), ApplyResult::Unchanged { version: 1, .. }),
+        "applying again changes nothing"
+    );
+
+    let mut input = Vec::new();
+    for i in 0..20 {
+        input.push(valid_feature(&format!("v-{i:02}")));
+    }
+    for i in 0..5 {
+        input.push(track(&format!("u-{i}"), "Report Generated", json!({})));
+        input.push(track(
+            &format!("t-{i}"),
+            "Feature Used",
+            json!({"feature_name": "x", "time_spent_seconds": "long"}),
+        ));
+        input.push(track(
+            &format!("r-{i}"),
+            "Onboarding Step Completed",
+            json!({"step_index": 1}),
+        ));
+        input.push(track(
+            &format!("e-{i}"),
+            "Feature Used",
+            json!({"feature_name": "x", "colour": "red"}),
+        ));
+    }
+    for i in 0..10 {
+        input.push(valid_feature(&format!("v-{i:02}"))); // duplicates
+    }
+    s.send(&input);
+    produce(
+        &s.raw,
+        vec![
+            (b"bad-1".to_vec(), vec![0xff, 0x00]),
+            (b"bad-2".to_vec(), b"{\"json\":1}".to_vec()),
+        ],
+    );
+
+    // Killed mid-stream, then restarted: outputs must be as if it never happened.
+    let svc = s.spawn();
+    std::thread::sleep(Duration::from_millis(1_500));
+    svc.kill9();
+    let svc = s.spawn();
+    s.await_count(&s.valid, 25);
+    s.await_count(&s.dlq, 2);
+    // Duplicates of already-valid messages after a SIGKILL and restart: still dropped.
+    svc.kill9();
+    let mut more: Vec<_> = (10..20)
+        .map(|i| valid_feature(&format!("v-{i:02}")))
+        .collect();
+    more.push(valid_feature("n-1"));
+    s.send(&more);
+    let svc = s.spawn();
+    s.await_count(&s.valid, 26);
+    assert_eq!(svc.terminate().code(), Some(0));
+
+    let valid = s.read(&s.valid);
+    let blocked = s.read(&s.blocked);
+    let violations = s.read(&s.violations);
+    let dlq = s.read(&s.dlq);
+
+    let mut want_valid: Vec<String> = (0..20).map(|i| format!("v-{i:02}")).collect();
+    want_valid.extend((0..5).map(|i| format!("e-{i}")));
+    want_valid.push("n-1".into());
+    want_valid.sort();
+    assert_eq!(
+        valid_ids(&valid),
+        want_valid,
+        "each valid message exactly once, duplicates dropped"
+    );
+    let mut want_blocked: Vec<String> = (0..5)
+        .flat_map(|i| [format!("u-{i}"), format!("t-{i}"), format!("r-{i}")])
+        .collect();
+    want_blocked.sort();
+    assert_eq!(blocked_ids(&blocked), want_blocked);
+    assert_eq!(violations.len(), 20, "one record per violation");
+    assert_eq!(dlq.len(), 2);
+    // Nothing lost: every input is accounted for (20 duplicates were dropped).
+    assert_eq!(
+        valid.len() + blocked.len() + dlq.len() + 20,
+        input.len() + 2 + more.len()
+    );
+
+    for r in &valid {
+        let e = ValidEvent::decode(r.value.as_deref().unwrap()).unwrap();
+        assert_eq!(r.key.as_deref(), Some(e.message.message_id.as_bytes()));
+        assert_eq!(e.protocols.tracking_plan_id.as_deref(), Some("engagement"));
+        assert_eq!(e.protocols.tracking_plan_version, Some(1));
+        if e.message.message_id.starts_with("e-") {
+            assert_eq!(e.protocols.omitted, vec!["properties.colour"]);
+            assert!(e
+                .message
+                .properties
+                .as_ref()
+                .unwrap()
+                .get("colour")
+                .is_none());
+            assert_eq!(
+                e.message.context.as_ref().unwrap()["protocols"]["omitted"],
+                json!(["properties.colour"])
+            );
+        } else {
+            assert!(e.protocols.violations.is_empty());
+        }
+    }
+    for r in &blocked {
+        let b = BlockedEvent::decode(r.value.as_deref().unwrap()).unwrap();
+        let original = input
+            .iter()
+            .find(|m| m.message_id == b.message.message_id)
+            .unwrap();
+        assert_eq!(&b.message, original, "blocked messages are kept intact");
+        let want = match &b.message.message_id[..1] {
+            "u" => ("unplanned_event", "Unplanned Event"),
+            "t" => ("violation", "Invalid Type"),
+            _ => ("violation", "Required"),
+        };
+        assert_eq!(
+            (b.reason.as_str(), b.violations[0].violation_type.as_str()),
+            want
+        );
+    }
+    let types: BTreeSet<String> = violations
+        .iter()
+        .map(|r| {
+            Violation::decode(r.value.as_deref().unwrap())
+                .unwrap()
+                .violation_type
+        })
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "Invalid Type",
+            "Required",
+            "Unplanned Event",
+            "Unplanned Property"
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    );
+    for r in &dlq {
+        let d = DeadLetter::decode(r.value.as_deref().unwrap()).unwrap();
+        assert_eq!(d.origin_topic, s.raw);
+        assert_eq!(d.service, s.app);
+        assert!(d.value.is_some(), "the original bytes are kept");
+    }
+}
+
+#[test]
+fn plan_changes_take_effect_without_restart_and_blocked_messages_replay() {
+    let s = Setup::new("val-reload");
+    s.apply("  track: {unplanned_events: allow}\n  forward_violations_to: violations-source");
+    let svc = s.spawn();
+    let first: Vec<_> = (0..5)
+        .map(|i| track(&format!("a-{i}"), "Report Generated", json!({})))
+        .collect();
+    s.send(&first);
+    s.await_count(&s.valid, 5);
+
+    assert!(matches!(
+        s.apply("  track: {unplanned_events: block}"),
+        ApplyResult::Applied { version: 2, .. }
+    ));
+    // Probe until the new version is in force, then send a batch.
+    let mut probes = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.read(&s.blocked).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "plan version 2 never took effect"
+        );
+        s.send(&[track(&format!("p-{probes}"), "Report Generated", json!({}))]);
+        probes += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let second: Vec<_> = (0..5)
+        .map(|i| track(&format!("b-{i}"), "Report Generated", json!({})))
+        .collect();
+    s.send(&second);
+    let blocked = s.await_count(&s.blocked, 6);
+    let ids = blocked_ids(&blocked);
+    for i in 0..5 {
+        assert!(
+            ids.contains(&format!("b-{i}")),
+            "b-{i} must be blocked under plan v2: {ids:?}"
+        );
+    }
+    let valid = s.read(&s.valid);
+    // Nothing lost or doubled across the change: every input is in exactly one output.
+    let mut all = valid_ids(&valid);
+    all.extend(ids.clone());
+    let unique_ids: BTreeSet<_> = all.iter().cloned().collect();
+    assert_eq!(
+        all.len(),
+        unique_ids.len(),
+        "no message in two outputs or twice"
+    );
+    // The raw topic also holds the Violation Generated events forwarded under v1 (5 a-*).
+    let forwarded: Vec<RawEvent> = s
+        .read(&s.raw)
+        .iter()
+        .filter_map(|r| RawEvent::decode(r.value.as_deref()?).ok())
+        .filter(|m| m.event.as_deref() == Some("Violation Generated"))
+        .collect();
+    assert_eq!(
+        forwarded.len(),
+        5,
+        "one Violation Generated per violation under v1"
+    );
+    assert!(forwarded
+        .iter()
+        .all(|m| m.source_id.as_deref() == Some("violations-source")));
+    assert_eq!(
+        all.len(),
+        5 + probes + 5 + 5,
+        "first, probes, second and the forwarded events"
+    );
+    for r in &valid {
+        let e = ValidEvent::decode(r.value.as_deref().unwrap()).unwrap();
+        if e.message.message_id.starts_with("a-") {
+            assert_eq!(e.protocols.tracking_plan_version, Some(1));
+        }
+    }
+
+    // Fix the plan (allow again) and replay the quarantine: the blocked messages become valid.
+    assert!(matches!(
+        s.apply("  track: {unplanned_events: allow}"),
+        ApplyResult::Applied { version: 3, .. }
+    ));
+    std::thread::sleep(Duration::from_secs(2));
+    let filter = ReplayFilter {
+        since_ms: 0,
+        ..Default::default()
+    };
+    let n = replay_blocked(&bootstrap(), &s.blocked, &s.raw, &filter).unwrap();
+    assert_eq!(n, ids.len());
+    let valid = s.await_count(&s.valid, valid.len() + n);
+    let replayed: BTreeSet<String> = valid_ids(&valid).into_iter().collect();
+    for id in &ids {
+        assert!(replayed.contains(id), "{id} must be valid after the replay");
+    }
+    svc.terminate();
+}
