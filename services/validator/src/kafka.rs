@@ -109,12 +109,13 @@ pub fn spawn_definitions_reader(
                             None => metrics.definition_errors.inc(),
                         }
                     }
-                    Some(Err(KafkaError::PartitionEOF(p))) => {
-                        if at_end.insert(p) && at_end.len() as i32 == partitions {
-                            info!(plans = plans.snapshot().len(), "definitions loaded");
-                            caught_up.store(true, Ordering::SeqCst);
-                        }
+                    Some(Err(KafkaError::PartitionEOF(p)))
+                        if at_end.insert(p) && at_end.len() as i32 == partitions =>
+                    {
+                        info!(plans = plans.snapshot().len(), "definitions loaded");
+                        caught_up.store(true, Ordering::SeqCst);
                     }
+                    Some(Err(KafkaError::PartitionEOF(_))) => {}
                     Some(Err(e)) => warn!(error = %e, "reading definitions"),
                     None => {}
                 }

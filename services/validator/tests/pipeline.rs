@@ -427,3 +427,57 @@ fn plan_changes_take_effect_without_restart_and_blocked_messages_replay() {
     }
     svc.terminate();
 }
+
+/// Pipeline throughput (not part of the default run): `cargo test -p corral-validator --release
+/// --test pipeline -- --ignored --nocapture throughput`. Messages/s = records / span of the output
+/// records' timestamps, so startup and group join are not counted.
+#[test]
+#[ignore]
+fn throughput() {
+    let n: usize = std::env::var("VALIDATOR_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let s = Setup::new("val-bench");
+    s.apply("  track: {unplanned_events: block, unplanned_properties: omit, violations: block}");
+    let props = json!({"feature_name": "export", "feature_category": "reports", "time_spent_seconds": 12.5});
+    let msgs: Vec<_> = (0..n).map(|i| {
+        let mut m = track(&format!("m-{i}"), "Feature Used", props.clone());
+        m.context = Some(json!({"app": {"name": "web", "version": "4.2.1"}, "library": {"name": "analytics.js", "version": "5.2.0"},
+            "userAgent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"}));
+        m
+    }).collect();
+    s.send(&msgs);
+    let svc = s.spawn();
+    let out = s.await_count(&s.valid, n);
+    svc.terminate();
+    assert_eq!(out.len(), n);
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", unique("ts"))
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    use rdkafka::consumer::Consumer;
+    use rdkafka::message::Message;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..3 {
+        tpl.add_partition_offset(&s.valid, p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let (mut lo, mut hi, mut seen) = (i64::MAX, i64::MIN, 0);
+    while seen < n {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_secs(5)) {
+            let t = m.timestamp().to_millis().unwrap();
+            lo = lo.min(t);
+            hi = hi.max(t);
+            seen += 1;
+        }
+    }
+    let secs = (hi - lo).max(1) as f64 / 1000.0;
+    println!(
+        "validator throughput: {n} messages in {secs:.2} s = {:.0} messages/s",
+        n as f64 / secs
+    );
+}
