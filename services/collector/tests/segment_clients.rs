@@ -57,12 +57,31 @@ fn segment_clients_deliver_every_call_exactly_once_with_fields_intact() {
     let venv_python = clients_dir().join(".venv/bin/python");
 
     let mut py = Command::new(&venv_python);
-    py.args(["send_python.py", &c.host(), WRITE_KEY, &run_id, "--count", "250"]);
+    py.args([
+        "send_python.py",
+        &c.host(),
+        WRITE_KEY,
+        &run_id,
+        "--count",
+        "250",
+    ]);
     let mut py_gz = Command::new(&venv_python);
-    py_gz.args(["send_python.py", &c.host(), WRITE_KEY, &run_id, "--gzip", "--count", "50"]);
+    py_gz.args([
+        "send_python.py",
+        &c.host(),
+        WRITE_KEY,
+        &run_id,
+        "--gzip",
+        "--count",
+        "50",
+    ]);
     let mut node = Command::new("node");
     node.args(["send_node.mjs", &c.host(), WRITE_KEY, &run_id, "150"]);
-    let children = [("python", run(py)), ("python --gzip", run(py_gz)), ("node", run(node))];
+    let children = [
+        ("python", run(py)),
+        ("python --gzip", run(py_gz)),
+        ("node", run(node)),
+    ];
     let mut expected = Vec::new();
     for (name, child) in children {
         expected.extend(expectations(name, child.wait_with_output().unwrap()));
@@ -70,20 +89,40 @@ fn segment_clients_deliver_every_call_exactly_once_with_fields_intact() {
     assert_eq!(expected.len(), 3 * 6 + 250 + 50 + 150);
 
     let records = read_raw(&c.raw_topic, expected.len(), Duration::from_secs(60));
-    let mut by_user: HashMap<String, Vec<(Json, &corral_codec::RawEvent, &corral_tests::Record)>> = HashMap::new();
+    let mut by_user: HashMap<String, Vec<(Json, &corral_codec::RawEvent, &corral_tests::Record)>> =
+        HashMap::new();
     for (rec, ev) in &records {
-        let uid = ev.user_id.clone().expect("every client message has a userId");
-        by_user.entry(uid).or_default().push((ev.to_segment_json(), ev, rec));
+        let uid = ev
+            .user_id
+            .clone()
+            .expect("every client message has a userId");
+        by_user
+            .entry(uid)
+            .or_default()
+            .push((ev.to_segment_json(), ev, rec));
     }
     let mut ids = std::collections::HashSet::new();
     for e in &expected {
         let uid = e["userId"].as_str().unwrap();
         let got = by_user.get(uid).map(Vec::as_slice).unwrap_or(&[]);
-        assert_eq!(got.len(), 1, "{uid}: expected exactly once, got {}", got.len());
+        assert_eq!(
+            got.len(),
+            1,
+            "{uid}: expected exactly once, got {}",
+            got.len()
+        );
         let (json, ev, rec) = &got[0];
         assert_eq!(json["type"], e["type"], "{uid}");
-        assert_eq!(rec.key.as_deref(), Some(ev.message_id.as_bytes()), "key is the messageId");
-        assert!(ids.insert(ev.message_id.clone()), "duplicate messageId {}", ev.message_id);
+        assert_eq!(
+            rec.key.as_deref(),
+            Some(ev.message_id.as_bytes()),
+            "key is the messageId"
+        );
+        assert!(
+            ids.insert(ev.message_id.clone()),
+            "duplicate messageId {}",
+            ev.message_id
+        );
         assert_eq!(ev.space_id, "s1");
         assert_eq!(ev.source_id.as_deref(), Some("e2e"));
         assert!(ev.received_at.is_some() && ev.received_at_ms.is_some());
@@ -98,7 +137,10 @@ fn segment_clients_deliver_every_call_exactly_once_with_fields_intact() {
                 // skew-corrected from sentAt.
                 "timestamp" => {
                     let orig = ev.original_timestamp.as_deref().unwrap_or_default();
-                    assert!(same_instant(orig, want.as_str().unwrap()), "{uid}: originalTimestamp {orig} vs {want}");
+                    assert!(
+                        same_instant(orig, want.as_str().unwrap()),
+                        "{uid}: originalTimestamp {orig} vs {want}"
+                    );
                 }
                 "context" => {
                     for (k, v) in want.as_object().unwrap() {
@@ -111,6 +153,11 @@ fn segment_clients_deliver_every_call_exactly_once_with_fields_intact() {
     }
     assert_eq!(records.len(), expected.len(), "no extra records");
     // gzip was really used by one client and retries were not needed.
-    assert!(c.metric("corral_collector_requests_total", &["endpoint=\"batch\"", "status=\"200\""]) >= 3.0);
+    assert!(
+        c.metric(
+            "corral_collector_requests_total",
+            &["endpoint=\"batch\"", "status=\"200\""]
+        ) >= 3.0
+    );
     assert_eq!(c.metric("corral_collector_dead_letters_total", &[]), 0.0);
 }

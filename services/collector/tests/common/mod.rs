@@ -11,7 +11,11 @@ pub use corral_tests::{bootstrap, create_topic, read_committed, unique, Record, 
 pub const WRITE_KEY: &str = "e2e-key";
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub struct Collector {
@@ -34,7 +38,14 @@ impl Collector {
         Self::spawn(name, &bootstrap, &prefix, extra, raw_topic, dlq_topic)
     }
 
-    pub fn spawn(name: &str, bootstrap: &str, prefix: &str, extra: &[&str], raw_topic: String, dlq_topic: String) -> Collector {
+    pub fn spawn(
+        name: &str,
+        bootstrap: &str,
+        prefix: &str,
+        extra: &[&str],
+        raw_topic: String,
+        dlq_topic: String,
+    ) -> Collector {
         let port = free_port();
         let mut args = vec![
             "--listen".to_string(),
@@ -48,7 +59,12 @@ impl Collector {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let service = Service::spawn(name, env!("CARGO_BIN_EXE_corral-collector"), &args, &[]);
-        let c = Collector { service, port, raw_topic, dlq_topic };
+        let c = Collector {
+            service,
+            port,
+            raw_topic,
+            dlq_topic,
+        };
         c.wait_for("/healthz", Duration::from_secs(30));
         c
     }
@@ -66,7 +82,10 @@ impl Collector {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "collector {path} not 200 within {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "collector {path} not 200 within {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -102,16 +121,33 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("response body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "response body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 }
 
-pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-    try_request(port, method, path, headers, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    try_request(port, method, path, headers, body)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
-pub fn try_request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
+pub fn try_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
@@ -140,10 +176,17 @@ pub fn try_request(port: u16, method: &str, path: &str, headers: &[(&str, &str)]
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
     let mut body = raw[split + 4..].to_vec();
-    if headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")) {
+    if headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
+    {
         body = dechunk(&body);
     }
-    Ok(Response { status, headers, body })
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
@@ -166,7 +209,11 @@ pub fn basic(key: &str) -> String {
     let input = format!("{key}:").into_bytes();
     let mut s = String::new();
     for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
         for i in 0..4 {
             if i <= chunk.len() {
@@ -182,7 +229,11 @@ pub fn basic(key: &str) -> String {
 }
 
 /// Decodes every record of `topic` as a raw event (waits for at least `min`).
-pub fn read_raw(topic: &str, min: usize, timeout: Duration) -> Vec<(Record, corral_codec::RawEvent)> {
+pub fn read_raw(
+    topic: &str,
+    min: usize,
+    timeout: Duration,
+) -> Vec<(Record, corral_codec::RawEvent)> {
     use corral_codec::AvroRecord;
     read_committed(topic, min, timeout)
         .into_iter()
