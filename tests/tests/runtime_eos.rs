@@ -183,10 +183,23 @@ fn scaling_one_two_one_mid_stream_loses_and_doubles_nothing() {
     assert_exactly_once(&out, &expected);
 }
 
+/// Crashes the instance at its third commit that carries records. The input arrives in three
+/// chunks, each produced once the previous one is committed (or the instance has crashed), so
+/// there are at least three such commits however fast the instance is.
 fn crash_inside_commit(fault: &str) {
     let s = Setup::new("eos-fault");
-    let mut expected = s.produce_range(0, 30_000);
-    let svc = s.spawn("0", &[("CORRAL_FAULT", fault.to_string())]);
+    let mut expected = HashMap::new();
+    let mut svc = s.spawn("0", &[("CORRAL_FAULT", fault.to_string())]);
+    for chunk in 0..3 {
+        merge(&mut expected, s.produce_range(chunk * 10_000, 10_000));
+        let want = (chunk + 1) * 10_000;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while svc.is_running() && Instant::now() < deadline {
+            if read_committed(&s.output, want, Duration::from_secs(2)).len() >= want {
+                break;
+            }
+        }
+    }
     let status = svc.wait_exit(Duration::from_secs(120));
     assert!(!status.success(), "the injected crash must abort the process");
     merge(&mut expected, s.produce_range(30_000, 10_000));

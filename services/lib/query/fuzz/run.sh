@@ -17,7 +17,7 @@ fallback() {
     echo "run.sh: FALLBACK: running corral_query::fuzz::harness over ${FALLBACK_CASES:-20000} proptest cases (not coverage-guided fuzzing)." >&2
     cd "$root"
     PROPTEST_CASES="${FALLBACK_CASES:-20000}" \
-        cargo test -p corral-query --test properties -- --ignored --exact fuzz_harness_fallback
+        cargo test -p corral-query --test properties -- --exact fuzz_harness_fallback
     exit $?
 }
 

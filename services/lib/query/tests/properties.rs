@@ -355,11 +355,10 @@ fn long_flat_definitions_are_fine() {
     assert_eq!(parse(&print(&q)).unwrap(), q);
 }
 
-// The fuzzing fallback of `fuzz/run.sh`: the cargo-fuzz harness over generated input. Ignored
-// so it is not part of the normal `cargo test`; the case count comes from PROPTEST_CASES.
+// The cargo-fuzz harness over generated input: a short run in every `cargo test`, and the fallback
+// of `fuzz/run.sh` (with PROPTEST_CASES raised) where cargo-fuzz cannot be used.
 proptest! {
     #[test]
-    #[ignore = "fuzzing fallback; run by services/lib/query/fuzz/run.sh"]
     fn fuzz_harness_fallback(data in prop_oneof![
         any::<Vec<u8>>(),
         any::<String>().prop_map(String::into_bytes),

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# `make bench`: every benchmark in one run against the local broker, so the figures compare.
+# Results go to stdout and to .run/bench/RUN_ID/ (one file per part); BENCHMARKS.md records them.
+#
+#   deploy/local/bench.sh            everything
+#   BENCH_ONLY="baseline runtime" deploy/local/bench.sh    some parts
+#
+# Parts: baseline (Kafka's own ProducerPerformance/ConsumerPerformance, 1 KB records),
+# runtime (exactly-once pass-through at 100 ms and 1 s commit intervals, latency, restore),
+# criterion (codec and query micro-benchmarks), and each service's own load generator.
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$root"
+parts="${BENCH_ONLY:-baseline runtime criterion collector validator}"
+out="$root/.run/bench/$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "$out"
+log() { echo "bench.sh: $*" >&2; }
+want() { [[ " $parts " == *" $1 "* ]]; }
+
+{
+  echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+  echo "rustc: $(rustc --version)"
+  echo "kafka: ${KAFKA_VERSION:-4.3.1} (deploy/local, one broker)"
+} | tee "$out/machine.txt"
+
+cargo build --release -p corral-tests --bins
+
+if want baseline; then
+  log "broker baseline (Kafka's perf tools, 1 KB records)"
+  PERF_RECORDS="${PERF_RECORDS:-300000}" deploy/local/kafka.sh perf | tee "$out/baseline.txt"
+fi
+
+if want runtime; then
+  log "runtime: exactly-once pass-through, latency, restore"
+  target/release/corral-loadgen --records "${RUNTIME_RECORDS:-300000}" | tee "$out/runtime.txt"
+fi
+
+if want criterion; then
+  log "criterion: codec and query"
+  cargo bench -p corral-codec 2>&1 | grep -E '^[a-zA-Z].*|time:' | tee "$out/criterion-codec.txt"
+  cargo bench -p corral-query 2>&1 | grep -E '^[a-zA-Z].*|time:' | tee "$out/criterion-query.txt"
+fi
+
+for svc in collector validator; do
+  script="services/$svc/bench.sh"
+  if want "$svc" && [[ -x "$script" ]]; then
+    log "$svc"
+    "$script" | tee "$out/$svc.txt"
+  fi
+done
+
+log "results in ${out#"$root"/}"
