@@ -1,0 +1,1 @@
+//! Corral's compute service (work in progress).

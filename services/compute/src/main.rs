@@ -1,0 +1,4 @@
+//! Corral's compute service (work in progress).
+fn main() -> anyhow::Result<()> {
+    anyhow::bail!("corral-compute is not implemented yet")
+}

@@ -1,0 +1,1 @@
+//! Corral's fanout service (work in progress).

@@ -1,0 +1,1 @@
+//! Corral's identity service (work in progress).
