@@ -42,7 +42,11 @@ pub fn bootstrap() -> String {
 
 /// A unique prefix so tests never share topics, groups or transactional ids.
 pub fn unique(name: &str) -> String {
-    format!("{name}-{}-{:08x}", std::process::id(), rand::random::<u32>())
+    format!(
+        "{name}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
 }
 
 pub fn admin() -> TopicAdmin {
@@ -116,7 +120,8 @@ pub fn read_committed(topic: &str, min: usize, timeout: Duration) -> Vec<Record>
     let partitions = md.topics()[0].partitions().len() as i32;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
     }
     consumer.assign(&tpl).unwrap();
     let deadline = Instant::now() + timeout;
@@ -158,13 +163,16 @@ pub struct Service {
 impl Service {
     pub fn spawn(name: &str, bin: &str, args: &[String], env: &[(&str, String)]) -> Service {
         let mut cmd = Command::new(bin);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
+        cmd.args(args).stdin(Stdio::null()).env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {bin}: {e}"));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {bin}: {e}"));
         Service {
             child,
             name: name.to_string(),

@@ -109,7 +109,9 @@ fn assert_exactly_once(out: &[Record], expected: &HashMap<Vec<u8>, u64>) {
         "committed output must hold exactly one record per input"
     );
     for (k, want) in expected {
-        let got = per_key.get(k).unwrap_or_else(|| panic!("no output for key {:?}", String::from_utf8_lossy(k)));
+        let got = per_key
+            .get(k)
+            .unwrap_or_else(|| panic!("no output for key {:?}", String::from_utf8_lossy(k)));
         let seq: Vec<u64> = (1..=*want).collect();
         assert_eq!(
             got,
@@ -152,7 +154,9 @@ fn partitions_move_to_the_survivor_and_back() {
     let expected = s.produce_range(0, 100_000);
     let a = s.spawn("a", &[]);
     let b = s.spawn("b", &[]);
-    std::thread::sleep(Duration::from_millis(rand::rng().random_range(1_500..3_000)));
+    std::thread::sleep(Duration::from_millis(
+        rand::rng().random_range(1_500..3_000),
+    ));
     a.kill9(); // b takes a's partitions once a's session times out
     std::thread::sleep(Duration::from_secs(9));
     let a = s.spawn("a", &[]); // and a takes some back
@@ -175,7 +179,11 @@ fn scaling_one_two_one_mid_stream_loses_and_doubles_nothing() {
         merge(&mut expected, s.produce_range(chunk * 20_000, 20_000));
         std::thread::sleep(Duration::from_millis(700));
     }
-    assert_eq!(b.terminate().code(), Some(0), "SIGTERM must stop the instance cleanly");
+    assert_eq!(
+        b.terminate().code(),
+        Some(0),
+        "SIGTERM must stop the instance cleanly"
+    );
     merge(&mut expected, s.produce_range(100_000, 20_000));
     let out = await_output(&s, 120_000, Duration::from_secs(600));
     a.terminate();
@@ -201,7 +209,10 @@ fn crash_inside_commit(fault: &str) {
         }
     }
     let status = svc.wait_exit(Duration::from_secs(120));
-    assert!(!status.success(), "the injected crash must abort the process");
+    assert!(
+        !status.success(),
+        "the injected crash must abort the process"
+    );
     merge(&mut expected, s.produce_range(30_000, 10_000));
     let svc = s.spawn("0", &[]);
     let out = await_output(&s, 40_000, Duration::from_secs(300));
@@ -255,7 +266,11 @@ fn undecodable_records_go_to_the_dead_letter_topic_and_processing_continues() {
     let dlq = read_committed(&s.dlq, 2, Duration::from_secs(60));
     svc.terminate();
     assert_exactly_once(&out, &expected);
-    assert_eq!(dlq.len(), 2, "both bad records must reach the dead-letter topic");
+    assert_eq!(
+        dlq.len(),
+        2,
+        "both bad records must reach the dead-letter topic"
+    );
     for r in &dlq {
         let letter = corral_codec::DeadLetter::decode(r.value.as_deref().unwrap()).unwrap();
         assert_eq!(letter.origin_topic, s.input);
@@ -265,6 +280,97 @@ fn undecodable_records_go_to_the_dead_letter_topic_and_processing_continues() {
         assert!(letter.origin_offset >= 0);
         assert!(letter.key.as_deref() == Some(b"bad-1") || letter.key.as_deref() == Some(b"bad-2"));
         let original = letter.value.clone().unwrap();
-        assert!(original == vec![0xff, 0xfe, 0x00] || original == vec![0xc3, 0x28], "the original bytes are kept for replay");
+        assert!(
+            original == vec![0xff, 0xfe, 0x00] || original == vec![0xc3, 0x28],
+            "the original bytes are kept for replay"
+        );
+    }
+}
+
+#[test]
+fn punctuation_summarises_each_task_once_per_change_across_a_crash() {
+    let s = Setup::new("eos-punct");
+    let summaries = format!("{}.summary", s.app);
+    create_topic(&summaries, PARTITIONS, CleanupPolicy::Delete);
+    let spawn = |s: &Setup| {
+        let mut args = vec![
+            "--bootstrap".into(),
+            corral_tests::bootstrap(),
+            "--app".into(),
+            s.app.clone(),
+            "--instance".into(),
+            "0".into(),
+            "--input".into(),
+            s.input.clone(),
+            "--output".into(),
+            s.output.clone(),
+            "--dlq".into(),
+            s.dlq.clone(),
+            "--state-dir".into(),
+            s.state.path().display().to_string(),
+        ];
+        args.extend([
+            "--punctuate-ms".into(),
+            "150".into(),
+            "--summary-topic".into(),
+            summaries.clone(),
+        ]);
+        Service::spawn("counter-punct", BIN, &args, &[])
+    };
+    let mut expected = s.produce_range(0, 5_000);
+    let svc = spawn(&s);
+    await_output(&s, 5_000, Duration::from_secs(120));
+    std::thread::sleep(Duration::from_millis(rand::rng().random_range(0..400)));
+    svc.kill9();
+    merge(&mut expected, s.produce_range(5_000, 5_000));
+    let svc = spawn(&s);
+    let out = await_output(&s, 10_000, Duration::from_secs(120));
+    // Let the last punctuation after the final input commit.
+    std::thread::sleep(Duration::from_secs(2));
+    svc.terminate();
+    assert_exactly_once(
+        &read_committed(&s.output, out.len(), Duration::from_secs(10)),
+        &expected,
+    );
+
+    // What each task (input partition) saw: its distinct keys and its record count.
+    let input = read_committed(&s.input, 10_000, Duration::from_secs(30));
+    let mut per_task: BTreeMap<i32, (std::collections::BTreeSet<Vec<u8>>, u64)> = BTreeMap::new();
+    for r in &input {
+        let e = per_task.entry(r.partition).or_default();
+        e.0.insert(r.key.clone().unwrap());
+        e.1 += 1;
+    }
+    let mut seen: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+    let mut recs = read_committed(&summaries, 1, Duration::from_secs(10));
+    recs.sort_by_key(|r| (r.partition, r.offset));
+    for r in recs {
+        let task = String::from_utf8(r.key.unwrap()).unwrap();
+        let text = String::from_utf8(r.value.unwrap()).unwrap();
+        let field = |name: &str| -> u64 {
+            text.split(' ')
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        seen.entry(task)
+            .or_default()
+            .push((field("keys"), field("total")));
+    }
+    for (partition, (keys, total)) in per_task {
+        let task = format!("partition-{partition}");
+        let got = seen
+            .get(&task)
+            .unwrap_or_else(|| panic!("no summary for {task}"));
+        assert_eq!(
+            got.last(),
+            Some(&(keys.len() as u64, total)),
+            "{task}: last summary is the final state"
+        );
+        assert!(
+            got.windows(2).all(|w| w[0].1 < w[1].1),
+            "{task}: a summary is emitted once per change, never repeated, even across a SIGKILL: {got:?}"
+        );
     }
 }

@@ -17,7 +17,10 @@ fn apply_is_idempotent_and_reports_drift() {
     assert!(first.drift.is_empty(), "{first}");
 
     let second = admin.apply(&desired).unwrap();
-    assert!(second.created.is_empty(), "second apply must create nothing: {second}");
+    assert!(
+        second.created.is_empty(),
+        "second apply must create nothing: {second}"
+    );
     assert_eq!(second.unchanged.len(), desired.len());
     assert!(second.drift.is_empty(), "{second}");
 
@@ -33,13 +36,27 @@ fn apply_is_idempotent_and_reports_drift() {
         retention_ms: None,
     });
     let third = admin.apply(&drifted).unwrap();
-    assert!(third.drift.contains(&Drift::Partitions { topic: wrong.clone(), want: 3, have: 2 }), "{third}");
-    assert!(third.drift.contains(&Drift::CleanupPolicy {
-        topic: wrong.clone(),
-        want: "compact".into(),
-        have: "delete".into()
-    }), "{third}");
-    assert_eq!(admin.partitions(&wrong).unwrap(), Some(2), "drift is never fixed silently");
+    assert!(
+        third.drift.contains(&Drift::Partitions {
+            topic: wrong.clone(),
+            want: 3,
+            have: 2
+        }),
+        "{third}"
+    );
+    assert!(
+        third.drift.contains(&Drift::CleanupPolicy {
+            topic: wrong.clone(),
+            want: "compact".into(),
+            have: "delete".into()
+        }),
+        "{third}"
+    );
+    assert_eq!(
+        admin.partitions(&wrong).unwrap(),
+        Some(2),
+        "drift is never fixed silently"
+    );
 
     let names: Vec<String> = drifted.iter().map(|t| t.name.clone()).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();

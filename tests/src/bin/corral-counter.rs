@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use corral_runtime::{InputRecord, ProcessContext, ProcessError, RuntimeConfig, StoreSpec, StreamRuntime};
+use corral_runtime::{
+    InputRecord, ProcessContext, ProcessError, Processor, RuntimeConfig, StoreSpec, StreamRuntime,
+};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -34,12 +36,22 @@ struct Args {
     passthrough: bool,
     #[arg(long)]
     admin: Option<std::net::SocketAddr>,
+    /// Every this many ms, emit each task's `keys=K total=N` to `--summary-topic` when it changed
+    /// (exercises punctuation and prefix scans).
+    #[arg(long, requires = "summary_topic")]
+    punctuate_ms: Option<u64>,
+    #[arg(long)]
+    summary_topic: Option<String>,
     /// Test-only crash injection, e.g. `after_commit@3` (also `CORRAL_FAULT`).
     #[arg(long, env = "CORRAL_FAULT")]
     fault: Option<String>,
 }
 
-fn counter(ctx: &mut ProcessContext<'_>, rec: &InputRecord<'_>, output: &str) -> Result<(), ProcessError> {
+fn counter(
+    ctx: &mut ProcessContext<'_>,
+    rec: &InputRecord<'_>,
+    output: &str,
+) -> Result<(), ProcessError> {
     let key = rec
         .key
         .ok_or_else(|| ProcessError::bad_input("missing_key", "record has no key"))?;
@@ -47,18 +59,65 @@ fn counter(ctx: &mut ProcessContext<'_>, rec: &InputRecord<'_>, output: &str) ->
     std::str::from_utf8(value)
         .map_err(|e| ProcessError::bad_input("decode", format!("value is not UTF-8: {e}")))?;
     let count = match ctx.get(0, key)? {
-        Some(bytes) => {
-            let arr: [u8; 8] = bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| ProcessError::Fatal("corrupt count in store".into()))?;
-            u64::from_be_bytes(arr)
-        }
+        Some(bytes) => decode_count(&bytes)?,
         None => 0,
     } + 1;
     ctx.put(0, key.to_vec(), count.to_be_bytes().to_vec());
-    ctx.emit(output, Some(key.to_vec()), Some(count.to_string().into_bytes()));
+    ctx.emit(
+        output,
+        Some(key.to_vec()),
+        Some(count.to_string().into_bytes()),
+    );
     Ok(())
+}
+
+fn decode_count(bytes: &[u8]) -> Result<u64, ProcessError> {
+    let arr: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| ProcessError::Fatal("corrupt count in store".into()))?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+/// The counter plus a punctuation that summarises each task's store: store 0 holds the counts,
+/// store 1 the last summary emitted per task, so a summary is emitted once per change, exactly once.
+struct Summarising {
+    output: String,
+    summary_topic: String,
+}
+
+impl Processor for Summarising {
+    fn process(
+        &mut self,
+        ctx: &mut ProcessContext<'_>,
+        rec: &InputRecord<'_>,
+    ) -> Result<(), ProcessError> {
+        counter(ctx, rec, &self.output)
+    }
+
+    fn punctuate(
+        &mut self,
+        ctx: &mut ProcessContext<'_>,
+        _now_ms: i64,
+    ) -> Result<(), ProcessError> {
+        let entries = ctx.scan_prefix(0, b"")?;
+        let mut total = 0;
+        for (_, v) in &entries {
+            total += decode_count(v)?;
+        }
+        let summary = format!("keys={} total={total}", entries.len());
+        let task = format!("partition-{}", ctx.partition());
+        if entries.is_empty() || ctx.get(1, task.as_bytes())?.as_deref() == Some(summary.as_bytes())
+        {
+            return Ok(());
+        }
+        ctx.put(1, task.clone().into_bytes(), summary.clone().into_bytes());
+        ctx.emit(
+            &self.summary_topic,
+            Some(task.into_bytes()),
+            Some(summary.into_bytes()),
+        );
+        Ok(())
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,15 +132,32 @@ fn main() -> anyhow::Result<()> {
     cfg.admin_addr = args.admin;
     cfg.fault = args.fault.as_deref().map(str::parse).transpose()?;
     if !args.passthrough {
-        cfg.stores = vec![StoreSpec { name: "counts".into() }];
+        cfg.stores = vec![StoreSpec {
+            name: "counts".into(),
+        }];
+    }
+    if let (Some(ms), Some(_)) = (args.punctuate_ms, &args.summary_topic) {
+        cfg.punctuate_interval = Some(Duration::from_millis(ms));
+        cfg.stores.push(StoreSpec {
+            name: "summaries".into(),
+        });
     }
     let runtime = StreamRuntime::new(cfg).context("configuring the runtime")?;
     let output = args.output.clone();
-    if args.passthrough {
+    if let Some(summary_topic) = args.summary_topic.clone() {
+        runtime.run(move || Summarising {
+            output: output.clone(),
+            summary_topic: summary_topic.clone(),
+        })?;
+    } else if args.passthrough {
         runtime.run(move || {
             let output = output.clone();
             move |ctx: &mut ProcessContext<'_>, rec: &InputRecord<'_>| {
-                ctx.emit(&output, rec.key.map(<[u8]>::to_vec), rec.value.map(<[u8]>::to_vec));
+                ctx.emit(
+                    &output,
+                    rec.key.map(<[u8]>::to_vec),
+                    rec.value.map(<[u8]>::to_vec),
+                );
                 Ok(())
             }
         })?;

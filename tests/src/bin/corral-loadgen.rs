@@ -36,19 +36,41 @@ fn counter_bin() -> std::path::PathBuf {
     std::env::current_exe().unwrap().with_file_name(COUNTER)
 }
 
-fn spawn(app: &str, input: &str, output: &str, state: &std::path::Path, commit_ms: u64, passthrough: bool) -> Service {
+fn spawn(
+    app: &str,
+    input: &str,
+    output: &str,
+    state: &std::path::Path,
+    commit_ms: u64,
+    passthrough: bool,
+) -> Service {
     let mut args = vec![
-        "--bootstrap".to_string(), corral_tests::bootstrap(),
-        "--app".into(), app.into(), "--instance".into(), "0".into(),
-        "--input".into(), input.into(), "--output".into(), output.into(),
-        "--dlq".into(), format!("{input}.dlq"),
-        "--state-dir".into(), state.display().to_string(),
-        "--commit-interval-ms".into(), commit_ms.to_string(),
+        "--bootstrap".to_string(),
+        corral_tests::bootstrap(),
+        "--app".into(),
+        app.into(),
+        "--instance".into(),
+        "0".into(),
+        "--input".into(),
+        input.into(),
+        "--output".into(),
+        output.into(),
+        "--dlq".into(),
+        format!("{input}.dlq"),
+        "--state-dir".into(),
+        state.display().to_string(),
+        "--commit-interval-ms".into(),
+        commit_ms.to_string(),
     ];
     if passthrough {
         args.push("--passthrough".into());
     }
-    Service::spawn(app, counter_bin().to_str().unwrap(), &args, &[("RUST_LOG", "info".into())])
+    Service::spawn(
+        app,
+        counter_bin().to_str().unwrap(),
+        &args,
+        &[("RUST_LOG", "info".into())],
+    )
 }
 
 fn topics(name: &str, partitions: i32) -> (String, String, String) {
@@ -64,12 +86,18 @@ fn topics(name: &str, partitions: i32) -> (String, String, String) {
 fn throughput(commit_ms: u64, args: &Args) {
     let (app, input, output) = topics(&format!("bench-pass-{commit_ms}"), args.partitions);
     let payload = vec![b'x'; args.record_bytes];
-    produce(&input, (0..args.records).map(|i| (format!("k{i}").into_bytes(), payload.clone())));
+    produce(
+        &input,
+        (0..args.records).map(|i| (format!("k{i}").into_bytes(), payload.clone())),
+    );
     let state = tempfile::tempdir().unwrap();
     let svc = spawn(&app, &input, &output, state.path(), commit_ms, true);
     let out = read_committed_timestamps(&output, args.records, Duration::from_secs(600));
     svc.terminate();
-    let (first, last) = (out.iter().min().copied().unwrap_or(0), out.iter().max().copied().unwrap_or(0));
+    let (first, last) = (
+        out.iter().min().copied().unwrap_or(0),
+        out.iter().max().copied().unwrap_or(0),
+    );
     let secs = ((last - first).max(1)) as f64 / 1000.0;
     println!(
         "runtime passthrough commit_interval_ms={commit_ms} records={} records_per_sec={:.0} mb_per_sec={:.1}",
@@ -105,7 +133,10 @@ fn committed_consumer(topic: &str) -> BaseConsumer {
 }
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
 }
 
 /// Produce at a fixed rate with the send time in the value; latency = time the committed copy is read.
@@ -152,10 +183,19 @@ fn latency(args: &Args) {
     let mut lat = reader.join().unwrap();
     svc.terminate();
     lat.sort_unstable();
-    let pct = |q: f64| lat.get(((lat.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(0) as f64 / 1000.0;
+    let pct = |q: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
     println!(
         "runtime latency rate_per_sec={} records={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1}",
-        args.latency_rate, lat.len(), pct(0.5), pct(0.99), pct(1.0)
+        args.latency_rate,
+        lat.len(),
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
     );
 }
 
@@ -164,7 +204,10 @@ fn latency(args: &Args) {
 fn restore(args: &Args) {
     let (app, input, output) = topics("bench-restore", args.partitions);
     let payload = vec![b'z'; 100];
-    produce(&input, (0..args.records).map(|i| (format!("key-{i}").into_bytes(), payload.clone())));
+    produce(
+        &input,
+        (0..args.records).map(|i| (format!("key-{i}").into_bytes(), payload.clone())),
+    );
     let state = tempfile::tempdir().unwrap();
     let svc = spawn(&app, &input, &output, state.path(), 1000, false);
     let _ = read_committed(&output, args.records, Duration::from_secs(600));
@@ -173,9 +216,20 @@ fn restore(args: &Args) {
     let started = Instant::now();
     let mut cmd = std::process::Command::new(counter_bin());
     cmd.args([
-        "--bootstrap", &corral_tests::bootstrap(), "--app", &app, "--instance", "0",
-        "--input", &input, "--output", &output, "--dlq", &format!("{input}.dlq"),
-        "--state-dir", &state.path().display().to_string(),
+        "--bootstrap",
+        &corral_tests::bootstrap(),
+        "--app",
+        &app,
+        "--instance",
+        "0",
+        "--input",
+        &input,
+        "--output",
+        &output,
+        "--dlq",
+        &format!("{input}.dlq"),
+        "--state-dir",
+        &state.path().display().to_string(),
     ])
     .env("RUST_LOG", "info")
     .stderr(std::process::Stdio::piped());
@@ -183,23 +237,35 @@ fn restore(args: &Args) {
     let stderr = child.stderr.take().unwrap();
     let mut restored: HashMap<String, (u64, f64)> = HashMap::new();
     use std::io::BufRead;
-    for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+    for line in std::io::BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+    {
         if line.contains("store partition restored") {
             let field = |name: &str| -> Option<String> {
                 let start = line.find(&format!("{name}="))? + name.len() + 1;
                 let rest = &line[start..];
-                Some(rest.split_whitespace().next()?.trim_matches('"').to_string())
+                Some(
+                    rest.split_whitespace()
+                        .next()?
+                        .trim_matches('"')
+                        .to_string(),
+                )
             };
             let p = field("partition").unwrap_or_default();
             let n: u64 = field("records").and_then(|s| s.parse().ok()).unwrap_or(0);
             let s: f64 = field("seconds").and_then(|s| s.parse().ok()).unwrap_or(0.0);
             restored.insert(p, (n, s));
-            if restored.len() as i32 == args.partitions || started.elapsed() > Duration::from_secs(300) {
+            if restored.len() as i32 == args.partitions
+                || started.elapsed() > Duration::from_secs(300)
+            {
                 break;
             }
         }
     }
-    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let _ = child.wait();
     let records: u64 = restored.values().map(|v| v.0).sum();
     let seconds: f64 = restored.values().map(|v| v.1).sum();

@@ -85,6 +85,8 @@ pub struct RuntimeConfig {
     pub fault: Option<Fault>,
     /// Consumer group session timeout; a killed static member is replaced after this long.
     pub session_timeout: Duration,
+    /// How often `Processor::punctuate` runs for each assigned task (wall clock); `None` never.
+    pub punctuate_interval: Option<Duration>,
 }
 
 impl RuntimeConfig {
@@ -106,6 +108,7 @@ impl RuntimeConfig {
             admin_addr: None,
             fault: None,
             session_timeout: Duration::from_secs(10),
+            punctuate_interval: None,
         }
     }
 
@@ -148,6 +151,9 @@ impl RuntimeConfig {
                 ));
             }
         }
+        if self.punctuate_interval == Some(Duration::ZERO) {
+            return fail("punctuate interval must be positive (or unset)".into());
+        }
         let mut names: Vec<_> = self.stores.iter().map(|s| s.name.as_str()).collect();
         names.sort_unstable();
         if names.windows(2).any(|w| w[0] == w[1]) {
@@ -178,10 +184,16 @@ mod tests {
     fn names_are_stable() {
         let c = RuntimeConfig::new("identity", "2", "b");
         assert_eq!(c.transactional_id(0), "identity-2-0");
-        assert_eq!(c.changelog_topic("graph"), "corral.identity.graph-changelog");
+        assert_eq!(
+            c.changelog_topic("graph"),
+            "corral.identity.graph-changelog"
+        );
         assert_eq!(
             "after_commit@3".parse::<Fault>().unwrap(),
-            Fault { point: FaultPoint::AfterCommit, nth: 3 }
+            Fault {
+                point: FaultPoint::AfterCommit,
+                nth: 3
+            }
         );
         assert!("sometime".parse::<Fault>().is_err());
     }

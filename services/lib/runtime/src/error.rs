@@ -81,7 +81,10 @@ pub enum RuntimeError {
 impl RuntimeError {
     /// Whether rebuilding the Kafka clients may cure it (as opposed to a configuration problem).
     pub fn is_rebuildable(&self) -> bool {
-        matches!(self, RuntimeError::Fatal { .. } | RuntimeError::Kafka { .. })
+        matches!(
+            self,
+            RuntimeError::Fatal { .. } | RuntimeError::Kafka { .. }
+        )
     }
 }
 
@@ -96,11 +99,15 @@ mod tests {
             TxnAction::Abort
         );
         assert_eq!(
-            classify(&KafkaError::MessageProduction(RDKafkaErrorCode::ProducerFenced)),
+            classify(&KafkaError::MessageProduction(
+                RDKafkaErrorCode::ProducerFenced
+            )),
             TxnAction::Fatal
         );
         assert_eq!(
-            classify(&KafkaError::MessageProduction(RDKafkaErrorCode::BrokerTransportFailure)),
+            classify(&KafkaError::MessageProduction(
+                RDKafkaErrorCode::BrokerTransportFailure
+            )),
             TxnAction::Abort
         );
     }

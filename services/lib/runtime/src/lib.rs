@@ -14,6 +14,7 @@
 //! - restore on assignment from the stored offset (full restore when the store is missing);
 //! - commit on revoke, abort when the assignment was lost, rewind after every abort;
 //! - records the processor rejects go to the dead-letter topic with reason and origin;
+//! - `Processor::punctuate` every `punctuate_interval` per task, inside the transaction (timers);
 //! - `/metrics`, `/healthz`, `/readyz` on the admin port; SIGTERM finishes the batch, commits and
 //!   closes.
 //!
@@ -21,6 +22,7 @@
 //! it twice, in state or in output read with `read_committed`.
 
 pub mod config;
+pub mod definitions;
 pub mod error;
 pub mod metrics;
 pub mod processor;
@@ -38,7 +40,7 @@ use tracing::{error, info};
 pub use config::{Fault, FaultPoint, RuntimeConfig, StoreSpec};
 pub use error::{classify, RuntimeError, TxnAction};
 pub use processor::{InputRecord, Output, ProcessContext, ProcessError, Processor};
-pub use store::{StateStore, StoreError};
+pub use store::{Entry, StateStore, StoreError};
 
 use crate::metrics::RuntimeMetrics;
 use crate::topics::{CleanupPolicy, DesiredTopic, TopicAdmin};
@@ -161,8 +163,7 @@ impl StreamRuntime {
     /// The admin endpoint and the signal handlers, on a small tokio runtime of their own.
     fn spawn_admin(&self) -> Result<Option<std::thread::JoinHandle<()>>, RuntimeError> {
         let shutdown = self.shutdown.clone();
-        let router =
-            corral_telemetry::admin_router(self.registry.clone(), self.health.clone());
+        let router = corral_telemetry::admin_router(self.registry.clone(), self.health.clone());
         let addr = self.cfg.admin_addr;
         let handle = std::thread::Builder::new()
             .name("admin".into())
@@ -189,9 +190,10 @@ impl StreamRuntime {
                     };
                     let signals = async {
                         use tokio::signal::unix::{signal, SignalKind};
-                        let (Ok(mut term), Ok(mut int)) =
-                            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-                        else {
+                        let (Ok(mut term), Ok(mut int)) = (
+                            signal(SignalKind::terminate()),
+                            signal(SignalKind::interrupt()),
+                        ) else {
                             std::future::pending::<()>().await;
                             return;
                         };

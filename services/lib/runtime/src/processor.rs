@@ -2,7 +2,7 @@
 //! through a [`ProcessContext`]. Everything else (transactions, offsets, stores, restore,
 //! rebalances, dead letters) is the runtime's.
 
-use crate::store::{StateStore, StoreError};
+use crate::store::{Entry, StateStore, StoreError};
 
 /// One input record, borrowed from the consumer.
 #[derive(Debug, Clone, Copy)]
@@ -62,6 +62,18 @@ pub trait Processor: Send {
         ctx: &mut ProcessContext<'_>,
         record: &InputRecord<'_>,
     ) -> Result<(), ProcessError>;
+
+    /// Called for every assigned task (`ctx.partition()`) each `RuntimeConfig::punctuate_interval`
+    /// of wall-clock time, inside the open transaction: its writes and outputs are exactly-once
+    /// like `process`'s. `now_ms` is the wall clock. Timers (window expiry, retention) live here.
+    /// A `BadInput` error here has no record to dead-letter: it is logged and its writes dropped.
+    fn punctuate(
+        &mut self,
+        _ctx: &mut ProcessContext<'_>,
+        _now_ms: i64,
+    ) -> Result<(), ProcessError> {
+        Ok(())
+    }
 }
 
 impl<F> Processor for F
@@ -115,6 +127,33 @@ impl<'a> ProcessContext<'a> {
             .get(store)
             .ok_or_else(|| ProcessError::Fatal(format!("no store with index {store}")))?;
         Ok(s.get(self.partition, key)?)
+    }
+
+    /// This task's entries whose key starts with `prefix`, in key order, seeing the open
+    /// transaction's writes and this record's own earlier writes. Reads the whole range into
+    /// memory: keep prefixes narrow (one profile, one bucket).
+    pub fn scan_prefix(&self, store: usize, prefix: &[u8]) -> Result<Vec<Entry>, ProcessError> {
+        let s = self
+            .stores
+            .get(store)
+            .ok_or_else(|| ProcessError::Fatal(format!("no store with index {store}")))?;
+        let mut entries = s.scan_prefix(self.partition, prefix)?;
+        let own: Vec<&PendingWrite> = self
+            .writes
+            .iter()
+            .filter(|(s, k, _)| *s == store && k.starts_with(prefix))
+            .collect();
+        if own.is_empty() {
+            return Ok(entries);
+        }
+        let mut merged: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = entries.drain(..).collect();
+        for (_, k, v) in own {
+            match v {
+                Some(v) => merged.insert(k.clone(), v.clone()),
+                None => merged.remove(k),
+            };
+        }
+        Ok(merged.into_iter().collect())
     }
 
     pub fn put(&mut self, store: usize, key: Vec<u8>, value: Vec<u8>) {

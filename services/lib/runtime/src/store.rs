@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use rocksdb::{WriteBatch, WriteOptions, DB};
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 
 /// Errors from a state store. RocksDB failures are not recoverable by retrying the record.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +54,9 @@ fn offset_key(partition: i32) -> [u8; 5] {
 
 /// A dirty entry: `None` is a delete (a tombstone in the changelog).
 pub type OverlayValue = Option<Vec<u8>>;
+
+/// A key and its value, as scans return them.
+pub type Entry = (Vec<u8>, Vec<u8>);
 
 /// One named store, holding every partition this stream thread owns.
 pub struct StateStore {
@@ -127,7 +130,10 @@ impl StateStore {
     /// Buffers a write in the open transaction.
     pub fn put(&mut self, partition: i32, key: Vec<u8>, value: OverlayValue) {
         self.overlay_bytes += key.len() + value.as_ref().map_or(0, Vec::len);
-        self.overlay.entry(partition).or_default().insert(key, value);
+        self.overlay
+            .entry(partition)
+            .or_default()
+            .insert(key, value);
     }
 
     /// Bytes written into the overlay since the last commit (an upper bound).
@@ -226,18 +232,48 @@ impl StateStore {
     }
 
     /// All committed entries of a partition in key order (tests and tools; not for the hot path).
-    pub fn committed_entries(&self, partition: i32) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        let mut prefix = partition_prefix(partition).to_vec();
-        prefix.push(TAG_DATA);
+    pub fn committed_entries(&self, partition: i32) -> Result<Vec<Entry>, StoreError> {
+        self.committed_prefix(partition, &[])
+    }
+
+    /// Committed entries of a partition whose key starts with `prefix`, in key order.
+    fn committed_prefix(&self, partition: i32, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
+        let mut start = partition_prefix(partition).to_vec();
+        start.push(TAG_DATA);
+        let user_start = start.len();
+        start.extend_from_slice(prefix);
         let mut out = Vec::new();
-        for item in self.db.prefix_iterator(&prefix) {
+        let iter = self
+            .db
+            .iterator(IteratorMode::From(&start, Direction::Forward));
+        for item in iter {
             let (k, v) = item.map_err(|e| self.rocks(e))?;
-            if !k.starts_with(&prefix) {
+            if !k.starts_with(&start) {
                 break;
             }
-            out.push((k[prefix.len()..].to_vec(), v.to_vec()));
+            out.push((k[user_start..].to_vec(), v.to_vec()));
         }
         Ok(out)
+    }
+
+    /// Entries of a partition whose key starts with `prefix`, in key order, with the open
+    /// transaction's writes (and deletes) applied over committed data.
+    pub fn scan_prefix(&self, partition: i32, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
+        let committed = self.committed_prefix(partition, prefix)?;
+        let Some(overlay) = self.overlay.get(&partition) else {
+            return Ok(committed);
+        };
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = committed.into_iter().collect();
+        for (k, v) in overlay.range(prefix.to_vec()..) {
+            if !k.starts_with(prefix) {
+                break;
+            }
+            match v {
+                Some(v) => merged.insert(k.clone(), v.clone()),
+                None => merged.remove(k),
+            };
+        }
+        Ok(merged.into_iter().collect())
     }
 
     /// Flushes memtables to disk (clean shutdown), so a restart restores only what came after.
@@ -256,7 +292,11 @@ mod tests {
         let mut store = StateStore::open("counts", "app.counts-changelog", dir.path()).unwrap();
         store.put(3, b"a".to_vec(), Some(b"1".to_vec()));
         assert_eq!(store.get(3, b"a").unwrap(), Some(b"1".to_vec()));
-        assert_eq!(store.get_committed(3, b"a").unwrap(), None, "overlay must not reach RocksDB before commit");
+        assert_eq!(
+            store.get_committed(3, b"a").unwrap(),
+            None,
+            "overlay must not reach RocksDB before commit"
+        );
         assert_eq!(store.get(4, b"a").unwrap(), None, "partitions are isolated");
         assert_eq!(store.dirty().count(), 1);
 
@@ -268,12 +308,51 @@ mod tests {
 
         store.put(3, b"a".to_vec(), None);
         store.discard_overlay();
-        assert_eq!(store.get(3, b"a").unwrap(), Some(b"1".to_vec()), "aborted delete is dropped");
+        assert_eq!(
+            store.get(3, b"a").unwrap(),
+            Some(b"1".to_vec()),
+            "aborted delete is dropped"
+        );
 
         store.put(3, b"a".to_vec(), None);
         store.apply_committed(&HashMap::new()).unwrap();
         assert_eq!(store.get(3, b"a").unwrap(), None);
-        assert_eq!(store.stored_offset(3).unwrap(), Some(17), "offset kept when no changelog record was written");
+        assert_eq!(
+            store.stored_offset(3).unwrap(),
+            Some(17),
+            "offset kept when no changelog record was written"
+        );
+    }
+
+    #[test]
+    fn prefix_scans_merge_the_overlay_over_committed_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open("s", "t", dir.path()).unwrap();
+        for (k, v) in [("p/a", "1"), ("p/b", "2"), ("p/c", "3"), ("q/a", "9")] {
+            store.put(0, k.as_bytes().to_vec(), Some(v.as_bytes().to_vec()));
+        }
+        store.put(1, b"p/z".to_vec(), Some(b"other partition".to_vec()));
+        store.apply_committed(&HashMap::new()).unwrap();
+        store.put(0, b"p/b".to_vec(), None);
+        store.put(0, b"p/c".to_vec(), Some(b"30".to_vec()));
+        store.put(0, b"p/d".to_vec(), Some(b"4".to_vec()));
+        store.put(0, b"r/a".to_vec(), Some(b"x".to_vec()));
+        let got: Vec<(String, String)> = store
+            .scan_prefix(0, b"p/")
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8(k).unwrap(), String::from_utf8(v).unwrap()))
+            .collect();
+        let want = [("p/a", "1"), ("p/c", "30"), ("p/d", "4")]
+            .map(|(k, v)| (k.to_string(), v.to_string()));
+        assert_eq!(got, want.to_vec());
+        assert_eq!(
+            store.scan_prefix(0, b"").unwrap().len(),
+            5,
+            "an empty prefix scans the partition"
+        );
+        assert_eq!(store.scan_prefix(1, b"p/").unwrap().len(), 1);
+        assert!(store.scan_prefix(2, b"p/").unwrap().is_empty());
     }
 
     #[test]

@@ -33,7 +33,9 @@ use tracing::{debug, info, warn};
 use crate::config::{FaultPoint, RuntimeConfig};
 use crate::error::{classify, RuntimeError, TxnAction};
 use crate::metrics::RuntimeMetrics;
-use crate::processor::{InputRecord, Output, PendingWrite, ProcessContext, ProcessError, Processor};
+use crate::processor::{
+    InputRecord, Output, PendingWrite, ProcessContext, ProcessError, Processor,
+};
 use crate::store::StateStore;
 
 /// Bound on a single transactional call; librdkafka calls have hung without one.
@@ -128,7 +130,11 @@ impl ConsumerContext for EngineContext {
                 engine.metrics.rebalances.with_label_values(&["lost"]).inc();
                 engine.abort();
             } else {
-                engine.metrics.rebalances.with_label_values(&["revoke"]).inc();
+                engine
+                    .metrics
+                    .rebalances
+                    .with_label_values(&["revoke"])
+                    .inc();
                 if let Err(e) = engine.commit(consumer) {
                     warn!(error = %e, "commit before revoke failed; aborting");
                     engine.abort_after(e);
@@ -154,7 +160,11 @@ impl ConsumerContext for EngineContext {
                 .metrics
                 .assigned_partitions
                 .set(engine.assigned.len() as i64);
-            info!(revoked = tpl.count(), remaining = engine.assigned.len(), "partitions revoked");
+            info!(
+                revoked = tpl.count(),
+                remaining = engine.assigned.len(),
+                "partitions revoked"
+            );
         }
     }
 
@@ -162,9 +172,12 @@ impl ConsumerContext for EngineContext {
         let mut engine = self.lock();
         match rebalance {
             Rebalance::Assign(tpl) => {
-                engine.metrics.rebalances.with_label_values(&["assign"]).inc();
-                let owned_before: BTreeSet<i32> =
-                    engine.assigned.iter().map(|(_, p)| *p).collect();
+                engine
+                    .metrics
+                    .rebalances
+                    .with_label_values(&["assign"])
+                    .inc();
+                let owned_before: BTreeSet<i32> = engine.assigned.iter().map(|(_, p)| *p).collect();
                 let mut new_tasks = BTreeSet::new();
                 for elem in tpl.elements() {
                     engine
@@ -178,7 +191,11 @@ impl ConsumerContext for EngineContext {
                     .metrics
                     .assigned_partitions
                     .set(engine.assigned.len() as i64);
-                info!(assigned = tpl.count(), total = engine.assigned.len(), "partitions assigned");
+                info!(
+                    assigned = tpl.count(),
+                    total = engine.assigned.len(),
+                    "partitions assigned"
+                );
                 // Restoring here blocks poll(), so nothing of these partitions is processed before
                 // its state is complete. Heartbeats run on librdkafka's own thread.
                 for partition in new_tasks {
@@ -239,7 +256,13 @@ impl Engine {
     }
 
     /// Produces a record inside the open transaction, waiting for queue space when full.
-    fn send(&self, topic: &str, partition: Option<i32>, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<(), RuntimeError> {
+    fn send(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<(), RuntimeError> {
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
         if let Some(k) = key {
             record = record.key(k);
@@ -268,7 +291,10 @@ impl Engine {
     }
 
     fn produced(&self, topic: &str) {
-        self.metrics.records_produced.with_label_values(&[topic]).inc();
+        self.metrics
+            .records_produced
+            .with_label_values(&[topic])
+            .inc();
     }
 
     fn process(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), RuntimeError> {
@@ -296,17 +322,7 @@ impl Engine {
             outputs: &mut self.outputs,
         };
         match self.processor.process(&mut ctx, &record) {
-            Ok(()) => {
-                for (store, key, value) in self.writes.drain(..) {
-                    if let Some(s) = self.stores.get_mut(store) {
-                        s.put(record.partition, key, value);
-                    }
-                }
-                for out in &self.outputs {
-                    self.send(&out.topic, out.partition, out.key.as_deref(), out.value.as_deref())?;
-                    self.produced(&out.topic);
-                }
-            }
+            Ok(()) => self.apply_effects(record.partition)?,
             Err(ProcessError::BadInput { reason, message }) => {
                 self.dead_letter(&record, reason, &message)?;
             }
@@ -326,7 +342,67 @@ impl Engine {
         Ok(())
     }
 
-    fn dead_letter(&self, record: &InputRecord<'_>, reason: &'static str, message: &str) -> Result<(), RuntimeError> {
+    /// Moves the writes of the record (or punctuation) just processed into the overlay and
+    /// produces its outputs inside the open transaction.
+    fn apply_effects(&mut self, partition: i32) -> Result<(), RuntimeError> {
+        for (store, key, value) in self.writes.drain(..) {
+            if let Some(s) = self.stores.get_mut(store) {
+                s.put(partition, key, value);
+            }
+        }
+        for out in &self.outputs {
+            self.send(
+                &out.topic,
+                out.partition,
+                out.key.as_deref(),
+                out.value.as_deref(),
+            )?;
+            self.produced(&out.topic);
+        }
+        self.outputs.clear();
+        Ok(())
+    }
+
+    /// Runs the processor's punctuation for every assigned task, inside the open transaction.
+    fn punctuate(&mut self) -> Result<(), RuntimeError> {
+        let tasks: BTreeSet<i32> = self.assigned.iter().map(|(_, p)| *p).collect();
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let started = Instant::now();
+        for partition in tasks {
+            self.begin_if_needed()?;
+            self.writes.clear();
+            self.outputs.clear();
+            let mut ctx = ProcessContext {
+                partition,
+                stores: &self.stores,
+                writes: &mut self.writes,
+                outputs: &mut self.outputs,
+            };
+            match self.processor.punctuate(&mut ctx, now) {
+                Ok(()) => self.apply_effects(partition)?,
+                Err(ProcessError::BadInput { reason, message }) => {
+                    warn!(partition, reason, error = %message, "punctuation failed; its writes are dropped");
+                }
+                Err(ProcessError::Store(e)) => return Err(e.into()),
+                Err(ProcessError::Fatal(m)) => return Err(RuntimeError::Processor(m)),
+            }
+        }
+        self.metrics
+            .processing_duration
+            .with_label_values(&["punctuate"])
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    fn dead_letter(
+        &self,
+        record: &InputRecord<'_>,
+        reason: &'static str,
+        message: &str,
+    ) -> Result<(), RuntimeError> {
         let letter = DeadLetter {
             space_id: String::new(),
             service: self.cfg.application_id.clone(),
@@ -360,7 +436,10 @@ impl Engine {
     }
 
     /// Steps 2 and 3 of the commit protocol. On error the caller aborts.
-    fn commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RuntimeError> {
+    fn commit<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), RuntimeError> {
         self.commit_inner(consumer).map_err(|(_, e)| e)
     }
 
@@ -392,11 +471,18 @@ impl Engine {
             let mut tpl = TopicPartitionList::new();
             for ((topic, partition), next) in &self.pending_offsets {
                 tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
-                    .map_err(|e| wrap(RuntimeError::Kafka { during: "build offsets", source: e }))?;
+                    .map_err(|e| {
+                        wrap(RuntimeError::Kafka {
+                            during: "build offsets",
+                            source: e,
+                        })
+                    })?;
             }
             // Fresh group metadata every time: it carries the generation (KIP-447 fencing).
             let metadata = consumer.group_metadata().ok_or_else(|| {
-                wrap(RuntimeError::Config("consumer has no group metadata".into()))
+                wrap(RuntimeError::Config(
+                    "consumer has no group metadata".into(),
+                ))
             })?;
             let producer = &self.producer;
             self.txn_call("send_offsets_to_transaction", || {
@@ -409,7 +495,9 @@ impl Engine {
         }
         self.maybe_crash(FaultPoint::BeforeCommit);
         let producer = &self.producer;
-        self.txn_call("commit_transaction", || producer.commit_transaction(TXN_CALL_TIMEOUT))?;
+        self.txn_call("commit_transaction", || {
+            producer.commit_transaction(TXN_CALL_TIMEOUT)
+        })?;
         self.txn_open = false;
         self.maybe_crash(FaultPoint::AfterCommit);
         self.metrics.commits.with_label_values(&["committed"]).inc();
@@ -437,7 +525,10 @@ impl Engine {
     fn maybe_crash(&self, point: FaultPoint) {
         if let Some(f) = self.cfg.fault {
             if f.point == point && f.nth == self.commits {
-                eprintln!("fault injection: crashing at {point:?} of commit {}", self.commits);
+                eprintln!(
+                    "fault injection: crashing at {point:?} of commit {}",
+                    self.commits
+                );
                 std::process::abort();
             }
         }
@@ -447,9 +538,9 @@ impl Engine {
     fn abort(&mut self) {
         if self.txn_open {
             let producer = &self.producer;
-            if let Err((action, e)) =
-                self.txn_call("abort_transaction", || producer.abort_transaction(TXN_CALL_TIMEOUT))
-            {
+            if let Err((action, e)) = self.txn_call("abort_transaction", || {
+                producer.abort_transaction(TXN_CALL_TIMEOUT)
+            }) {
                 warn!(error = %e, "abort failed; rebuilding the clients");
                 if self.failure.is_none() {
                     self.failure = Some(if action == TxnAction::Fatal {
@@ -481,7 +572,10 @@ impl Engine {
     }
 
     /// Seeks every assigned partition back to its committed offset.
-    fn rewind<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RuntimeError> {
+    fn rewind<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), RuntimeError> {
         self.needs_rewind = false;
         if self.assigned.is_empty() {
             return Ok(());
@@ -492,7 +586,10 @@ impl Engine {
         }
         let committed = consumer
             .committed_offsets(tpl, TXN_CALL_TIMEOUT)
-            .map_err(|source| RuntimeError::Kafka { during: "fetch committed offsets", source })?;
+            .map_err(|source| RuntimeError::Kafka {
+                during: "fetch committed offsets",
+                source,
+            })?;
         for elem in committed.elements() {
             let offset = match elem.offset() {
                 Offset::Offset(o) => Offset::Offset(o),
@@ -500,9 +597,15 @@ impl Engine {
             };
             consumer
                 .seek(elem.topic(), elem.partition(), offset, TXN_CALL_TIMEOUT)
-                .map_err(|source| RuntimeError::Kafka { during: "seek", source })?;
+                .map_err(|source| RuntimeError::Kafka {
+                    during: "seek",
+                    source,
+                })?;
         }
-        info!(partitions = self.assigned.len(), "rewound to committed offsets");
+        info!(
+            partitions = self.assigned.len(),
+            "rewound to committed offsets"
+        );
         Ok(())
     }
 
@@ -515,7 +618,12 @@ impl Engine {
             ));
             self.metrics.restore_active.set(1);
             let started = Instant::now();
-            let restored = restore_store(&self.restore_consumer, &self.stores[i], partition, &self.metrics)?;
+            let restored = restore_store(
+                &self.restore_consumer,
+                &self.stores[i],
+                partition,
+                &self.metrics,
+            )?;
             self.metrics.restore_active.set(0);
             self.metrics
                 .processing_duration
@@ -647,8 +755,11 @@ fn base_config(cfg: &RuntimeConfig) -> ClientConfig {
 fn build_engine(setup: &ThreadSetup) -> Result<Engine, RuntimeError> {
     let cfg = &setup.cfg;
     let kafka = |during: &'static str| move |source| RuntimeError::Kafka { during, source };
-    let changelog_topics: HashSet<String> =
-        cfg.stores.iter().map(|s| cfg.changelog_topic(&s.name)).collect();
+    let changelog_topics: HashSet<String> = cfg
+        .stores
+        .iter()
+        .map(|s| cfg.changelog_topic(&s.name))
+        .collect();
     let mut pc = base_config(cfg);
     pc.set("transactional.id", cfg.transactional_id(setup.thread_index))
         .set("enable.idempotence", "true")
@@ -669,7 +780,10 @@ fn build_engine(setup: &ThreadSetup) -> Result<Engine, RuntimeError> {
     // Fences any earlier producer with this id and aborts its open transaction at once.
     producer
         .init_transactions(TXN_CALL_TIMEOUT)
-        .map_err(|source| RuntimeError::Fatal { during: "init_transactions", source })?;
+        .map_err(|source| RuntimeError::Fatal {
+            during: "init_transactions",
+            source,
+        })?;
 
     let mut rc = base_config(cfg);
     rc.set("group.id", format!("{}-restore", cfg.application_id))
@@ -682,7 +796,10 @@ fn build_engine(setup: &ThreadSetup) -> Result<Engine, RuntimeError> {
         .state_dir
         .join(&cfg.application_id)
         .join(format!("{}-{}", cfg.instance_id, setup.thread_index));
-    std::fs::create_dir_all(&dir).map_err(|source| RuntimeError::Io { path: dir.clone(), source })?;
+    std::fs::create_dir_all(&dir).map_err(|source| RuntimeError::Io {
+        path: dir.clone(),
+        source,
+    })?;
     let stores = cfg
         .stores
         .iter()
@@ -739,6 +856,7 @@ fn run_generation(setup: &ThreadSetup) -> Result<(), RuntimeError> {
     info!(topics = ?cfg.input_topics, transactional_id = %cfg.transactional_id(setup.thread_index), "stream thread started");
 
     let mut next_commit = Instant::now() + cfg.commit_interval;
+    let mut next_punctuate = cfg.punctuate_interval.map(|iv| Instant::now() + iv);
     let result = loop {
         if setup.shutdown.load(Ordering::SeqCst) {
             let mut engine = consumer.context().lock();
@@ -749,9 +867,12 @@ fn run_generation(setup: &ThreadSetup) -> Result<(), RuntimeError> {
             engine.close_stores();
             break Ok(());
         }
-        let wait = next_commit
+        let mut wait = next_commit
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(100));
+        if let Some(due) = next_punctuate {
+            wait = wait.min(due.saturating_duration_since(Instant::now()));
+        }
         let polled = consumer.poll(wait);
         let mut engine = consumer.context().lock();
         if let Some(f) = engine.failure.take() {
@@ -783,11 +904,32 @@ fn run_generation(setup: &ThreadSetup) -> Result<(), RuntimeError> {
             }
             Some(Err(e)) => {
                 if matches!(classify(&e), TxnAction::Fatal) {
-                    break Err(RuntimeError::Fatal { during: "poll", source: e });
+                    break Err(RuntimeError::Fatal {
+                        during: "poll",
+                        source: e,
+                    });
                 }
                 warn!(error = %e, "consumer error");
             }
             None => {}
+        }
+        if let (Some(due), Some(interval)) = (next_punctuate, cfg.punctuate_interval) {
+            if Instant::now() >= due {
+                next_punctuate = Some(Instant::now() + interval);
+                if let Err(e) = engine.punctuate() {
+                    match e {
+                        RuntimeError::Kafka { .. } => {
+                            warn!(error = %e, "produce failed during punctuation; aborting the transaction");
+                            engine.abort();
+                            continue;
+                        }
+                        other => {
+                            engine.abort();
+                            break Err(other);
+                        }
+                    }
+                }
+            }
         }
         if Instant::now() >= next_commit || engine.uncommitted_bytes() > cfg.max_uncommitted_bytes {
             if let Err((action, e)) = engine.commit_inner(&consumer) {

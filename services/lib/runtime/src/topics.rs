@@ -95,7 +95,11 @@ pub fn parse_retention(s: &str) -> Result<i64, String> {
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        _ => return Err(format!("retention `{s}`: unknown unit `{unit}` (use ms, s, m, h or d)")),
+        _ => {
+            return Err(format!(
+                "retention `{s}`: unknown unit `{unit}` (use ms, s, m, h or d)"
+            ))
+        }
     };
     n.checked_mul(ms)
         .ok_or_else(|| format!("retention `{s}` is too large"))
@@ -103,8 +107,7 @@ pub fn parse_retention(s: &str) -> Result<i64, String> {
 
 impl Manifest {
     pub fn from_yaml(text: &str) -> Result<Self, RuntimeError> {
-        serde_yaml::from_str(text)
-            .map_err(|e| RuntimeError::Config(format!("topic manifest: {e}")))
+        serde_yaml::from_str(text).map_err(|e| RuntimeError::Config(format!("topic manifest: {e}")))
     }
 
     /// Resolves every topic with `prefix` (the manifest's own unless overridden).
@@ -134,9 +137,21 @@ impl Manifest {
 /// A difference between the manifest and the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Drift {
-    Partitions { topic: String, want: i32, have: i32 },
-    CleanupPolicy { topic: String, want: String, have: String },
-    Retention { topic: String, want: i64, have: Option<i64> },
+    Partitions {
+        topic: String,
+        want: i32,
+        have: i32,
+    },
+    CleanupPolicy {
+        topic: String,
+        want: String,
+        have: String,
+    },
+    Retention {
+        topic: String,
+        want: i64,
+        have: Option<i64>,
+    },
 }
 
 impl fmt::Display for Drift {
@@ -199,7 +214,10 @@ fn admin_err(what: &str, e: impl fmt::Display) -> RuntimeError {
 }
 
 impl TopicAdmin {
-    pub fn connect(bootstrap: &str, extra: &BTreeMap<String, String>) -> Result<Self, RuntimeError> {
+    pub fn connect(
+        bootstrap: &str,
+        extra: &BTreeMap<String, String>,
+    ) -> Result<Self, RuntimeError> {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", bootstrap);
         for (k, v) in extra {
@@ -282,14 +300,12 @@ impl TopicAdmin {
             .runtime
             .block_on(self.admin.create_topics([&nt], &opts))
             .map_err(|e| admin_err(&format!("creating {}", topic.name), e))?;
-        for r in res {
-            match r {
-                Ok(_) => return Ok(true),
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => return Ok(false),
-                Err((name, e)) => return Err(admin_err(&format!("creating {name}"), e)),
-            }
+        // One topic was asked for, so there is one result.
+        match res.into_iter().next() {
+            Some(Ok(_)) => Ok(true),
+            Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) | None => Ok(false),
+            Some(Err((name, e))) => Err(admin_err(&format!("creating {name}"), e)),
         }
-        Ok(false)
     }
 
     /// Deletes topics (tests).
@@ -385,6 +401,9 @@ mod tests {
         assert_eq!(d[0].retention_ms, Some(7 * 86_400_000));
         assert_eq!(d[1].partitions, 1);
         assert_eq!(d[1].cleanup_policy, CleanupPolicy::Compact);
-        assert!(Manifest::from_yaml("defaults: {partitions: 1}\ntopics: [{name: x, cleanup_policy: sometimes}]").is_err());
+        assert!(Manifest::from_yaml(
+            "defaults: {partitions: 1}\ntopics: [{name: x, cleanup_policy: sometimes}]"
+        )
+        .is_err());
     }
 }
