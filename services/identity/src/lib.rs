@@ -1,1 +1,54 @@
-//! Corral's identity service (work in progress).
+//! Corral's identity service: Segment Unify identity resolution on the exactly-once runtime.
+//!
+//! `events.valid` -> `events.resolved` (key: profile id) and `profiles.merges` (key: the merged-away
+//! profile id). The protocol across partitions (`docs/identity.md`): a stateless **router** re-keys
+//! every event by space onto `identity.events-by-space`; a **coordinator** per partition of that
+//! topic is the single writer of the identity graph of the spaces hashed to it, and emits the
+//! resolved events and merges. Both are exactly-once runtimes in one process.
+//!
+//! The domain is pure and tested without Kafka: [`ids`] (external-id extraction), [`rules`]
+//! (blocked values, limits, priorities, caps, merge protection), [`engine`] (flat matching,
+//! deterministic profile ids). [`store`] maps the graph onto a runtime store, [`processor`] is
+//! the runtime glue, [`view`] answers Profile API reads, [`kafka`] holds the Kafka edges.
+
+pub mod engine;
+pub mod ids;
+pub mod kafka;
+pub mod metrics;
+pub mod processor;
+pub mod rules;
+pub mod store;
+pub mod view;
+
+#[cfg(test)]
+mod engine_tests;
+
+pub use engine::{profile_id, resolve, Graph, MemGraph, MergeKind, Outcome, Profile, Resolution};
+pub use ids::{extract, Extracted, Ident};
+pub use rules::{Rules, RulesStore, Settings};
+
+/// Wall-clock epoch milliseconds.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Parses a duration such as `90s`, `30m`, `24h`, `7d`, `52w` into milliseconds.
+pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 24h, 7d or 52w"))?;
+    let mult = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        "w" => 7 * 86_400_000,
+        _ => return Err(format!("{s:?}: the unit must be ms, s, m, h, d or w")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}

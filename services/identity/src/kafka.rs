@@ -1,0 +1,239 @@
+//! Kafka at the edges: the internal topic, the `identity_settings` reader (hot reload), and the
+//! changelog follower that fills the [`IdentityView`].
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_codec::{AvroRecord, Definition};
+use corral_runtime::topics::{CleanupPolicy, DesiredTopic, TopicAdmin};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{info, warn};
+
+use crate::metrics::Metrics;
+use crate::rules::{Rules, RulesStore, Settings, KIND};
+use crate::view::IdentityView;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaOpError {
+    #[error("Kafka error while {during}: {source}")]
+    Kafka {
+        during: &'static str,
+        source: KafkaError,
+    },
+    #[error("topic {0} does not exist (create it with `corralctl topics apply`)")]
+    NoTopic(String),
+    #[error("topic administration: {0}")]
+    Admin(String),
+    #[error("cannot start thread {0}")]
+    Thread(String),
+}
+
+fn kafka(during: &'static str) -> impl FnOnce(KafkaError) -> KafkaOpError {
+    move |source| KafkaOpError::Kafka { during, source }
+}
+
+/// Creates `topic` like `like` (same partition count, delete policy) when missing: the router's
+/// output must exist before the coordinator subscribes. Returns its partition count.
+pub fn ensure_topic_like(
+    bootstrap: &str,
+    extra: &BTreeMap<String, String>,
+    topic: &str,
+    like: &str,
+) -> Result<i32, KafkaOpError> {
+    let admin = TopicAdmin::connect(bootstrap, extra).map_err(|e| KafkaOpError::Admin(e.to_string()))?;
+    let partitions = admin
+        .partitions(like)
+        .map_err(|e| KafkaOpError::Admin(e.to_string()))?
+        .ok_or_else(|| KafkaOpError::NoTopic(like.to_string()))?;
+    match admin
+        .partitions(topic)
+        .map_err(|e| KafkaOpError::Admin(e.to_string()))?
+    {
+        Some(n) => Ok(n),
+        None => {
+            admin
+                .create(&DesiredTopic {
+                    name: topic.to_string(),
+                    partitions,
+                    replication_factor: 1,
+                    cleanup_policy: CleanupPolicy::Delete,
+                    retention_ms: None,
+                })
+                .map_err(|e| KafkaOpError::Admin(e.to_string()))?;
+            info!(topic, partitions, "created the coordinator topic");
+            Ok(partitions)
+        }
+    }
+}
+
+fn consumer(
+    bootstrap: &str,
+    extra: &BTreeMap<String, String>,
+    group: &str,
+) -> Result<BaseConsumer, KafkaOpError> {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true");
+    for (k, v) in extra {
+        cc.set(k, v);
+    }
+    cc.create().map_err(kafka("creating a consumer"))
+}
+
+/// Assigns every partition of `topic` from the beginning; `None` when the topic does not exist.
+fn assign_all(c: &BaseConsumer, topic: &str) -> Result<Option<i32>, KafkaOpError> {
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(kafka("fetching metadata"))?;
+    let n = md
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none())
+        .map(|t| t.partitions().len() as i32)
+        .unwrap_or(0);
+    if n == 0 {
+        return Ok(None);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..n {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .map_err(kafka("assigning partitions"))?;
+    }
+    c.assign(&tpl).map_err(kafka("assigning partitions"))?;
+    Ok(Some(n))
+}
+
+/// Applies one `definitions` record to the rules; returns false when it was an invalid
+/// `identity_settings` definition (the previous settings stay).
+pub fn apply_definition(rules: &RulesStore, payload: Option<&[u8]>, key: &str) -> bool {
+    let Some(bytes) = payload else {
+        // Tombstone: definition keys are `{space}/{kind}/{key}`.
+        let mut parts = key.splitn(3, '/');
+        if let (Some(space), Some(KIND)) = (parts.next(), parts.next()) {
+            rules.remove_space(space);
+        }
+        return true;
+    };
+    let Ok(def) = Definition::decode(bytes) else {
+        return true; // not ours to judge; other services own other kinds
+    };
+    if def.kind != KIND {
+        return true;
+    }
+    let compiled = serde_json::from_value::<Settings>(def.body.clone())
+        .map_err(|e| e.to_string())
+        .and_then(|s| Rules::compile(&s).map_err(|e| e.to_string()));
+    match compiled {
+        Ok(r) => {
+            info!(space = %def.space_id, version = def.version, "identity settings loaded");
+            rules.set_space(&def.space_id, r);
+            true
+        }
+        Err(e) => {
+            warn!(space = %def.space_id, version = def.version, error = %e, "invalid identity settings ignored");
+            false
+        }
+    }
+}
+
+/// Follows `definitions` from the beginning, applying `identity_settings`. Sets `caught_up` once
+/// every partition reached its end once, or at once when the topic does not exist (the file or
+/// built-in defaults then apply; a warning says so).
+pub fn spawn_definitions_reader(
+    bootstrap: String,
+    extra: BTreeMap<String, String>,
+    topic: String,
+    group: String,
+    rules: Arc<RulesStore>,
+    metrics: Arc<Metrics>,
+    caught_up: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) -> Result<Option<std::thread::JoinHandle<()>>, KafkaOpError> {
+    let c = consumer(&bootstrap, &extra, &group)?;
+    let Some(partitions) = assign_all(&c, &topic)? else {
+        warn!(topic, "definitions topic does not exist; using the settings file or Segment's defaults");
+        caught_up.store(true, Ordering::SeqCst);
+        return Ok(None);
+    };
+    let handle = std::thread::Builder::new()
+        .name("definitions".into())
+        .spawn(move || {
+            let mut at_end = HashSet::new();
+            while !stop.load(Ordering::SeqCst) {
+                match c.poll(Duration::from_millis(200)) {
+                    Some(Ok(m)) => {
+                        let key = m.key().map(String::from_utf8_lossy).unwrap_or_default();
+                        if !apply_definition(&rules, m.payload(), &key) {
+                            metrics.definition_errors.inc();
+                        }
+                    }
+                    Some(Err(KafkaError::PartitionEOF(p))) => {
+                        if at_end.insert(p) && at_end.len() as i32 == partitions {
+                            caught_up.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    Some(Err(e)) => warn!(error = %e, "reading definitions"),
+                    None => {}
+                }
+            }
+        })
+        .map_err(|e| KafkaOpError::Thread(e.to_string()))?;
+    Ok(Some(handle))
+}
+
+/// Follows the graph store's changelog (all partitions, read_committed) into `view` until `stop`.
+/// The topic is created by the coordinator runtime; until it exists the follower retries.
+pub fn spawn_view_follower(
+    bootstrap: String,
+    extra: BTreeMap<String, String>,
+    changelog: String,
+    group: String,
+    view: Arc<IdentityView>,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, KafkaOpError> {
+    let c = consumer(&bootstrap, &extra, &group)?;
+    std::thread::Builder::new()
+        .name("identity-view".into())
+        .spawn(move || {
+            let mut partitions = None;
+            let mut at_end = HashSet::new();
+            while !stop.load(Ordering::SeqCst) {
+                let Some(n) = partitions else {
+                    match assign_all(&c, &changelog) {
+                        Ok(Some(n)) => partitions = Some(n),
+                        Ok(None) => std::thread::sleep(Duration::from_millis(500)),
+                        Err(e) => {
+                            warn!(error = %e, "identity view: waiting for the changelog");
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                    }
+                    continue;
+                };
+                match c.poll(Duration::from_millis(200)) {
+                    Some(Ok(m)) => {
+                        if let Some(k) = m.key() {
+                            view.apply(k, m.payload());
+                        }
+                    }
+                    Some(Err(KafkaError::PartitionEOF(p))) => {
+                        if at_end.insert(p) && at_end.len() as i32 == n && !view.is_caught_up() {
+                            info!(entries = view.len(), "identity view caught up");
+                            view.set_caught_up();
+                        }
+                    }
+                    Some(Err(e)) => warn!(error = %e, "identity view: reading the changelog"),
+                    None => {}
+                }
+            }
+        })
+        .map_err(|e| KafkaOpError::Thread(e.to_string()))
+}
