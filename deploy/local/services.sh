@@ -15,7 +15,7 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 run_dir="$root/.run/services"
 state_dir="$root/.run/state"
 bin_dir="${CORRAL_BIN_DIR:-$root/target/debug}"
-bootstrap="${CORRAL_KAFKA_BOOTSTRAP:-127.0.0.1:${KAFKA_PORT:-9092}}"
+export CORRAL_KAFKA_BOOTSTRAP="${CORRAL_KAFKA_BOOTSTRAP:-127.0.0.1:${KAFKA_PORT:-9092}}"
 mkdir -p "$run_dir" "$state_dir"
 
 log() { echo "services.sh: $*" >&2; }
@@ -23,8 +23,8 @@ log() { echo "services.sh: $*" >&2; }
 # name | admin port | command line (after the binary). Order is start order.
 # A service appears here once it exists; the local stack starts every one listed.
 SERVICES=(
-  "collector|9101|--listen 127.0.0.1:8080 --admin 127.0.0.1:9101 --bootstrap $bootstrap --write-key corral-demo=demo:default"
-  "validator|9102|--admin 127.0.0.1:9102 --bootstrap $bootstrap --instance 0 --state-dir $state_dir"
+  "collector|9101|--listen 127.0.0.1:8080 --admin-listen 127.0.0.1:9101 --write-key corral-demo=demo:default"
+  "validator|9102|--admin 127.0.0.1:9102 --instance 0 --state-dir $state_dir"
 )
 
 field() { cut -d'|' -f"$2" <<<"$1"; }

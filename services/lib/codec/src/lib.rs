@@ -22,12 +22,14 @@
 
 mod binary;
 mod error;
+mod json;
 mod read;
 mod records;
 mod registry;
 mod segment;
 
 pub use error::CodecError;
+pub use json::decode_to_json;
 pub use records::{
     AvroRecord, BlockedEvent, DeadLetter, Definition, ExternalId, MembershipChange,
     MembershipChangeKind, MessageType, ProfileMerge, ProtocolsAnnotation, RawEvent, ResolvedEvent,
