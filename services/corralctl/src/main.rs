@@ -4,10 +4,12 @@
 //!   drift (exit 2 when there is any); running it again changes nothing.
 //! - `corralctl definitions validate FILE`: reports every error in a file of audiences and
 //!   computed traits (exit 1 when there is any).
+//! - `corralctl tail TOPIC`: a topic's records as JSON lines (see `tail.rs`).
 //! - `corralctl plans validate|apply|check-event` and `corralctl replay blocked`: tracking plans
 //!   (see `plans.rs` and the `corral-validator` crate).
 
 mod plans;
+mod tail;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -49,6 +51,8 @@ enum Command {
         #[command(subcommand)]
         action: plans::PlansAction,
     },
+    /// Print a topic's records as JSON lines, decoded with its Avro schema.
+    Tail(tail::TailArgs),
     /// Replay quarantined messages.
     Replay {
         #[command(subcommand)]
@@ -77,6 +81,7 @@ enum DefinitionsAction {
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Tail(args) => tail::tail(&cli.bootstrap, args).map(|()| ExitCode::SUCCESS),
         Command::Plans { action } => plans::plans(&cli.bootstrap, action),
         Command::Replay { action } => plans::replay(&cli.bootstrap, action),
         Command::Topics {
