@@ -1,0 +1,175 @@
+//! A test HTTP receiver on 127.0.0.1:<ephemeral>: records every request and answers as the test
+//! tells it (200, 429 + Retry-After, 500, 400 with a body, slowly, or never).
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How the receiver answers.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Ok,
+    /// Status, body, Retry-After header.
+    Status(u16, String, Option<String>),
+    /// 200 after a delay.
+    Slow(Duration),
+    /// Read the request, never answer.
+    Never,
+}
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub at: Instant,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: serde_json::Value,
+    /// What the receiver answered.
+    pub status: u16,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+type Policy = dyn Fn(usize, &serde_json::Value) -> Answer + Send + Sync;
+
+#[derive(Clone)]
+pub struct Receiver {
+    pub port: u16,
+    pub log: Arc<Mutex<Vec<Received>>>,
+    policy: Arc<Mutex<Arc<Policy>>>,
+}
+
+impl Receiver {
+    pub fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let r = Receiver {
+            port,
+            log: Arc::new(Mutex::new(Vec::new())),
+            policy: Arc::new(Mutex::new(Arc::new(|_, _| Answer::Ok))),
+        };
+        let rr = r.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let rr = rr.clone();
+                std::thread::spawn(move || rr.serve(stream));
+            }
+        });
+        r
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// `f(n, body)`: the answer to the n-th request (0-based).
+    pub fn answer(&self, f: impl Fn(usize, &serde_json::Value) -> Answer + Send + Sync + 'static) {
+        *self.policy.lock().unwrap() = Arc::new(f);
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn ok_requests(&self) -> Vec<Received> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.status == 200)
+            .collect()
+    }
+
+    /// Waits until `pred(requests)` holds, up to `timeout`.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let reqs = self.requests();
+            if pred(&reqs) || Instant::now() > deadline {
+                return reqs;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn serve(&self, stream: TcpStream) {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut out = stream;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            let mut headers = Vec::new();
+            let mut len = 0usize;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                    return;
+                }
+                let h = h.trim_end();
+                if h.is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                    headers.push((k.to_string(), v.trim().to_string()));
+                }
+            }
+            let mut body = vec![0; len];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+            let at = Instant::now();
+            let body: serde_json::Value =
+                serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+            let policy = self.policy.lock().unwrap().clone();
+            let (answer, n) = {
+                let log = self.log.lock().unwrap();
+                (policy(log.len(), &body), log.len())
+            };
+            let _ = n;
+            let (status, text, retry_after) = match &answer {
+                Answer::Ok => (200, "{}".to_string(), None),
+                Answer::Status(s, b, ra) => (*s, b.clone(), ra.clone()),
+                Answer::Slow(d) => {
+                    std::thread::sleep(*d);
+                    (200, "{}".to_string(), None)
+                }
+                Answer::Never => (0, String::new(), None),
+            };
+            self.log.lock().unwrap().push(Received {
+                at,
+                path,
+                headers,
+                body,
+                status,
+            });
+            if status == 0 {
+                std::thread::sleep(Duration::from_secs(600));
+                return;
+            }
+            let mut resp = format!(
+                "HTTP/1.1 {status} X\r\ncontent-length: {}\r\ncontent-type: application/json\r\n",
+                text.len()
+            );
+            if let Some(ra) = retry_after {
+                resp.push_str(&format!("retry-after: {ra}\r\n"));
+            }
+            resp.push_str("\r\n");
+            resp.push_str(&text);
+            if out.write_all(resp.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+}
