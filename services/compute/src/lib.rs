@@ -1,1 +1,17 @@
-//! Corral's compute service (work in progress).
+//! # corral-compute
+//!
+//! Real-time computed traits and audiences. The pure incremental engine ([`engine`]) keeps the
+//! smallest per-profile state per planned leaf ([`state`], [`agg`]) and re-evaluates on every
+//! event, identify, merge and timer, returning a change only where a result differs. The
+//! service wiring on the stream runtime lives in the binary. See docs/compute.md.
+
+pub mod agg;
+pub mod engine;
+pub mod state;
+pub mod value;
+
+pub use engine::{
+    ActiveDefinition, Change, ChangeKind, DefinitionError, DefinitionSpec, Engine, EngineConfig,
+    InEvent,
+};
+pub use state::{ExtId, ProfileState};
