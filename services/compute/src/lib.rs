@@ -7,6 +7,8 @@
 
 pub mod agg;
 pub mod engine;
+pub mod metrics;
+pub mod service;
 pub mod state;
 pub mod value;
 

@@ -1,4 +1,192 @@
-//! Corral's compute service (work in progress).
+//! `corral-compute`: real-time audiences and computed traits on the exactly-once runtime.
+//! Configuration by flags or `CORRAL_*` variables; topic names default to the prefix plus the
+//! standard names.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use corral_compute::metrics::Metrics;
+use corral_compute::service::{
+    Clock, ComputeProcessor, Definitions, FileOffsetClock, Topics, WallClock, STORES,
+};
+use corral_compute::EngineConfig;
+use corral_runtime::definitions::{follow, DefinitionEvent};
+use corral_runtime::topics::{CleanupPolicy, DesiredTopic, TopicAdmin};
+use corral_runtime::{RuntimeConfig, StoreSpec, StreamRuntime};
+use tracing::{info, warn};
+
+#[derive(Parser, Debug)]
+#[command(name = "corral-compute", version, about = "Corral's compute service")]
+struct Args {
+    #[arg(long, env = "CORRAL_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    /// Consumer group, transactional id prefix and changelog prefix.
+    #[arg(long, env = "CORRAL_APPLICATION_ID", default_value = "compute")]
+    app: String,
+    /// Stable instance identity (StatefulSet ordinal), never random.
+    #[arg(long, env = "CORRAL_INSTANCE_ID", default_value = "0")]
+    instance: String,
+    #[arg(long, env = "CORRAL_TOPIC_PREFIX", default_value = "corral.")]
+    topic_prefix: String,
+    #[arg(long, env = "CORRAL_TOPIC_RESOLVED")]
+    resolved_topic: Option<String>,
+    #[arg(long, env = "CORRAL_TOPIC_MERGES")]
+    merges_topic: Option<String>,
+    /// Internal: merged-away state handed to the survivor's partition.
+    #[arg(long, env = "CORRAL_TOPIC_MERGE_STATE")]
+    merge_state_topic: Option<String>,
+    #[arg(long, env = "CORRAL_TOPIC_MEMBERSHIP")]
+    membership_topic: Option<String>,
+    #[arg(long, env = "CORRAL_TOPIC_TRAITS")]
+    traits_topic: Option<String>,
+    #[arg(long, env = "CORRAL_TOPIC_DLQ")]
+    dlq_topic: Option<String>,
+    #[arg(long, env = "CORRAL_TOPIC_DEFINITIONS")]
+    definitions_topic: Option<String>,
+    #[arg(long, env = "CORRAL_STATE_DIR", default_value = "state")]
+    state_dir: PathBuf,
+    #[arg(long, env = "CORRAL_COMMIT_INTERVAL_MS", default_value_t = 100)]
+    commit_interval_ms: u64,
+    /// How often timers (window expiry) are checked.
+    #[arg(long, env = "CORRAL_PUNCTUATE_INTERVAL_MS", default_value_t = 1000)]
+    punctuate_interval_ms: u64,
+    #[arg(long, env = "CORRAL_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    session_timeout_ms: u64,
+    /// How late an event may be and still bridge `expires_after` sessions.
+    #[arg(long, env = "CORRAL_ALLOWED_LATENESS_HOURS", default_value_t = 168)]
+    allowed_lateness_hours: i64,
+    #[arg(long, env = "CORRAL_ADMIN_ADDR")]
+    admin: Option<SocketAddr>,
+    /// Test-only crash injection, e.g. `after_commit@3`.
+    #[arg(long, env = "CORRAL_FAULT")]
+    fault: Option<String>,
+    /// Test-only: add the milliseconds in this file to the wall clock.
+    #[arg(long, env = "CORRAL_COMPUTE_CLOCK_OFFSET_FILE", hide = true)]
+    clock_offset_file: Option<PathBuf>,
+}
+
 fn main() -> anyhow::Result<()> {
-    anyhow::bail!("corral-compute is not implemented yet")
+    corral_telemetry::init_tracing(std::env::var("CORRAL_LOG_JSON").is_ok());
+    let args = Args::parse();
+    let topic = |given: &Option<String>, name: &str| {
+        given
+            .clone()
+            .unwrap_or_else(|| format!("{}{name}", args.topic_prefix))
+    };
+    let topics = Arc::new(Topics {
+        resolved: topic(&args.resolved_topic, "events.resolved"),
+        merges: topic(&args.merges_topic, "profiles.merges"),
+        merge_state: topic(&args.merge_state_topic, "compute.merge-state"),
+        membership: topic(&args.membership_topic, "audiences.membership"),
+        traits: topic(&args.traits_topic, "traits.changes"),
+    });
+    let definitions_topic = topic(&args.definitions_topic, "definitions");
+
+    let mut cfg = RuntimeConfig::new(&args.app, &args.instance, &args.bootstrap);
+    cfg.topic_prefix = args.topic_prefix.clone();
+    cfg.input_topics = vec![
+        topics.resolved.clone(),
+        topics.merges.clone(),
+        topics.merge_state.clone(),
+    ];
+    cfg.dlq_topic = topic(&args.dlq_topic, "events.dlq");
+    cfg.stores = STORES
+        .iter()
+        .map(|s| StoreSpec {
+            name: (*s).to_string(),
+        })
+        .collect();
+    cfg.state_dir = args.state_dir.clone();
+    cfg.commit_interval = Duration::from_millis(args.commit_interval_ms);
+    cfg.punctuate_interval = Some(Duration::from_millis(args.punctuate_interval_ms.max(10)));
+    cfg.session_timeout = Duration::from_millis(args.session_timeout_ms);
+    cfg.admin_addr = args.admin;
+    cfg.fault = args.fault.as_deref().map(str::parse).transpose()?;
+    let kafka_extra = cfg.kafka.clone();
+
+    // The merge hand-over topic is compute's own: same partitioning as events.resolved.
+    let admin =
+        TopicAdmin::connect(&args.bootstrap, &kafka_extra).context("connecting to Kafka")?;
+    let partitions = admin
+        .partitions(&topics.resolved)
+        .context("reading events.resolved metadata")?
+        .with_context(|| {
+            format!(
+                "topic {} does not exist; create it with `corralctl topics apply`",
+                topics.resolved
+            )
+        })?;
+    admin
+        .create(&DesiredTopic {
+            name: topics.merge_state.clone(),
+            partitions,
+            replication_factor: 1,
+            cleanup_policy: CleanupPolicy::Delete,
+            retention_ms: Some(7 * 86_400_000),
+        })
+        .context("creating the merge-state topic")?;
+
+    let runtime = StreamRuntime::new(cfg).context("configuring the runtime")?;
+    let metrics = Arc::new(Metrics::new(runtime.registry()).context("registering metrics")?);
+    let defs = Definitions::new(EngineConfig {
+        allowed_lateness_ms: args.allowed_lateness_hours.saturating_mul(3_600_000),
+        ..EngineConfig::default()
+    });
+    let caught_up = Arc::new(AtomicBool::new(false));
+    let shutdown = runtime.shutdown_flag();
+    let reader_stop = Arc::new(AtomicBool::new(false));
+    let (d2, m2) = (defs.clone(), metrics.clone());
+    let reader = follow(
+        &args.bootstrap,
+        &kafka_extra,
+        &definitions_topic,
+        caught_up.clone(),
+        reader_stop.clone(),
+        move |ev| {
+            match ev {
+                DefinitionEvent::Upsert { key, definition } => {
+                    if let Err(e) = d2.upsert(&definition) {
+                        warn!(key, error = %e, "definition not in force");
+                    } else if matches!(definition.kind.as_str(), "audience" | "computed_trait") {
+                        info!(key, version = definition.version, "definition in force");
+                    }
+                }
+                DefinitionEvent::Delete { key } => d2.delete(key),
+                DefinitionEvent::Undecodable { key, error } => {
+                    warn!(key, error, "skipping an undecodable definition")
+                }
+            }
+            let (active, rejected) = d2.counts();
+            m2.definitions_active.set(active as i64);
+            m2.definitions_rejected.set(rejected as i64);
+        },
+    )
+    .with_context(|| format!("reading definitions from {definitions_topic}"))?;
+    let started = Instant::now();
+    while !caught_up.load(Ordering::SeqCst) {
+        if shutdown.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            info!("still loading definitions from {definitions_topic}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let clock: Arc<dyn Clock> = match &args.clock_offset_file {
+        Some(p) => Arc::new(FileOffsetClock { path: p.clone() }),
+        None => Arc::new(WallClock),
+    };
+    let (active, rejected) = defs.counts();
+    info!(active, rejected, input = %topics.resolved, "computing");
+    let result = runtime.run(move || {
+        ComputeProcessor::new(topics.clone(), defs.clone(), clock.clone(), metrics.clone())
+    });
+    reader_stop.store(true, Ordering::SeqCst);
+    let _ = reader.join();
+    result.context("compute stopped")
 }

@@ -1,0 +1,86 @@
+//! `corral_compute_*` metrics (the registry adds the `corral_` prefix). Labels are bounded:
+//! audience keys are the active definitions, change is entered/exited.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Compute's metrics.
+pub struct Metrics {
+    /// Events processed.
+    pub events: IntCounter,
+    /// Profile evaluations (event, identify, timer, definitions change).
+    pub evaluations: IntCounter,
+    /// Membership changes by audience and change.
+    pub membership_changes: IntCounterVec,
+    /// Computed trait changes.
+    pub trait_changes: IntCounter,
+    /// Merges absorbed.
+    pub merges: IntCounter,
+    /// Timers scheduled and not fired (this instance's view since start).
+    pub timers_pending: IntGauge,
+    /// Timers fired.
+    pub timers_fired: IntCounter,
+    /// Serialised state per profile at each write.
+    pub state_bytes: Histogram,
+    /// Active definitions.
+    pub definitions_active: IntGauge,
+    /// Rejected definitions.
+    pub definitions_rejected: IntGauge,
+}
+
+impl Metrics {
+    /// Registers the metrics.
+    pub fn new(registry: &Registry) -> Result<Metrics, prometheus::Error> {
+        let m = Metrics {
+            events: IntCounter::new("compute_events_total", "Events processed.")?,
+            evaluations: IntCounter::new(
+                "compute_evaluations_total",
+                "Profile evaluations (events, identifies, timers, definition changes).",
+            )?,
+            membership_changes: IntCounterVec::new(
+                Opts::new(
+                    "compute_membership_changes_total",
+                    "Audience membership changes by audience and change (entered/exited).",
+                ),
+                &["audience", "change"],
+            )?,
+            trait_changes: IntCounter::new(
+                "compute_trait_changes_total",
+                "Computed trait value changes.",
+            )?,
+            merges: IntCounter::new("compute_merges_total", "Profile merges absorbed.")?,
+            timers_pending: IntGauge::new(
+                "compute_timers_pending",
+                "Timers scheduled minus timers fired or cancelled by this instance.",
+            )?,
+            timers_fired: IntCounter::new("compute_timers_fired_total", "Timers fired.")?,
+            state_bytes: Histogram::with_opts(
+                HistogramOpts::new(
+                    "compute_state_bytes",
+                    "Serialised per-profile state size at each write, in bytes.",
+                )
+                .buckets(vec![
+                    64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0, 16384.0, 65536.0,
+                ]),
+            )?,
+            definitions_active: IntGauge::new(
+                "compute_definitions_active",
+                "Audiences and computed traits in force.",
+            )?,
+            definitions_rejected: IntGauge::new(
+                "compute_definitions_rejected",
+                "Definitions not in force (invalid, ACCOUNTS, entity).",
+            )?,
+        };
+        registry.register(Box::new(m.events.clone()))?;
+        registry.register(Box::new(m.evaluations.clone()))?;
+        registry.register(Box::new(m.membership_changes.clone()))?;
+        registry.register(Box::new(m.trait_changes.clone()))?;
+        registry.register(Box::new(m.merges.clone()))?;
+        registry.register(Box::new(m.timers_pending.clone()))?;
+        registry.register(Box::new(m.timers_fired.clone()))?;
+        registry.register(Box::new(m.state_bytes.clone()))?;
+        registry.register(Box::new(m.definitions_active.clone()))?;
+        registry.register(Box::new(m.definitions_rejected.clone()))?;
+        Ok(m)
+    }
+}

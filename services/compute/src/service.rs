@@ -1,0 +1,642 @@
+//! The compute service on the stream runtime: stores, timers, merges, outputs.
+//!
+//! Inputs (co-partitioned by profile id): `events.resolved`, `profiles.merges` (keyed by the
+//! merged-away id, so this task owns the merged-away state) and the internal
+//! `{prefix}compute.merge-state` topic, keyed by the surviving id, that carries a merged-away
+//! profile's state to the task owning the survivor. Going through that topic even when both
+//! profiles share a partition makes the result independent of placement.
+//!
+//! Stores: `profiles` (profile id -> [`ProfileState`] JSON) and `timers` (`minute bucket (8 bytes
+//! BE) | wake ms (8 bytes BE) | profile id` -> empty). `punctuate` scans the buckets up to now,
+//! re-evaluates due profiles and re-schedules them; all inside the runtime's transaction.
+//!
+//! Definitions come from the `definitions` topic through [`Definitions`], shared by every
+//! task; when they change, each task re-evaluates all of its profiles once (first computation
+//! emits `entered` for every member; an edit emits only the differences).
+
+use crate::engine::{Change, ChangeKind, DefinitionSpec, Engine, EngineConfig, InEvent};
+use crate::metrics::Metrics;
+use crate::state::{ExtId, ProfileState};
+use corral_codec::{
+    AvroRecord, ExternalId, MembershipChange, MembershipChangeKind, MessageType, ProfileMerge,
+    ResolvedEvent, TraitChange,
+};
+use corral_query::check::{DefinitionKind, Target};
+use corral_runtime::{InputRecord, ProcessContext, ProcessError, Processor};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+/// Where "now" comes from: the wall clock in production, a settable one in tests.
+pub trait Clock: Send + Sync {
+    /// Milliseconds since the epoch.
+    fn now_ms(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WallClock;
+
+impl Clock for WallClock {
+    fn now_ms(&self) -> i64 {
+        chrono::Utc::now().timestamp_millis()
+    }
+}
+
+/// Wall clock plus an offset read from a file (tests move time forward without waiting).
+#[derive(Debug, Clone)]
+pub struct FileOffsetClock {
+    /// File holding the offset in milliseconds.
+    pub path: std::path::PathBuf,
+}
+
+impl Clock for FileOffsetClock {
+    fn now_ms(&self) -> i64 {
+        let off = std::fs::read_to_string(&self.path)
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .unwrap_or(0);
+        chrono::Utc::now().timestamp_millis() + off
+    }
+}
+
+/// Topic names.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// `events.resolved`.
+    pub resolved: String,
+    /// `profiles.merges`.
+    pub merges: String,
+    /// Internal state hand-over for merges.
+    pub merge_state: String,
+    /// `audiences.membership`.
+    pub membership: String,
+    /// `traits.changes`.
+    pub traits: String,
+}
+
+/// The active definitions of every space, rebuilt whenever the `definitions` topic changes.
+#[derive(Clone, Default)]
+pub struct Definitions {
+    inner: Arc<RwLock<DefinitionsInner>>,
+}
+
+#[derive(Default)]
+struct DefinitionsInner {
+    specs: BTreeMap<String, BTreeMap<String, DefinitionSpec>>,
+    engines: BTreeMap<String, Arc<Engine>>,
+    generation: u64,
+    cfg: EngineConfig,
+}
+
+/// The part of a `Definition` record body compute reads.
+#[derive(Debug, Deserialize)]
+struct Body {
+    query: String,
+    #[serde(default, rename = "type", alias = "kind")]
+    kind: Option<String>,
+    #[serde(default)]
+    include_historical_data: bool,
+}
+
+impl Definitions {
+    /// Empty set with engine tuning.
+    pub fn new(cfg: EngineConfig) -> Self {
+        let d = Definitions::default();
+        if let Ok(mut g) = d.inner.write() {
+            g.cfg = cfg;
+        }
+        d
+    }
+
+    /// Applies an upserted definition record; `Err` says why it is not used.
+    pub fn upsert(&self, def: &corral_codec::Definition) -> Result<(), String> {
+        let target = match def.kind.as_str() {
+            "audience" => Target::Audience,
+            "computed_trait" => Target::ComputedTrait,
+            _ => return Ok(()),
+        };
+        let body: Body = serde_json::from_value(def.body.clone())
+            .map_err(|e| format!("definition {} has no usable body: {e}", def.key))?;
+        let kind = match body.kind.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            Some("accounts") => DefinitionKind::Accounts,
+            _ => DefinitionKind::Users,
+        };
+        let spec = DefinitionSpec {
+            key: def.key.clone(),
+            name: def.name.clone(),
+            target,
+            kind,
+            version: def.version,
+            query: body.query,
+            include_historical_data: body.include_historical_data,
+        };
+        let mut g = self.inner.write().map_err(|_| "poisoned".to_string())?;
+        g.specs
+            .entry(def.space_id.clone())
+            .or_default()
+            .insert(def.key.clone(), spec);
+        let r = g.rebuild(&def.space_id);
+        r.get(&def.key).map_or(Ok(()), |e| Err(e.clone()))
+    }
+
+    /// Removes a definition by its topic key `{space}/{kind}/{key}`.
+    pub fn delete(&self, topic_key: &str) {
+        let mut parts = topic_key.splitn(3, '/');
+        let (Some(space), Some(_kind), Some(key)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return;
+        };
+        if let Ok(mut g) = self.inner.write() {
+            let removed = g.specs.get_mut(space).and_then(|m| m.remove(key)).is_some();
+            if removed {
+                g.rebuild(space);
+            }
+        }
+    }
+
+    /// The engine for a space and the current generation.
+    pub fn engine(&self, space: &str) -> (Option<Arc<Engine>>, u64) {
+        match self.inner.read() {
+            Ok(g) => (g.engines.get(space).cloned(), g.generation),
+            Err(_) => (None, 0),
+        }
+    }
+
+    /// Generation counter (bumped on every change).
+    pub fn generation(&self) -> u64 {
+        self.inner.read().map(|g| g.generation).unwrap_or(0)
+    }
+
+    /// Counts of active and rejected definitions over all spaces.
+    pub fn counts(&self) -> (usize, usize) {
+        self.inner
+            .read()
+            .map(|g| {
+                g.engines.values().fold((0, 0), |(a, r), e| {
+                    (a + e.definitions().len(), r + e.rejected().len())
+                })
+            })
+            .unwrap_or((0, 0))
+    }
+}
+
+impl DefinitionsInner {
+    fn rebuild(&mut self, space: &str) -> BTreeMap<String, String> {
+        let specs: Vec<DefinitionSpec> = self
+            .specs
+            .get(space)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        let engine = Engine::new(self.cfg, specs);
+        let rejected = engine
+            .rejected()
+            .iter()
+            .map(|(k, e)| (k.clone(), e.to_string()))
+            .collect();
+        self.engines.insert(space.to_string(), Arc::new(engine));
+        self.generation += 1;
+        rejected
+    }
+}
+
+/// What travels on the merge-state topic.
+#[derive(Debug, Serialize, Deserialize)]
+struct MergeState {
+    into: String,
+    state: ProfileState,
+    trigger: Option<String>,
+    at_ms: i64,
+}
+
+/// The compute processor (one per stream thread).
+pub struct ComputeProcessor {
+    topics: Arc<Topics>,
+    defs: Definitions,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    /// Per partition: last timer bucket scanned and definitions generation applied.
+    cursors: HashMap<i32, (u64, u64)>,
+}
+
+const PROFILES: usize = 0;
+const TIMERS: usize = 1;
+const BUCKET_MS: i64 = 60_000;
+
+/// Store names, in the index order the processor uses.
+pub const STORES: [&str; 2] = ["profiles", "timers"];
+
+fn timer_key(wake: i64, profile: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16 + profile.len());
+    k.extend_from_slice(&((wake.max(0) / BUCKET_MS) as u64).to_be_bytes());
+    k.extend_from_slice(&(wake.max(0) as u64).to_be_bytes());
+    k.extend_from_slice(profile.as_bytes());
+    k
+}
+
+fn ext_ids(ids: &[ExternalId]) -> Vec<ExtId> {
+    ids.iter()
+        .map(|i| ExtId {
+            id_type: i.id_type.clone(),
+            id: i.id.clone(),
+            collection: i.collection.clone(),
+        })
+        .collect()
+}
+
+fn codec_ids(ids: &[ExtId]) -> Vec<ExternalId> {
+    ids.iter()
+        .map(|i| ExternalId {
+            id_type: i.id_type.clone(),
+            id: i.id.clone(),
+            collection: i.collection.clone().or_else(|| Some("users".into())),
+        })
+        .collect()
+}
+
+/// Event time: the skew-corrected `timestamp`, else when it was received.
+pub fn event_time_ms(m: &corral_codec::SegmentMessage, fallback: i64) -> i64 {
+    m.timestamp
+        .as_deref()
+        .and_then(corral_query::eval::parse_ts)
+        .map(|t| t.timestamp_millis())
+        .or(m.received_at_ms)
+        .unwrap_or(fallback)
+}
+
+impl ComputeProcessor {
+    /// A processor.
+    pub fn new(
+        topics: Arc<Topics>,
+        defs: Definitions,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        ComputeProcessor {
+            topics,
+            defs,
+            clock,
+            metrics,
+            cursors: HashMap::new(),
+        }
+    }
+
+    fn load(ctx: &ProcessContext<'_>, profile: &str) -> Result<Option<ProfileState>, ProcessError> {
+        match ctx.get(PROFILES, profile.as_bytes())? {
+            None => Ok(None),
+            Some(b) => ProfileState::decode(&b)
+                .map(Some)
+                .map_err(|e| ProcessError::Fatal(format!("corrupt state for a profile: {e}"))),
+        }
+    }
+
+    fn save(
+        &self,
+        ctx: &mut ProcessContext<'_>,
+        profile: &str,
+        st: &ProfileState,
+        old_wake: Option<i64>,
+    ) {
+        if old_wake != st.wake_ms {
+            if let Some(w) = old_wake {
+                ctx.delete(TIMERS, timer_key(w, profile));
+                self.metrics.timers_pending.dec();
+            }
+            if let Some(w) = st.wake_ms {
+                ctx.put(TIMERS, timer_key(w, profile), Vec::new());
+                self.metrics.timers_pending.inc();
+            }
+        }
+        let bytes = st.encode();
+        self.metrics.state_bytes.observe(bytes.len() as f64);
+        ctx.put(PROFILES, profile.as_bytes().to_vec(), bytes);
+    }
+
+    fn emit(
+        &self,
+        ctx: &mut ProcessContext<'_>,
+        profile: &str,
+        st: &ProfileState,
+        changes: Vec<Change>,
+        trigger: Option<&str>,
+        at_ms: i64,
+    ) -> Result<(), ProcessError> {
+        for ch in changes {
+            let value = match ch.kind {
+                ChangeKind::Entered | ChangeKind::Exited => {
+                    let entered = ch.kind == ChangeKind::Entered;
+                    self.metrics
+                        .membership_changes
+                        .with_label_values(&[
+                            ch.key.as_str(),
+                            if entered { "entered" } else { "exited" },
+                        ])
+                        .inc();
+                    MembershipChange {
+                        space_id: st.space_id.clone(),
+                        profile_id: profile.to_string(),
+                        audience_key: ch.key,
+                        audience_version: ch.version,
+                        change: if entered {
+                            MembershipChangeKind::Entered
+                        } else {
+                            MembershipChangeKind::Exited
+                        },
+                        external_ids: codec_ids(&st.external_ids),
+                        trigger_message_id: trigger.map(String::from),
+                        changed_at_ms: at_ms,
+                    }
+                    .encode()
+                    .map(|v| (self.topics.membership.as_str(), v))
+                }
+                ChangeKind::Trait { value, previous } => {
+                    self.metrics.trait_changes.inc();
+                    TraitChange {
+                        space_id: st.space_id.clone(),
+                        profile_id: profile.to_string(),
+                        trait_key: ch.key,
+                        value,
+                        previous_value: previous,
+                        definition_version: Some(ch.version),
+                        external_ids: codec_ids(&st.external_ids),
+                        changed_at_ms: at_ms,
+                    }
+                    .encode()
+                    .map(|v| (self.topics.traits.as_str(), v))
+                }
+            };
+            let (topic, v) = value.map_err(|e| ProcessError::Fatal(format!("encoding: {e}")))?;
+            ctx.emit(topic, Some(profile.as_bytes().to_vec()), Some(v));
+        }
+        Ok(())
+    }
+
+    fn on_event(&self, ctx: &mut ProcessContext<'_>, bytes: &[u8]) -> Result<(), ProcessError> {
+        let ev = ResolvedEvent::decode(bytes)
+            .map_err(|e| ProcessError::bad_input("undecodable", e.to_string()))?;
+        let now = self.clock.now_ms();
+        let m = &ev.message;
+        let (engine, _) = self.defs.engine(&m.space_id);
+        let profile = ev.profile_id.as_str();
+        if profile.is_empty() {
+            return Err(ProcessError::bad_input(
+                "no_profile",
+                "event without a profile id",
+            ));
+        }
+        self.metrics.events.inc();
+        let mut st = Self::load(ctx, profile)?.unwrap_or_default();
+        let old_wake = st.wake_ms;
+        if st.space_id.is_empty() {
+            st.space_id = m.space_id.clone();
+        }
+        st.add_ids(ext_ids(&ev.external_ids));
+        let ts = event_time_ms(m, now);
+        let empty = Map::new();
+        let as_map = |v: &Option<Value>| match v {
+            Some(Value::Object(o)) => Some(o.clone()),
+            _ => None,
+        };
+        let changes = match engine {
+            None => Vec::new(),
+            Some(engine) => {
+                self.metrics.evaluations.inc();
+                match m.message_type {
+                    MessageType::Identify => {
+                        let traits = as_map(&m.traits).unwrap_or_default();
+                        engine.apply_identify(&mut st, &traits, ts, now)
+                    }
+                    MessageType::Track | MessageType::Page | MessageType::Screen => {
+                        let name = match m.message_type {
+                            MessageType::Page => "Page Viewed",
+                            MessageType::Screen => "Screen Viewed",
+                            _ => m.event.as_deref().unwrap_or_default(),
+                        };
+                        let props = as_map(&m.properties).unwrap_or_default();
+                        let context = as_map(&m.context).unwrap_or_default();
+                        engine.apply_event(
+                            &mut st,
+                            &InEvent {
+                                name,
+                                ts_ms: ts,
+                                properties: &props,
+                                context: &context,
+                                source_id: m.source_id.as_deref(),
+                            },
+                            now,
+                        )
+                    }
+                    _ => {
+                        let _ = &empty;
+                        if st.now_ms == 0 {
+                            engine.evaluate(&mut st, now)
+                        } else {
+                            Vec::new()
+                        }
+                    }
+                }
+            }
+        };
+        self.emit(ctx, profile, &st, changes, Some(&m.message_id), now)?;
+        self.save(ctx, profile, &st, old_wake);
+        Ok(())
+    }
+
+    fn on_merge(&self, ctx: &mut ProcessContext<'_>, bytes: &[u8]) -> Result<(), ProcessError> {
+        let mg = ProfileMerge::decode(bytes)
+            .map_err(|e| ProcessError::bad_input("undecodable", e.to_string()))?;
+        if mg.from_profile_id == mg.into_profile_id {
+            return Ok(());
+        }
+        let now = self.clock.now_ms();
+        let Some(st) = Self::load(ctx, &mg.from_profile_id)? else {
+            return Ok(());
+        };
+        let (engine, _) = self.defs.engine(&st.space_id);
+        let exits = engine.map(|e| e.detach(&st)).unwrap_or_default();
+        self.emit(
+            ctx,
+            &mg.from_profile_id,
+            &st,
+            exits,
+            mg.trigger_message_id.as_deref(),
+            now,
+        )?;
+        if let Some(w) = st.wake_ms {
+            ctx.delete(TIMERS, timer_key(w, &mg.from_profile_id));
+            self.metrics.timers_pending.dec();
+        }
+        ctx.delete(PROFILES, mg.from_profile_id.as_bytes().to_vec());
+        let hand_over = MergeState {
+            into: mg.into_profile_id.clone(),
+            state: st,
+            trigger: mg.trigger_message_id.clone(),
+            at_ms: now,
+        };
+        let v = serde_json::to_vec(&hand_over)
+            .map_err(|e| ProcessError::Fatal(format!("encoding merge state: {e}")))?;
+        ctx.emit(
+            &self.topics.merge_state,
+            Some(mg.into_profile_id.into_bytes()),
+            Some(v),
+        );
+        Ok(())
+    }
+
+    fn on_merge_state(
+        &self,
+        ctx: &mut ProcessContext<'_>,
+        bytes: &[u8],
+    ) -> Result<(), ProcessError> {
+        let ms: MergeState = serde_json::from_slice(bytes)
+            .map_err(|e| ProcessError::bad_input("undecodable", e.to_string()))?;
+        let now = self.clock.now_ms();
+        self.metrics.merges.inc();
+        let mut into = Self::load(ctx, &ms.into)?.unwrap_or_default();
+        let old_wake = into.wake_ms;
+        let space = if into.space_id.is_empty() {
+            ms.state.space_id.clone()
+        } else {
+            into.space_id.clone()
+        };
+        let (engine, _) = self.defs.engine(&space);
+        let changes = match engine {
+            Some(e) => e.absorb(&mut into, ms.state, now),
+            None => {
+                into.add_ids(ms.state.external_ids);
+                into.space_id = space;
+                Vec::new()
+            }
+        };
+        self.emit(ctx, &ms.into, &into, changes, ms.trigger.as_deref(), now)?;
+        self.save(ctx, &ms.into, &into, old_wake);
+        Ok(())
+    }
+
+    fn reevaluate(
+        &self,
+        ctx: &mut ProcessContext<'_>,
+        profile: &str,
+        mut st: ProfileState,
+        now: i64,
+    ) -> Result<(), ProcessError> {
+        let old_wake = st.wake_ms;
+        let (engine, _) = self.defs.engine(&st.space_id);
+        let changes = match engine {
+            Some(e) => {
+                self.metrics.evaluations.inc();
+                e.tick(&mut st, now)
+            }
+            None => {
+                st.results.clear();
+                st.wake_ms = None;
+                Vec::new()
+            }
+        };
+        self.emit(ctx, profile, &st, changes, None, now)?;
+        self.save(ctx, profile, &st, old_wake);
+        Ok(())
+    }
+}
+
+impl Processor for ComputeProcessor {
+    fn process(
+        &mut self,
+        ctx: &mut ProcessContext<'_>,
+        record: &InputRecord<'_>,
+    ) -> Result<(), ProcessError> {
+        let Some(v) = record.value else {
+            return Ok(());
+        };
+        if record.topic == self.topics.resolved {
+            self.on_event(ctx, v)
+        } else if record.topic == self.topics.merges {
+            self.on_merge(ctx, v)
+        } else if record.topic == self.topics.merge_state {
+            self.on_merge_state(ctx, v)
+        } else {
+            Err(ProcessError::bad_input(
+                "unknown_topic",
+                format!("compute does not read {}", record.topic),
+            ))
+        }
+    }
+
+    fn punctuate(
+        &mut self,
+        ctx: &mut ProcessContext<'_>,
+        _wall_ms: i64,
+    ) -> Result<(), ProcessError> {
+        let now = self.clock.now_ms();
+        let part = ctx.partition();
+        let generation = self.defs.generation();
+        let now_bucket = (now.max(0) / BUCKET_MS) as u64;
+        let cursor = self.cursors.get(&part).copied();
+        // Definitions changed (or first punctuation of this task): evaluate every profile, so
+        // new audiences emit their members and edits their differences. Idempotent: results
+        // already emitted are stored with the profile.
+        if cursor.is_none_or(|(_, g)| g != generation) {
+            let all = ctx.scan_prefix(PROFILES, &[])?;
+            for (k, v) in all {
+                let profile = String::from_utf8_lossy(&k).into_owned();
+                let st = ProfileState::decode(&v)
+                    .map_err(|e| ProcessError::Fatal(format!("corrupt state: {e}")))?;
+                self.reevaluate(ctx, &profile, st, now)?;
+            }
+            // Everything was just evaluated at `now`; stale timer keys are skipped below.
+        }
+        let timers: Vec<(Vec<u8>, Vec<u8>)> = match cursor {
+            // Far behind (clock jump, long pause): one scan beats a scan per minute bucket.
+            Some((from, _)) if now_bucket.saturating_sub(from) > 1000 => {
+                ctx.scan_prefix(TIMERS, &[])?
+            }
+            Some((from, _)) => {
+                let mut out = Vec::new();
+                for b in from..=now_bucket {
+                    out.extend(ctx.scan_prefix(TIMERS, &b.to_be_bytes())?);
+                }
+                out
+            }
+            None => ctx.scan_prefix(TIMERS, &[])?,
+        };
+        for (k, _) in timers {
+            if k.len() < 16 {
+                ctx.delete(TIMERS, k);
+                continue;
+            }
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&k[8..16]);
+            let wake = u64::from_be_bytes(w) as i64;
+            if wake > now {
+                // Sorted by time within the scanned buckets, but buckets are scanned whole.
+                continue;
+            }
+            let profile = String::from_utf8_lossy(&k[16..]).into_owned();
+            ctx.delete(TIMERS, k);
+            self.metrics.timers_pending.dec();
+            self.metrics.timers_fired.inc();
+            let Some(mut st) = Self::load(ctx, &profile)? else {
+                continue;
+            };
+            if st.wake_ms != Some(wake) {
+                continue;
+            }
+            // The key is gone already; make `save` schedule afresh.
+            st.wake_ms = None;
+            let old = None;
+            let (engine, _) = self.defs.engine(&st.space_id);
+            let changes = match engine {
+                Some(e) => {
+                    self.metrics.evaluations.inc();
+                    e.tick(&mut st, now)
+                }
+                None => Vec::new(),
+            };
+            self.emit(ctx, &profile, &st, changes, None, now)?;
+            self.save(ctx, &profile, &st, old);
+        }
+        self.cursors.insert(part, (now_bucket, generation));
+        Ok(())
+    }
+}
