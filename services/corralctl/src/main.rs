@@ -7,7 +7,10 @@
 //! - `corralctl tail TOPIC`: a topic's records as JSON lines (see `tail.rs`).
 //! - `corralctl plans validate|apply|check-event` and `corralctl replay blocked`: tracking plans
 //!   (see `plans.rs` and the `corral-validator` crate).
+//! - `corralctl destinations validate|apply FILE` and `corralctl replay deliveries`: fanout
+//!   destinations (see `destinations.rs` and the `corral-fanout` crate).
 
+mod destinations;
 mod plans;
 mod tail;
 
@@ -53,10 +56,15 @@ enum Command {
     },
     /// Print a topic's records as JSON lines, decoded with its Avro schema.
     Tail(tail::TailArgs),
+    /// Fanout destinations (webhook, Segment, Braze, Iterable, Kafka, list HTTP).
+    Destinations {
+        #[command(subcommand)]
+        action: destinations::DestinationsAction,
+    },
     /// Replay quarantined messages.
     Replay {
         #[command(subcommand)]
-        action: plans::ReplayAction,
+        action: destinations::ReplayCommand,
     },
 }
 
@@ -83,7 +91,8 @@ fn main() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Tail(args) => tail::tail(&cli.bootstrap, args).map(|()| ExitCode::SUCCESS),
         Command::Plans { action } => plans::plans(&cli.bootstrap, action),
-        Command::Replay { action } => plans::replay(&cli.bootstrap, action),
+        Command::Replay { action } => destinations::replay(&cli.bootstrap, action),
+        Command::Destinations { action } => destinations::destinations(&cli.bootstrap, action),
         Command::Topics {
             action: TopicsAction::Apply { manifest, prefix },
         } => {

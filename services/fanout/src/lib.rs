@@ -14,6 +14,7 @@ pub mod destination;
 pub mod lane;
 pub mod limit;
 pub mod metrics;
+pub mod ops;
 pub mod outbox;
 pub mod payload;
 pub mod processor;

@@ -31,6 +31,8 @@ impl Setup {
             create_topic(&format!("{prefix}{t}"), 3, CleanupPolicy::Delete);
         }
         create_topic(&format!("{prefix}events.dlq"), 1, CleanupPolicy::Delete);
+        // As the manifest would (fanout creates it too, but a test reader may look first).
+        create_topic(&format!("{prefix}deliveries.dlq"), 1, CleanupPolicy::Delete);
         Setup {
             app,
             prefix,
@@ -45,7 +47,11 @@ impl Setup {
     fn spawn(&self, destinations: &str, env: &[(&str, String)]) -> Service {
         let file = self.dir.path().join("destinations.yaml");
         std::fs::write(&file, destinations).unwrap();
-        let args: Vec<String> = [
+        self.spawn_with(&["--destinations", file.to_str().unwrap()], env)
+    }
+
+    fn spawn_with(&self, extra: &[&str], env: &[(&str, String)]) -> Service {
+        let mut args: Vec<String> = [
             "--bootstrap",
             &bootstrap(),
             "--topic-prefix",
@@ -56,8 +62,6 @@ impl Setup {
             "0",
             "--state-dir",
             self.dir.path().join("state").to_str().unwrap(),
-            "--destinations",
-            file.to_str().unwrap(),
             "--retry-base-ms",
             "100",
             "--retry-max-delay-s",
@@ -68,6 +72,7 @@ impl Setup {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
         Service::spawn("fanout", BIN, &args, env)
     }
 
@@ -556,4 +561,67 @@ fn killing_fanout_mid_stream_loses_nothing() {
         assert_eq!(ts, sorted, "order of {u}");
     }
     let _ = Instant::now();
+}
+
+#[test]
+fn destinations_from_the_definitions_topic_and_replay_of_dead_letters() {
+    let s = Setup::new("fanout-replay");
+    let definitions = s.topic("definitions");
+    create_topic(&definitions, 1, CleanupPolicy::Compact);
+    let hook = Receiver::start();
+    let broken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let b = broken.clone();
+    hook.answer(move |_, _| {
+        if b.load(std::sync::atomic::Ordering::SeqCst) {
+            Answer::Status(422, "unknown field".into(), None)
+        } else {
+            Answer::Ok
+        }
+    });
+    let file = s.dir.path().join("dests.yaml");
+    std::fs::write(
+        &file,
+        format!("destinations:\n  - key: hook\n    type: webhook\n    url: {}\n    connections: [{{audience: a, mode: track}}]\n", hook.url("/")),
+    )
+    .unwrap();
+    use corral_fanout::ops::{apply_destinations, replay_deliveries, Applied, ReplayFilter};
+    let applied =
+        apply_destinations(&bootstrap(), &definitions, &file, Some("test".into())).unwrap();
+    assert_eq!(applied, [Applied::Created { key: "hook".into() }]);
+    let again = apply_destinations(&bootstrap(), &definitions, &file, None).unwrap();
+    assert_eq!(
+        again,
+        [Applied::Unchanged {
+            key: "hook".into(),
+            version: 1
+        }]
+    );
+    let svc = s.spawn_with(&[], &[]);
+    s.membership(&[change("p1", "a", true, T0, ids("u1", &[]))]);
+    let dlq = read_committed(&s.topic("deliveries.dlq"), 1, Duration::from_secs(60));
+    assert_eq!(dlq.len(), 1);
+    let first = hook.requests();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].status, 422);
+    broken.store(false, std::sync::atomic::Ordering::SeqCst);
+    let filter = ReplayFilter {
+        destination: Some("hook".into()),
+        ..Default::default()
+    };
+    let n = replay_deliveries(
+        &bootstrap(),
+        &s.topic("deliveries.dlq"),
+        &s.topic("deliveries.replay"),
+        &filter,
+    )
+    .unwrap();
+    assert_eq!(n, 1);
+    let got = hook.wait_for(Duration::from_secs(60), |r| r.len() >= 2);
+    svc.terminate();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].status, 200);
+    assert_eq!(
+        got[1].body, first[0].body,
+        "the replay is the same delivery, same message id"
+    );
 }
