@@ -106,11 +106,14 @@ pub fn last_part(key: &[u8]) -> String {
     String::from_utf8_lossy(tail).into_owned()
 }
 
+/// Members by profile id, borrowed from a scan.
+pub type MemberRefs<'a> = Vec<(&'a String, &'a Json)>;
+
 /// The difference a list sync sends: members to add and to remove, by profile id, in order.
 pub fn list_diff<'a>(
     members: &'a std::collections::BTreeMap<String, Json>,
     synced: &'a std::collections::BTreeMap<String, Json>,
-) -> (Vec<(&'a String, &'a Json)>, Vec<(&'a String, &'a Json)>) {
+) -> (MemberRefs<'a>, MemberRefs<'a>) {
     let adds = members
         .iter()
         .filter(|(p, _)| !synced.contains_key(*p))

@@ -22,6 +22,8 @@ pub enum Answer {
 #[derive(Debug, Clone)]
 pub struct Received {
     pub at: Instant,
+    /// Wall clock (ms since the epoch) when the request was read.
+    pub wall_ms: i64,
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: serde_json::Value,
@@ -147,8 +149,13 @@ impl Receiver {
                 }
                 Answer::Never => (0, String::new(), None),
             };
+            let wall_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64;
             self.log.lock().unwrap().push(Received {
                 at,
+                wall_ms,
                 path,
                 headers,
                 body,
