@@ -50,7 +50,11 @@ pub fn destinations(bootstrap: &str, action: DestinationsAction) -> anyhow::Resu
     match action {
         DestinationsAction::Validate { file } => match load_file(&file) {
             Ok(f) => {
-                println!("{}: {} destinations, no errors", file.display(), f.destinations.len());
+                println!(
+                    "{}: {} destinations, no errors",
+                    file.display(),
+                    f.destinations.len()
+                );
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
@@ -70,21 +74,35 @@ pub fn destinations(bootstrap: &str, action: DestinationsAction) -> anyhow::Resu
 pub fn replay(bootstrap: &str, action: ReplayCommand) -> anyhow::Result<ExitCode> {
     match action {
         ReplayCommand::Plans(a) => crate::plans::replay(bootstrap, a),
-        ReplayCommand::Deliveries { since, destination, reason, prefix, dry_run } => {
+        ReplayCommand::Deliveries {
+            since,
+            destination,
+            reason,
+            prefix,
+            dry_run,
+        } => {
             let now = corral_validator::now_ms();
             let since_ms = since
                 .map(|s| corral_validator::parse_since(&s, now))
                 .transpose()
                 .map_err(anyhow::Error::msg)?
                 .unwrap_or(0);
-            let filter = ReplayFilter { since_ms, destination, reason, dry_run };
+            let filter = ReplayFilter {
+                since_ms,
+                destination,
+                reason,
+                dry_run,
+            };
             let n = replay_deliveries(
                 bootstrap,
                 &format!("{prefix}deliveries.dlq"),
                 &format!("{prefix}deliveries.replay"),
                 &filter,
             )?;
-            println!("{} {n} deliveries", if dry_run { "would replay" } else { "replayed" });
+            println!(
+                "{} {n} deliveries",
+                if dry_run { "would replay" } else { "replayed" }
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -18,7 +18,10 @@ use corral_tests::{bootstrap, create_topic, produce, unique, Service};
 const BIN: &str = env!("CARGO_BIN_EXE_corral-fanout");
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 fn change(i: u64, at: i64) -> MembershipChange {
@@ -28,7 +31,11 @@ fn change(i: u64, at: i64) -> MembershipChange {
         audience_key: "a".into(),
         audience_version: 1,
         change: MembershipChangeKind::Entered,
-        external_ids: vec![ExternalId { id_type: "user_id".into(), id: format!("u{i}"), collection: None }],
+        external_ids: vec![ExternalId {
+            id_type: "user_id".into(),
+            id: format!("u{i}"),
+            collection: None,
+        }],
         trigger_message_id: None,
         changed_at_ms: at,
     }
@@ -60,14 +67,27 @@ fn start(name: &str, rate: u32) -> Run {
     )
     .unwrap();
     let args: Vec<String> = [
-        "--bootstrap", &bootstrap(), "--topic-prefix", &prefix, "--application-id", &app,
-        "--state-dir", dir.path().join("s").to_str().unwrap(), "--destinations", file.to_str().unwrap(),
+        "--bootstrap",
+        &bootstrap(),
+        "--topic-prefix",
+        &prefix,
+        "--application-id",
+        &app,
+        "--state-dir",
+        dir.path().join("s").to_str().unwrap(),
+        "--destinations",
+        file.to_str().unwrap(),
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
     let svc = Service::spawn("fanout", BIN, &args, &[]);
-    Run { prefix, svc, hook, _dir: dir }
+    Run {
+        prefix,
+        svc,
+        hook,
+        _dir: dir,
+    }
 }
 
 fn enabled() -> bool {
@@ -80,29 +100,59 @@ fn bench() {
         eprintln!("fanout bench skipped: set CORRAL_FANOUT_BENCH=1");
         return;
     }
-    let secs: u64 = std::env::var("CORRAL_FANOUT_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let secs: u64 = std::env::var("CORRAL_FANOUT_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
 
     // Ceiling: no limit, a backlog of n changes.
     let n = 20_000u64;
     let r = start("fanout-bench-ceiling", 0);
-    produce(&format!("{}audiences.membership", r.prefix), (0..n).map(|i| (format!("p{i}").into_bytes(), change(i, now_ms()).encode().unwrap())));
-    let got = r.hook.wait_for(Duration::from_secs(600), |x| x.len() as u64 >= n);
+    produce(
+        &format!("{}audiences.membership", r.prefix),
+        (0..n).map(|i| {
+            (
+                format!("p{i}").into_bytes(),
+                change(i, now_ms()).encode().unwrap(),
+            )
+        }),
+    );
+    let got = r
+        .hook
+        .wait_for(Duration::from_secs(600), |x| x.len() as u64 >= n);
     let first = got.iter().map(|x| x.at).min().unwrap();
     let last = got.iter().map(|x| x.at).max().unwrap();
     let ceiling = got.len() as f64 / last.duration_since(first).as_secs_f64();
     r.svc.terminate();
-    println!("ceiling: {} deliveries in {:.2}s = {ceiling:.0} deliveries/s", got.len(), last.duration_since(first).as_secs_f64());
+    println!(
+        "ceiling: {} deliveries in {:.2}s = {ceiling:.0} deliveries/s",
+        got.len(),
+        last.duration_since(first).as_secs_f64()
+    );
 
     // Limiter accuracy.
     for rate in [100u32, 500] {
         let r = start("fanout-bench-rate", rate);
         let total = u64::from(rate) * (secs + 5);
-        produce(&format!("{}audiences.membership", r.prefix), (0..total).map(|i| (format!("p{i}").into_bytes(), change(i, now_ms()).encode().unwrap())));
+        produce(
+            &format!("{}audiences.membership", r.prefix),
+            (0..total).map(|i| {
+                (
+                    format!("p{i}").into_bytes(),
+                    change(i, now_ms()).encode().unwrap(),
+                )
+            }),
+        );
         let t0 = r.hook.wait_for(Duration::from_secs(60), |x| !x.is_empty())[0].at;
-        std::thread::sleep((t0 + Duration::from_secs(secs + 1)).saturating_duration_since(Instant::now()));
+        std::thread::sleep(
+            (t0 + Duration::from_secs(secs + 1)).saturating_duration_since(Instant::now()),
+        );
         let reqs = r.hook.requests();
         r.svc.kill9();
-        let in_window = reqs.iter().filter(|x| x.at >= t0 && x.at < t0 + Duration::from_secs(secs)).count();
+        let in_window = reqs
+            .iter()
+            .filter(|x| x.at >= t0 && x.at < t0 + Duration::from_secs(secs))
+            .count();
         let mut times: Vec<Instant> = reqs.iter().map(|x| x.at).collect();
         times.sort();
         let (mut start_i, mut max) = (0, 0);
@@ -130,20 +180,35 @@ fn bench() {
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
         let v = change(i, now_ms()).encode().unwrap();
         let k = format!("p{i}");
-        let _ = p.send(rdkafka::producer::BaseRecord::to(&topic).key(&k).payload(&v));
+        let _ = p.send(
+            rdkafka::producer::BaseRecord::to(&topic)
+                .key(&k)
+                .payload(&v),
+        );
         p.poll(Duration::ZERO);
     }
     rdkafka::producer::Producer::flush(&p, Duration::from_secs(30)).unwrap();
-    let got = r.hook.wait_for(Duration::from_secs(120), |x| x.len() as u64 >= count);
+    let got = r
+        .hook
+        .wait_for(Duration::from_secs(120), |x| x.len() as u64 >= count);
     r.svc.terminate();
     let mut lat: Vec<i64> = got
         .iter()
         .map(|x| {
             let ts = x.body["timestamp"].as_str().unwrap();
-            x.wall_ms - chrono::DateTime::parse_from_rfc3339(ts).unwrap().timestamp_millis()
+            x.wall_ms
+                - chrono::DateTime::parse_from_rfc3339(ts)
+                    .unwrap()
+                    .timestamp_millis()
         })
         .collect();
     lat.sort();
     let pct = |q: f64| lat[((lat.len() as f64 - 1.0) * q) as usize];
-    println!("latency (record -> HTTP request), {} deliveries at 200/s: p50 {} ms, p99 {} ms, max {} ms", lat.len(), pct(0.5), pct(0.99), lat[lat.len() - 1]);
+    println!(
+        "latency (record -> HTTP request), {} deliveries at 200/s: p50 {} ms, p99 {} ms, max {} ms",
+        lat.len(),
+        pct(0.5),
+        pct(0.99),
+        lat[lat.len() - 1]
+    );
 }
