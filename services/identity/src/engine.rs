@@ -34,7 +34,8 @@ use crate::ids::Ident;
 use crate::rules::Rules;
 
 /// Namespace of Corral profile ids (UUIDv5), fixed forever: changing it changes every id.
-const PROFILE_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5c0f_7a1e_c0a1_4d1e_9b0e_1d3a_7e11_0001);
+const PROFILE_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x5c0f_7a1e_c0a1_4d1e_9b0e_1d3a_7e11_0001);
 
 /// The deterministic id of the profile anchored at `anchor`: `use_` + 22 base62 characters, the
 /// shape of Segment's ids.
@@ -359,7 +360,8 @@ pub fn resolve<G: Graph>(
             demoted: demoted.clone(),
             untrusted: untrusted.clone(),
         };
-        let merges: u32 = matched.iter().map(|p| p.merges).sum::<u32>() + (matched.len() as u32 - 1);
+        let merges: u32 =
+            matched.iter().map(|p| p.merges).sum::<u32>() + (matched.len() as u32 - 1);
         if matched.len() > 1 && merges > rules.max_merges {
             return Ok(Some(capped(Cap::Merges)));
         }
@@ -411,9 +413,12 @@ pub fn resolve<G: Graph>(
             });
         }
         for m in &candidate {
-            let stays = matched
-                .iter()
-                .any(|p| p.id == new_pid && p.identifiers.iter().any(|x| x.id_type == m.id_type && x.value == m.value));
+            let stays = matched.iter().any(|p| {
+                p.id == new_pid
+                    && p.identifiers
+                        .iter()
+                        .any(|x| x.id_type == m.id_type && x.value == m.value)
+            });
             if !stays {
                 g.set_mapping(space, &m.ident(), &new_pid)?;
             }
@@ -455,7 +460,10 @@ pub struct MemGraph {
 impl Graph for MemGraph {
     type Error = std::convert::Infallible;
     fn mapping(&mut self, space: &str, ident: &Ident) -> Result<Option<String>, Self::Error> {
-        Ok(self.mappings.get(&(space.to_string(), ident.clone())).cloned())
+        Ok(self
+            .mappings
+            .get(&(space.to_string(), ident.clone()))
+            .cloned())
     }
     fn set_mapping(&mut self, space: &str, ident: &Ident, pid: &str) -> Result<(), Self::Error> {
         self.mappings
@@ -463,7 +471,10 @@ impl Graph for MemGraph {
         Ok(())
     }
     fn profile(&mut self, space: &str, pid: &str) -> Result<Option<Profile>, Self::Error> {
-        Ok(self.profiles.get(&(space.to_string(), pid.to_string())).cloned())
+        Ok(self
+            .profiles
+            .get(&(space.to_string(), pid.to_string()))
+            .cloned())
     }
     fn set_profile(&mut self, space: &str, profile: &Profile) -> Result<(), Self::Error> {
         self.profiles
@@ -475,7 +486,10 @@ impl Graph for MemGraph {
         Ok(())
     }
     fn alias(&mut self, space: &str, pid: &str) -> Result<Option<String>, Self::Error> {
-        Ok(self.aliases.get(&(space.to_string(), pid.to_string())).cloned())
+        Ok(self
+            .aliases
+            .get(&(space.to_string(), pid.to_string()))
+            .cloned())
     }
     fn set_alias(&mut self, space: &str, from: &str, into: &str) -> Result<(), Self::Error> {
         self.aliases
@@ -490,7 +504,13 @@ impl Graph for MemGraph {
 
 impl MemGraph {
     /// Resolves with an infallible graph.
-    pub fn resolve(&mut self, rules: &Rules, space: &str, ids: &[Ident], now: i64) -> Option<Resolution> {
+    pub fn resolve(
+        &mut self,
+        rules: &Rules,
+        space: &str,
+        ids: &[Ident],
+        now: i64,
+    ) -> Option<Resolution> {
         match resolve(self, rules, space, ids, now) {
             Ok(r) => r,
             Err(never) => match never {},
@@ -499,7 +519,9 @@ impl MemGraph {
 
     /// The live profile id of an identifier.
     pub fn profile_of(&self, space: &str, ident: &Ident) -> Option<String> {
-        self.mappings.get(&(space.to_string(), ident.clone())).cloned()
+        self.mappings
+            .get(&(space.to_string(), ident.clone()))
+            .cloned()
     }
 
     /// The live profile a (possibly retired) profile id resolves to.

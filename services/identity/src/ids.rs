@@ -156,7 +156,10 @@ pub fn extract(msg: &SegmentMessage, rules: &Rules) -> Extracted {
             if t.is_empty() {
                 continue;
             }
-            let collection = e.get("collection").and_then(Json::as_str).unwrap_or("users");
+            let collection = e
+                .get("collection")
+                .and_then(Json::as_str)
+                .unwrap_or("users");
             if collection == "accounts" || t == "group_id" {
                 if let Some(v) = scalar(v).filter(|v| !rules.is_blocked(v)) {
                     push_account(&mut out.accounts, &t, v);
@@ -241,7 +244,11 @@ mod tests {
                 "crm_id:c-9"
             ]
         );
-        let accounts: Vec<_> = e.accounts.iter().map(|a| format!("{}:{}", a.id_type, a.id)).collect();
+        let accounts: Vec<_> = e
+            .accounts
+            .iter()
+            .map(|a| format!("{}:{}", a.id_type, a.id))
+            .collect();
         assert_eq!(accounts, vec!["account_id:acme", "group_id:g1"]);
     }
 
@@ -249,10 +256,18 @@ mod tests {
     fn advertising_id_needs_tracking_enabled_and_a_known_platform() {
         let mut m = msg();
         m.anonymous_id = Some("a1".into());
-        m.context = Some(json!({"device": {"type": "android", "advertisingId": "ad", "adTrackingEnabled": false}}));
-        assert_eq!(ids(&extract(&m, &Rules::default())), vec!["anonymous_id:a1"]);
+        m.context = Some(
+            json!({"device": {"type": "android", "advertisingId": "ad", "adTrackingEnabled": false}}),
+        );
+        assert_eq!(
+            ids(&extract(&m, &Rules::default())),
+            vec!["anonymous_id:a1"]
+        );
         m.context = Some(json!({"device": {"type": "tv", "id": "d1"}}));
-        assert_eq!(ids(&extract(&m, &Rules::default())), vec!["anonymous_id:a1"]);
+        assert_eq!(
+            ids(&extract(&m, &Rules::default())),
+            vec!["anonymous_id:a1"]
+        );
     }
 
     #[test]
@@ -277,10 +292,16 @@ mod tests {
 
     #[test]
     fn custom_keys_from_settings() {
-        let rules = Rules::from_yaml("custom_ids: [{type: phone, paths: [traits.phone, properties.phone]}]").unwrap();
+        let rules = Rules::from_yaml(
+            "custom_ids: [{type: phone, paths: [traits.phone, properties.phone]}]",
+        )
+        .unwrap();
         let mut m = msg();
         m.anonymous_id = Some("a1".into());
         m.traits = Some(json!({"phone": "+4912345"}));
-        assert_eq!(ids(&extract(&m, &rules)), vec!["anonymous_id:a1", "phone:+4912345"]);
+        assert_eq!(
+            ids(&extract(&m, &rules)),
+            vec!["anonymous_id:a1", "phone:+4912345"]
+        );
     }
 }

@@ -46,7 +46,8 @@ pub fn ensure_topic_like(
     topic: &str,
     like: &str,
 ) -> Result<i32, KafkaOpError> {
-    let admin = TopicAdmin::connect(bootstrap, extra).map_err(|e| KafkaOpError::Admin(e.to_string()))?;
+    let admin =
+        TopicAdmin::connect(bootstrap, extra).map_err(|e| KafkaOpError::Admin(e.to_string()))?;
     let partitions = admin
         .partitions(like)
         .map_err(|e| KafkaOpError::Admin(e.to_string()))?
@@ -160,7 +161,10 @@ pub fn spawn_definitions_reader(
 ) -> Result<Option<std::thread::JoinHandle<()>>, KafkaOpError> {
     let c = consumer(&bootstrap, &extra, &group)?;
     let Some(partitions) = assign_all(&c, &topic)? else {
-        warn!(topic, "definitions topic does not exist; using the settings file or Segment's defaults");
+        warn!(
+            topic,
+            "definitions topic does not exist; using the settings file or Segment's defaults"
+        );
         caught_up.store(true, Ordering::SeqCst);
         return Ok(None);
     };

@@ -91,8 +91,8 @@ fn main() -> anyhow::Result<()> {
 
     let rules = RulesStore::new();
     if let Some(path) = &args.rules {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let file = parse_file(&text).with_context(|| format!("in {}", path.display()))?;
         rules
             .load_file(&file)
@@ -119,8 +119,13 @@ fn main() -> anyhow::Result<()> {
     let changelog = coord_cfg.changelog_topic(STORE);
     let kafka_extra = coord_cfg.kafka.clone();
 
-    ensure_topic_like(&args.bootstrap, &kafka_extra, &topics.by_space, &topics.valid)
-        .with_context(|| format!("preparing {}", topics.by_space))?;
+    ensure_topic_like(
+        &args.bootstrap,
+        &kafka_extra,
+        &topics.by_space,
+        &topics.valid,
+    )
+    .with_context(|| format!("preparing {}", topics.by_space))?;
 
     let coordinator = StreamRuntime::new(coord_cfg).context("configuring the coordinator")?;
     let router = StreamRuntime::new(router_cfg).context("configuring the router")?;
@@ -181,7 +186,8 @@ fn main() -> anyhow::Result<()> {
     let router_thread = std::thread::Builder::new()
         .name("router".into())
         .spawn(move || {
-            let r = router.run(move || RouterProcessor::new(router_topics.clone(), router_metrics.clone()));
+            let r = router
+                .run(move || RouterProcessor::new(router_topics.clone(), router_metrics.clone()));
             // Either half stopping stops the process: a router alone would fill a topic no one reads.
             stop_a.store(true, Ordering::SeqCst);
             r
@@ -192,9 +198,11 @@ fn main() -> anyhow::Result<()> {
         CoordinatorProcessor::new(topics.clone(), coord_rules.clone(), metrics.clone(), 0)
     });
     stop_b.store(true, Ordering::SeqCst);
-    let router_result = router_thread
-        .join()
-        .unwrap_or_else(|_| Err(corral_runtime::RuntimeError::Processor("router panicked".into())));
+    let router_result = router_thread.join().unwrap_or_else(|_| {
+        Err(corral_runtime::RuntimeError::Processor(
+            "router panicked".into(),
+        ))
+    });
     stop_edges.store(true, Ordering::SeqCst);
     for e in edges {
         let _ = e.join();
@@ -216,7 +224,10 @@ fn spawn_query_server(
     std::thread::Builder::new()
         .name("query".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     error!(error = %e, "cannot start the query runtime");

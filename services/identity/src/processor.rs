@@ -8,7 +8,9 @@
 
 use std::sync::Arc;
 
-use corral_codec::{AvroRecord, ExternalId, ProfileMerge, ResolvedEvent, SegmentMessage, ValidEvent};
+use corral_codec::{
+    AvroRecord, ExternalId, ProfileMerge, ResolvedEvent, SegmentMessage, ValidEvent,
+};
 use corral_runtime::{InputRecord, ProcessContext, ProcessError, Processor};
 
 use crate::engine::{resolve, Cap, MergeKind, Outcome, Resolution};
@@ -58,7 +60,10 @@ impl Processor for RouterProcessor {
         // Decoding here sends unusable records to the dead-letter topic before they reach a
         // coordinator, and reads the space id to route by.
         let ev = decode(record).inspect_err(|_| {
-            self.metrics.events.with_label_values(&["dead_letter"]).inc();
+            self.metrics
+                .events
+                .with_label_values(&["dead_letter"])
+                .inc();
         })?;
         // Keyed by space: the murmur2 partitioner picks the bucket, the same one every time.
         ctx.emit(
@@ -80,7 +85,12 @@ pub struct CoordinatorProcessor {
 
 impl CoordinatorProcessor {
     /// `store`: index of the graph store in the runtime config.
-    pub fn new(topics: Arc<Topics>, rules: Arc<RulesStore>, metrics: Arc<Metrics>, store: usize) -> Self {
+    pub fn new(
+        topics: Arc<Topics>,
+        rules: Arc<RulesStore>,
+        metrics: Arc<Metrics>,
+        store: usize,
+    ) -> Self {
         CoordinatorProcessor {
             topics,
             rules,
@@ -111,7 +121,10 @@ impl Processor for CoordinatorProcessor {
         record: &InputRecord<'_>,
     ) -> Result<(), ProcessError> {
         let ev = decode(record).inspect_err(|_| {
-            self.metrics.events.with_label_values(&["dead_letter"]).inc();
+            self.metrics
+                .events
+                .with_label_values(&["dead_letter"])
+                .inc();
         })?;
         let msg = ev.message;
         let space = msg.space_id.clone();
@@ -169,7 +182,11 @@ impl Processor for CoordinatorProcessor {
             external_ids,
             resolved_at_ms: now,
         };
-        ctx.emit(&self.topics.resolved, Some(pid.into_bytes()), Some(encode(&out)?));
+        ctx.emit(
+            &self.topics.resolved,
+            Some(pid.into_bytes()),
+            Some(encode(&out)?),
+        );
         Ok(())
     }
 }

@@ -234,9 +234,7 @@ impl Rules {
         };
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = s.priority.iter().find(|t| !seen.insert(t.as_str())) {
-            return Err(RulesError::Invalid(format!(
-                "priority lists {dup:?} twice"
-            )));
+            return Err(RulesError::Invalid(format!("priority lists {dup:?} twice")));
         }
         for c in &s.custom_ids {
             if c.id_type.is_empty() || c.id_type != c.id_type.to_ascii_lowercase() {
@@ -299,11 +297,7 @@ impl Rules {
     }
 
     /// Total priority order over identifiers: rank, then type, then value.
-    pub fn ident_order(
-        &self,
-        a: &crate::ids::Ident,
-        b: &crate::ids::Ident,
-    ) -> std::cmp::Ordering {
+    pub fn ident_order(&self, a: &crate::ids::Ident, b: &crate::ids::Ident) -> std::cmp::Ordering {
         self.rank(&a.id_type)
             .cmp(&self.rank(&b.id_type))
             .then_with(|| a.id_type.cmp(&b.id_type))
@@ -336,10 +330,9 @@ impl RulesStore {
         };
         let mut spaces = HashMap::new();
         for s in &file.spaces {
-            let space = s
-                .space_id
-                .clone()
-                .ok_or_else(|| RulesError::Invalid("every entry of `spaces` needs a space_id".into()))?;
+            let space = s.space_id.clone().ok_or_else(|| {
+                RulesError::Invalid("every entry of `spaces` needs a space_id".into())
+            })?;
             spaces.insert(space, Arc::new(Rules::compile(s)?));
         }
         let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());
@@ -376,7 +369,19 @@ mod tests {
     #[test]
     fn segment_suggested_blocked_values() {
         let r = Rules::default();
-        for v in ["null", "NULL", "anonymous", "-1", "0", "000", "---", "", "  ", "undefined", "[object Object]"] {
+        for v in [
+            "null",
+            "NULL",
+            "anonymous",
+            "-1",
+            "0",
+            "000",
+            "---",
+            "",
+            "  ",
+            "undefined",
+            "[object Object]",
+        ] {
             assert!(r.is_blocked(v), "{v:?} should be blocked");
         }
         for v in ["u1", "jane@example.com", "10", "a-0"] {
@@ -435,12 +440,31 @@ mod tests {
     #[test]
     fn store_falls_back_to_default() {
         let store = RulesStore::new();
-        let file = parse_file(
-            "default: {max_merges: 7}\nspaces:\n  - {space_id: s1, max_merges: 3}\n",
-        )
-        .unwrap();
+        let file =
+            parse_file("default: {max_merges: 7}\nspaces:\n  - {space_id: s1, max_merges: 3}\n")
+                .unwrap();
         store.load_file(&file).unwrap();
         assert_eq!(store.for_space("s1").max_merges, 3);
         assert_eq!(store.for_space("other").max_merges, 7);
+    }
+}
+
+#[cfg(test)]
+mod example_file {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn the_example_settings_file_loads() {
+        let text = include_str!("../../../examples/identity.yaml");
+        let file = super::parse_file(text).unwrap();
+        let store = super::RulesStore::new();
+        store.load_file(&file).unwrap();
+        let demo = store.for_space("demo");
+        assert!(demo.is_blocked("qa-7"));
+        assert_eq!(demo.limit("phone").max, 2);
+        assert_eq!(
+            store.for_space("other").limit("anonymous_id").window_ms,
+            Some(7 * 86_400_000)
+        );
     }
 }

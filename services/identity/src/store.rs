@@ -55,7 +55,8 @@ pub fn encode_profile(p: &Profile) -> Result<Vec<u8>, ProcessError> {
 }
 
 pub fn decode_profile(bytes: &[u8]) -> Result<Profile, String> {
-    serde_json::from_slice(bytes).map_err(|e| format!("corrupt profile record in the graph store: {e}"))
+    serde_json::from_slice(bytes)
+        .map_err(|e| format!("corrupt profile record in the graph store: {e}"))
 }
 
 fn text(bytes: Vec<u8>) -> Result<String, ProcessError> {
@@ -72,10 +73,14 @@ pub struct CtxGraph<'c, 'a> {
 impl Graph for CtxGraph<'_, '_> {
     type Error = ProcessError;
     fn mapping(&mut self, space: &str, ident: &Ident) -> Result<Option<String>, ProcessError> {
-        self.ctx.get(self.store, &id_key(space, ident))?.map(text).transpose()
+        self.ctx
+            .get(self.store, &id_key(space, ident))?
+            .map(text)
+            .transpose()
     }
     fn set_mapping(&mut self, space: &str, ident: &Ident, pid: &str) -> Result<(), ProcessError> {
-        self.ctx.put(self.store, id_key(space, ident), pid.as_bytes().to_vec());
+        self.ctx
+            .put(self.store, id_key(space, ident), pid.as_bytes().to_vec());
         Ok(())
     }
     fn profile(&mut self, space: &str, pid: &str) -> Result<Option<Profile>, ProcessError> {
@@ -94,10 +99,14 @@ impl Graph for CtxGraph<'_, '_> {
         Ok(())
     }
     fn alias(&mut self, space: &str, pid: &str) -> Result<Option<String>, ProcessError> {
-        self.ctx.get(self.store, &alias_key(space, pid))?.map(text).transpose()
+        self.ctx
+            .get(self.store, &alias_key(space, pid))?
+            .map(text)
+            .transpose()
     }
     fn set_alias(&mut self, space: &str, from: &str, into: &str) -> Result<(), ProcessError> {
-        self.ctx.put(self.store, alias_key(space, from), into.as_bytes().to_vec());
+        self.ctx
+            .put(self.store, alias_key(space, from), into.as_bytes().to_vec());
         Ok(())
     }
     fn remove_alias(&mut self, space: &str, pid: &str) -> Result<(), ProcessError> {

@@ -178,7 +178,11 @@ async fn ready(State(view): State<Arc<IdentityView>>) -> Response {
     if view.is_caught_up() {
         (StatusCode::OK, "ready").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "loading the identity graph").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "loading the identity graph",
+        )
+            .into_response()
     }
 }
 
@@ -228,13 +232,24 @@ mod tests {
             .resolve(&rules, "s", &[Ident::new("anonymous_id", "a1")], 1)
             .unwrap();
         let second = g
-            .resolve(&rules, "s", &[Ident::new("anonymous_id", "a1"), Ident::new("user_id", "u1")], 2)
+            .resolve(
+                &rules,
+                "s",
+                &[
+                    Ident::new("anonymous_id", "a1"),
+                    Ident::new("user_id", "u1"),
+                ],
+                2,
+            )
             .unwrap();
         let v = view_of(&g);
         let p = v.lookup("s", "anonymous_id:a1").unwrap();
         assert_eq!(p.profile_id, second.profile_id());
         assert_eq!(p.external_ids.len(), 2);
-        assert_eq!(v.lookup("s", first.profile_id()).unwrap().profile_id, second.profile_id());
+        assert_eq!(
+            v.lookup("s", first.profile_id()).unwrap().profile_id,
+            second.profile_id()
+        );
         assert!(v.lookup("s", "user_id:nobody").is_none());
         assert!(v.lookup("other", "anonymous_id:a1").is_none());
         // Tombstones remove.

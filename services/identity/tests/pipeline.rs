@@ -39,7 +39,11 @@ impl Run {
         for (t, n, policy) in [
             ("events.resolved", PARTITIONS, CleanupPolicy::Delete),
             ("profiles.merges", PARTITIONS, CleanupPolicy::Delete),
-            ("identity.events-by-space", PARTITIONS, CleanupPolicy::Delete),
+            (
+                "identity.events-by-space",
+                PARTITIONS,
+                CleanupPolicy::Delete,
+            ),
             ("events.dlq", 1, CleanupPolicy::Delete),
         ] {
             create_topic(&format!("{prefix}{t}"), n, policy);
@@ -95,7 +99,12 @@ impl Run {
     }
 
     /// The final graph from the store's changelog: identifier -> profile id, and aliases.
-    fn graph(&self) -> (HashMap<(String, Ident), String>, HashMap<(String, String), String>) {
+    fn graph(
+        &self,
+    ) -> (
+        HashMap<(String, Ident), String>,
+        HashMap<(String, String), String>,
+    ) {
         let topic = format!("{}{}.graph-changelog", self.prefix, self.app);
         let mut latest: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
         for r in read_committed(&topic, 0, Duration::from_secs(30)) {
@@ -108,7 +117,13 @@ impl Run {
             let (tag, parts) = decode_key(&k).unwrap();
             let v = String::from_utf8(v).unwrap_or_default();
             if tag == TAG_ID {
-                ids.insert((parts[0].clone(), Ident::new(parts[1].clone(), parts[2].clone())), v);
+                ids.insert(
+                    (
+                        parts[0].clone(),
+                        Ident::new(parts[1].clone(), parts[2].clone()),
+                    ),
+                    v,
+                );
             } else if tag == TAG_ALIAS {
                 aliases.insert((parts[0].clone(), parts[1].clone()), v);
             }
@@ -121,14 +136,30 @@ impl Run {
         // Exactly once: every message once, nothing else.
         let mut seen = HashSet::new();
         for r in &resolved {
-            assert!(seen.insert(r.message.message_id.clone()), "{} resolved twice", r.message.message_id);
+            assert!(
+                seen.insert(r.message.message_id.clone()),
+                "{} resolved twice",
+                r.message.message_id
+            );
         }
-        assert_eq!(resolved.len(), events.len(), "every message resolved ({})", self.app);
+        assert_eq!(
+            resolved.len(),
+            events.len(),
+            "every message resolved ({})",
+            self.app
+        );
 
         let (ids, aliases) = self.graph();
         assert_eq!(ids.len(), expected.len(), "identifier count ({})", self.app);
         for (k, pid) in expected {
-            assert_eq!(ids.get(k), Some(pid), "profile of {}:{} ({})", k.0, k.1, self.app);
+            assert_eq!(
+                ids.get(k),
+                Some(pid),
+                "profile of {}:{} ({})",
+                k.0,
+                k.1,
+                self.app
+            );
         }
         // Each event's profile at that moment forwards to the final profile of its identifiers.
         let rules = Rules::default();
@@ -139,11 +170,20 @@ impl Run {
                 pid = next.clone();
             }
             let first = extract(&r.message, &rules).ids.remove(0);
-            assert_eq!(Some(&pid), expected.get(&(space.clone(), first)), "message {}", r.message.message_id);
+            assert_eq!(
+                Some(&pid),
+                expected.get(&(space.clone(), first)),
+                "message {}",
+                r.message.message_id
+            );
             assert!(r.external_ids.iter().any(|e| e.id_type == "anonymous_id"));
         }
         // Merge records name live-at-the-time ids and their survivors.
-        let merges = read_committed(&format!("{}profiles.merges", self.prefix), 0, Duration::from_secs(30));
+        let merges = read_committed(
+            &format!("{}profiles.merges", self.prefix),
+            0,
+            Duration::from_secs(30),
+        );
         for m in merges {
             let m = ProfileMerge::decode(&m.value.unwrap()).unwrap();
             assert!(aliases.contains_key(&(m.space_id.clone(), m.from_profile_id.clone())));
@@ -170,13 +210,21 @@ fn one_vs_three_instances_sigkill_and_replay_give_the_same_profiles() {
         *m.entry(e.message.space_id.as_str()).or_default() += 1;
         m
     });
-    assert!(spaces.len() > 3, "several spaces, so coordinators spread over instances");
+    assert!(
+        spaces.len() > 3,
+        "several spaces, so coordinators spread over instances"
+    );
 
     let input = format!("{}.events.valid", unique("identity-in"));
     create_topic(&input, PARTITIONS, CleanupPolicy::Delete);
     let records: Vec<(Vec<u8>, Vec<u8>)> = events
         .iter()
-        .map(|e| (e.message.message_id.clone().into_bytes(), e.encode().unwrap()))
+        .map(|e| {
+            (
+                e.message.message_id.clone().into_bytes(),
+                e.encode().unwrap(),
+            )
+        })
         .collect();
     let (first_half, second_half) = records.split_at(n / 2);
 
@@ -190,7 +238,11 @@ fn one_vs_three_instances_sigkill_and_replay_give_the_same_profiles() {
     // after producing that commit's outputs and changelog but before committing: its work must
     // be redone, once. The second commit is certain to carry records: the second half of the
     // input is produced only after the first half was committed.
-    let k = killed.spawn(&input, 0, &[("CORRAL_FAULT", "before_commit@2".to_string())]);
+    let k = killed.spawn(
+        &input,
+        0,
+        &[("CORRAL_FAULT", "before_commit@2".to_string())],
+    );
     produce(&input, first_half.to_vec());
     let part = killed.wait_for(1, Duration::from_secs(120));
     assert!(!part.is_empty(), "progress before the crash");
@@ -225,19 +277,35 @@ fn undecodable_and_identifier_less_messages_go_to_the_dead_letter_topic() {
     good.push(blocked);
     let mut records: Vec<(Vec<u8>, Vec<u8>)> = good
         .iter()
-        .map(|e| (e.message.message_id.clone().into_bytes(), e.encode().unwrap()))
+        .map(|e| {
+            (
+                e.message.message_id.clone().into_bytes(),
+                e.encode().unwrap(),
+            )
+        })
         .collect();
     records.push((b"garbage".to_vec(), b"not avro".to_vec()));
     produce(&input, records);
     let svc = run.spawn(&input, 0, &[]);
     let resolved = run.wait_for(3, Duration::from_secs(90));
     assert_eq!(resolved.len(), 3);
-    let dlq = read_committed(&format!("{}events.dlq", run.prefix), 2, Duration::from_secs(60));
+    let dlq = read_committed(
+        &format!("{}events.dlq", run.prefix),
+        2,
+        Duration::from_secs(60),
+    );
     let reasons: Vec<String> = dlq
         .iter()
-        .map(|r| corral_codec::DeadLetter::decode(r.value.as_ref().unwrap()).unwrap().reason)
+        .map(|r| {
+            corral_codec::DeadLetter::decode(r.value.as_ref().unwrap())
+                .unwrap()
+                .reason
+        })
         .collect();
     assert_eq!(reasons.len(), 2, "{reasons:?}");
-    assert!(reasons.contains(&"no_identifiers".to_string()), "{reasons:?}");
+    assert!(
+        reasons.contains(&"no_identifiers".to_string()),
+        "{reasons:?}"
+    );
     svc.terminate();
 }

@@ -35,19 +35,22 @@ struct Stream {
 fn stream() -> impl Strategy<Value = Stream> {
     (1usize..6, prop::collection::vec(any::<bool>(), 6))
         .prop_flat_map(|(people, users)| {
-            let event = (0..people, prop::collection::vec(0usize..16, 1..4)).prop_map(
-                move |(p, picks)| {
+            let event =
+                (0..people, prop::collection::vec(0usize..16, 1..4)).prop_map(move |(p, picks)| {
                     let ids = person_ids(p, users[p]);
-                    let mut ev: Vec<Ident> = picks.iter().map(|i| ids[i % ids.len()].clone()).collect();
+                    let mut ev: Vec<Ident> =
+                        picks.iter().map(|i| ids[i % ids.len()].clone()).collect();
                     ev.dedup();
                     ev
-                },
-            );
+                });
             prop::collection::vec(event, 1..60)
         })
         .prop_flat_map(|events| {
             let n = events.len();
-            (Just(events), Just((0..n).collect::<Vec<_>>()).prop_shuffle())
+            (
+                Just(events),
+                Just((0..n).collect::<Vec<_>>()).prop_shuffle(),
+            )
         })
         .prop_map(|(events, permutation)| Stream {
             events,
@@ -61,7 +64,11 @@ struct UnionFind {
 
 impl UnionFind {
     fn find(&mut self, x: &Ident) -> Ident {
-        let p = self.parent.entry(x.clone()).or_insert_with(|| x.clone()).clone();
+        let p = self
+            .parent
+            .entry(x.clone())
+            .or_insert_with(|| x.clone())
+            .clone();
         if &p == x {
             return p;
         }

@@ -19,7 +19,11 @@ pub fn generate(n: usize, spaces: usize, link_fraction: f64, seed: u64) -> Vec<V
             let p = rng.random_range(0..people_per_space);
             let k = rng.random_range(0..5);
             let link = rng.random_bool(link_fraction.clamp(0.0, 1.0));
-            let kind = if link { MessageType::Identify } else { MessageType::Track };
+            let kind = if link {
+                MessageType::Identify
+            } else {
+                MessageType::Track
+            };
             let mut m = SegmentMessage::new(space, kind, format!("m-{seed}-{i}"));
             m.anonymous_id = Some(format!("anon-{p}-{k}"));
             if link {
