@@ -149,6 +149,7 @@ pub fn apply_definition(rules: &RulesStore, payload: Option<&[u8]>, key: &str) -
 /// Follows `definitions` from the beginning, applying `identity_settings`. Sets `caught_up` once
 /// every partition reached its end once, or at once when the topic does not exist (the file or
 /// built-in defaults then apply; a warning says so).
+#[allow(clippy::too_many_arguments)] // plain handles; a struct would only rename them
 pub fn spawn_definitions_reader(
     bootstrap: String,
     extra: BTreeMap<String, String>,
@@ -180,11 +181,12 @@ pub fn spawn_definitions_reader(
                             metrics.definition_errors.inc();
                         }
                     }
-                    Some(Err(KafkaError::PartitionEOF(p))) => {
-                        if at_end.insert(p) && at_end.len() as i32 == partitions {
-                            caught_up.store(true, Ordering::SeqCst);
-                        }
+                    Some(Err(KafkaError::PartitionEOF(p)))
+                        if at_end.insert(p) && at_end.len() as i32 == partitions =>
+                    {
+                        caught_up.store(true, Ordering::SeqCst);
                     }
+                    Some(Err(KafkaError::PartitionEOF(_))) => {}
                     Some(Err(e)) => warn!(error = %e, "reading definitions"),
                     None => {}
                 }
@@ -228,12 +230,13 @@ pub fn spawn_view_follower(
                             view.apply(k, m.payload());
                         }
                     }
-                    Some(Err(KafkaError::PartitionEOF(p))) => {
-                        if at_end.insert(p) && at_end.len() as i32 == n && !view.is_caught_up() {
-                            info!(entries = view.len(), "identity view caught up");
-                            view.set_caught_up();
-                        }
+                    Some(Err(KafkaError::PartitionEOF(p)))
+                        if at_end.insert(p) && at_end.len() as i32 == n && !view.is_caught_up() =>
+                    {
+                        info!(entries = view.len(), "identity view caught up");
+                        view.set_caught_up();
                     }
+                    Some(Err(KafkaError::PartitionEOF(_))) => {}
                     Some(Err(e)) => warn!(error = %e, "identity view: reading the changelog"),
                     None => {}
                 }

@@ -421,7 +421,7 @@ mod tests {
     fn priority_defaults_then_alphabetical() {
         use crate::ids::Ident;
         let r = Rules::default();
-        let mut ids = vec![
+        let mut ids = [
             Ident::new("phone", "1"),
             Ident::new("anonymous_id", "a"),
             Ident::new("email", "e"),

@@ -27,6 +27,11 @@ use common::generate;
 
 const PARTITIONS: i32 = 6;
 
+/// (space, identifier) -> profile id.
+type Mappings = HashMap<(String, Ident), String>;
+/// (space, retired profile id) -> the id it forwards to.
+type Aliases = HashMap<(String, String), String>;
+
 struct Run {
     prefix: String,
     app: String,
@@ -99,12 +104,7 @@ impl Run {
     }
 
     /// The final graph from the store's changelog: identifier -> profile id, and aliases.
-    fn graph(
-        &self,
-    ) -> (
-        HashMap<(String, Ident), String>,
-        HashMap<(String, String), String>,
-    ) {
+    fn graph(&self) -> (Mappings, Aliases) {
         let topic = format!("{}{}.graph-changelog", self.prefix, self.app);
         let mut latest: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
         for r in read_committed(&topic, 0, Duration::from_secs(30)) {
