@@ -374,3 +374,63 @@ fn punctuation_summarises_each_task_once_per_change_across_a_crash() {
         );
     }
 }
+
+#[test]
+fn co_partitioned_inputs_stay_together_when_instances_come_and_go() {
+    // A key counts across both inputs, so partition N of both must always be processed by the
+    // same instance, with the same store, whatever the rebalances.
+    let s = Setup::new("eos-copart");
+    let second = format!("{}.in2", s.app);
+    create_topic(&second, PARTITIONS, CleanupPolicy::Delete);
+    let inputs = format!("{},{second}", s.input);
+    let spawn = |instance: &str| {
+        let args = vec![
+            "--bootstrap".into(),
+            corral_tests::bootstrap(),
+            "--app".into(),
+            s.app.clone(),
+            "--instance".into(),
+            instance.into(),
+            "--input".into(),
+            inputs.clone(),
+            "--output".into(),
+            s.output.clone(),
+            "--dlq".into(),
+            s.dlq.clone(),
+            "--state-dir".into(),
+            s.state.path().join(instance).display().to_string(),
+        ];
+        Service::spawn(&format!("counter-{instance}"), BIN, &args, &[])
+    };
+    let mut expected = HashMap::new();
+    let a = spawn("a");
+    let mut b = Some(spawn("b"));
+    for chunk in 0..6 {
+        merge(&mut expected, s.produce_range(chunk * 5_000, 5_000));
+        let records: Vec<_> = (0..5_000)
+            .map(|i| {
+                (
+                    format!("key-{}", (chunk * 5_000 + i) % KEYS).into_bytes(),
+                    b"second".to_vec(),
+                )
+            })
+            .collect();
+        for (k, _) in &records {
+            *expected.entry(k.clone()).or_insert(0) += 1;
+        }
+        produce(&second, records);
+        if chunk == 2 {
+            if let Some(b) = b.take() {
+                assert_eq!(b.terminate().code(), Some(0), "SIGTERM stops cleanly");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let b = spawn("b");
+    let total: u64 = expected.values().sum();
+    let out = await_output(&s, total as usize, Duration::from_secs(300));
+    a.terminate();
+    b.terminate();
+    let out = read_committed(&s.output, out.len(), Duration::from_secs(10));
+    assert_exactly_once(&out, &expected);
+}

@@ -19,8 +19,9 @@ struct Args {
     app: String,
     #[arg(long, default_value = "0")]
     instance: String,
-    #[arg(long)]
-    input: String,
+    /// Input topics, comma-separated; several must be co-partitioned (a key counts across all).
+    #[arg(long, value_delimiter = ',', required = true)]
+    input: Vec<String>,
     #[arg(long)]
     output: String,
     #[arg(long)]
@@ -124,7 +125,7 @@ fn main() -> anyhow::Result<()> {
     corral_telemetry::init_tracing(false);
     let args = Args::parse();
     let mut cfg = RuntimeConfig::new(&args.app, &args.instance, &args.bootstrap);
-    cfg.input_topics = vec![args.input.clone()];
+    cfg.input_topics = args.input.clone();
     cfg.dlq_topic = args.dlq.clone();
     cfg.state_dir = args.state_dir.clone();
     cfg.commit_interval = Duration::from_millis(args.commit_interval_ms);

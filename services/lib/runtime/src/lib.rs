@@ -4,8 +4,9 @@
 //! [`StreamRuntime::run`] does the rest, Kafka Streams style (`DESIGN.md` "Exactly-once
 //! processing"):
 //!
-//! - stream threads that each own a group consumer (`read_committed`, cooperative-sticky, static
-//!   membership), a transactional producer with a stable `transactional.id`, their partitions and
+//! - stream threads that each own a group consumer (`read_committed`, static membership;
+//!   cooperative-sticky with one input, range with co-partitioned inputs so a task's partitions
+//!   stay together), a transactional producer with a stable `transactional.id`, their partitions and
 //!   their stores;
 //! - input offsets committed inside the transaction with fresh group metadata, every commit
 //!   interval;
@@ -94,6 +95,22 @@ impl StreamRuntime {
                 "input topic {input} does not exist; create it first (`corralctl topics apply`)"
             ))
         })?;
+        // A task is partition N of every input: they must be co-partitioned.
+        for other in &self.cfg.input_topics[1..] {
+            match admin.partitions(other)? {
+                Some(n) if n == partitions => {}
+                Some(n) => {
+                    return Err(RuntimeError::Admin(format!(
+                        "input topics must be co-partitioned: {input} has {partitions} partitions but {other} has {n}"
+                    )))
+                }
+                None => {
+                    return Err(RuntimeError::Admin(format!(
+                        "input topic {other} does not exist; create it first (`corralctl topics apply`)"
+                    )))
+                }
+            }
+        }
         for s in &self.cfg.stores {
             let topic = DesiredTopic {
                 name: self.cfg.changelog_topic(&s.name),

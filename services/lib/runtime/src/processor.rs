@@ -74,6 +74,18 @@ pub trait Processor: Send {
     ) -> Result<(), ProcessError> {
         Ok(())
     }
+
+    /// Tasks (partition numbers) this thread now owns, after their stores were restored. A
+    /// processor that caches anything derived from its stores rebuilds that cache here.
+    fn on_assigned(&mut self, _tasks: &[i32]) {}
+
+    /// Tasks this thread no longer owns (their open writes were committed or dropped).
+    fn on_revoked(&mut self, _tasks: &[i32]) {}
+
+    /// The open transaction was aborted: every write and output since the last commit is gone
+    /// and the input will be read again from the committed offsets. In-memory caches of store
+    /// contents must drop what they learnt since the last commit.
+    fn on_abort(&mut self) {}
 }
 
 impl<F> Processor for F

@@ -149,13 +149,17 @@ impl ConsumerContext for EngineContext {
                     .remove(&(elem.topic().to_string(), elem.partition()));
             }
             let still_owned: BTreeSet<i32> = engine.assigned.iter().map(|(_, p)| *p).collect();
+            let mut revoked_tasks = BTreeSet::new();
             for elem in tpl.elements() {
                 if !still_owned.contains(&elem.partition()) {
+                    revoked_tasks.insert(elem.partition());
                     for s in &mut engine.stores {
                         s.discard_partition(elem.partition());
                     }
                 }
             }
+            let revoked_tasks: Vec<i32> = revoked_tasks.into_iter().collect();
+            engine.processor.on_revoked(&revoked_tasks);
             engine
                 .metrics
                 .assigned_partitions
@@ -198,12 +202,18 @@ impl ConsumerContext for EngineContext {
                 );
                 // Restoring here blocks poll(), so nothing of these partitions is processed before
                 // its state is complete. Heartbeats run on librdkafka's own thread.
-                for partition in new_tasks {
+                if let Err(e) = engine.check_co_partitioning() {
+                    engine.failure = Some(e);
+                    return;
+                }
+                for &partition in &new_tasks {
                     if let Err(e) = engine.restore_partition(partition) {
                         engine.failure = Some(e);
                         return;
                     }
                 }
+                let new_tasks: Vec<i32> = new_tasks.into_iter().collect();
+                engine.processor.on_assigned(&new_tasks);
                 engine.health.set_ready();
             }
             Rebalance::Revoke(_) => {}
@@ -562,6 +572,7 @@ impl Engine {
         self.pending_offsets.clear();
         self.producer.context().take();
         self.needs_rewind = true;
+        self.processor.on_abort();
     }
 
     fn abort_after(&mut self, e: RuntimeError) {
@@ -606,6 +617,26 @@ impl Engine {
             partitions = self.assigned.len(),
             "rewound to committed offsets"
         );
+        Ok(())
+    }
+
+    /// A task is partition N of every input; owning only some of them would split its state
+    /// between instances. The range assignor guarantees this; the check makes a violation loud.
+    fn check_co_partitioning(&self) -> Result<(), RuntimeError> {
+        if self.cfg.input_topics.len() < 2 {
+            return Ok(());
+        }
+        let tasks: BTreeSet<i32> = self.assigned.iter().map(|(_, p)| *p).collect();
+        for p in tasks {
+            for t in &self.cfg.input_topics {
+                if !self.assigned.contains(&(t.clone(), p)) {
+                    return Err(RuntimeError::Config(format!(
+                        "co-partitioning violated: partition {p} of some inputs is assigned here but not of {t}; \
+                         all input topics need the same partition count and every instance the same inputs"
+                    )));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -825,6 +856,19 @@ fn build_engine(setup: &ThreadSetup) -> Result<Engine, RuntimeError> {
     })
 }
 
+/// One input topic: cooperative-sticky, so a rebalance only stops the partitions that move.
+/// Several co-partitioned inputs: the range assignor, the only built-in one that gives partition
+/// N of every topic to the same member (a task is a partition number across all inputs, and its
+/// stores must see all of them). Range is eager: every rebalance revokes and re-assigns all
+/// partitions, whose stores then catch up from their local offsets (cheap when nothing moved).
+pub(crate) fn assignment_strategy(cfg: &RuntimeConfig) -> &'static str {
+    if cfg.input_topics.len() > 1 {
+        "range"
+    } else {
+        "cooperative-sticky"
+    }
+}
+
 /// Runs one generation of clients until shutdown (Ok) or a failure that needs new clients.
 fn run_generation(setup: &ThreadSetup) -> Result<(), RuntimeError> {
     let cfg = &setup.cfg;
@@ -840,7 +884,7 @@ fn run_generation(setup: &ThreadSetup) -> Result<(), RuntimeError> {
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("partition.assignment.strategy", assignment_strategy(cfg))
         .set(
             "session.timeout.ms",
             setup.cfg.session_timeout.as_millis().to_string(),
