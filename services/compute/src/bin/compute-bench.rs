@@ -1,0 +1,166 @@
+//! In-process benchmark of the engine with the store round trip (decode, apply, evaluate,
+//! encode), no Kafka: events/s with 10 and 100 definitions, timers fired/s, and state bytes
+//! per profile (median, p99). Bounded: `--events N` (default 200000), `--profiles N`.
+//!
+//! `cargo run --release -p corral-compute --bin compute-bench -- --events 200000`
+
+use corral_compute::{DefinitionSpec, Engine, EngineConfig, InEvent, ProfileState};
+use corral_query::check::{DefinitionKind, Target};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::time::Instant;
+
+const EXAMPLES: &str = include_str!("../../../../examples/definitions.yaml");
+
+fn specs(n: usize) -> Vec<DefinitionSpec> {
+    let defs = match corral_query::load_definitions_str(EXAMPLES, "examples") {
+        Ok(d) => d,
+        Err(_) => return Vec::new(),
+    };
+    let base: Vec<DefinitionSpec> = defs
+        .definitions
+        .iter()
+        .filter(|d| d.kind == DefinitionKind::Users)
+        .map(|d| DefinitionSpec {
+            key: d.key.clone(),
+            name: Some(d.name.clone()),
+            target: d.target,
+            kind: d.kind,
+            version: 1,
+            query: d.text.clone(),
+            include_historical_data: false,
+        })
+        .collect();
+    let mut out: Vec<DefinitionSpec> = base.iter().take(n).cloned().collect();
+    // Beyond the examples: variations with distinct thresholds and windows (distinct leaves).
+    let mut i = 0;
+    while out.len() < n {
+        let q = match i % 4 {
+            0 => format!("event('Order Completed').within({} days).count() >= {}", 1 + i % 60, 1 + i % 3),
+            1 => format!("event('Product Viewed').where(property('price') > {}).count() >= 1", i * 3),
+            2 => format!("event('Session Started').within({} days).count() > {}", 1 + i % 90, i % 5),
+            _ => format!("event('Feature Used').where(property('feature_name') = 'f{}').count() >= 1 AND trait('plan') = 'trial'", i % 10),
+        };
+        out.push(DefinitionSpec {
+            key: format!("gen_{i}"),
+            name: None,
+            target: Target::Audience,
+            kind: DefinitionKind::Users,
+            version: 1,
+            query: q,
+            include_historical_data: false,
+        });
+        i += 1;
+    }
+    out
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn run(defs: usize, events: usize, profiles: usize) {
+    let engine = Engine::new(EngineConfig::default(), specs(defs));
+    let names = [
+        "Order Completed",
+        "Product Viewed",
+        "Session Started",
+        "Feature Used",
+        "Checkout Started",
+        "Account Created",
+    ];
+    let mut store: HashMap<u64, Vec<u8>> = HashMap::new();
+    let start_ms = 1_735_689_600_000i64;
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let empty = Map::new();
+    let mut changes = 0usize;
+    let t = Instant::now();
+    for i in 0..events {
+        let p = next() % profiles as u64;
+        let r = next();
+        let now = start_ms + (i as i64) * 60_000 / 10; // 6 s of event time per event
+        let mut st = store
+            .get(&p)
+            .and_then(|b| ProfileState::decode(b).ok())
+            .unwrap_or_default();
+        let ch = if r % 10 == 0 {
+            let traits: Map<String, Value> = json!({"plan": if r % 3 == 0 {"trial"} else {"pro"}, "created_at": "2024-01-01T00:00:00Z"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            engine.apply_identify(&mut st, &traits, now, now)
+        } else {
+            let props: Map<String, Value> = json!({"revenue": r % 200, "price": r % 300, "product_id": format!("p{}", r % 20), "feature_name": format!("f{}", r % 12), "name": "n"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            engine.apply_event(
+                &mut st,
+                &InEvent {
+                    name: names[(r >> 8) as usize % names.len()],
+                    ts_ms: now,
+                    properties: &props,
+                    context: &empty,
+                    source_id: None,
+                },
+                now,
+            )
+        };
+        changes += ch.len();
+        store.insert(p, st.encode());
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let mut sizes: Vec<usize> = store.values().map(Vec::len).collect();
+    sizes.sort_unstable();
+    let q = |f: f64| {
+        sizes
+            .get(((sizes.len() as f64 - 1.0) * f) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    // Timers: re-evaluate every profile 31 days later (the window exits).
+    let later = start_ms + events as i64 * 6_000 + 31 * 86_400_000;
+    let t2 = Instant::now();
+    let mut fired = 0usize;
+    for b in store.values_mut() {
+        if let Ok(mut st) = ProfileState::decode(b) {
+            if st.wake_ms.is_some_and(|w| w <= later) {
+                fired += 1;
+                changes += engine.tick(&mut st, later).len();
+                *b = st.encode();
+            }
+        }
+    }
+    let secs2 = t2.elapsed().as_secs_f64();
+    println!(
+        "definitions={} (leaves {}) events={} profiles={} events_per_s={:.0} changes={} state_bytes_median={} state_bytes_p99={} timers_fired={} timers_per_s={:.0}",
+        engine.definitions().len(),
+        engine.leaf_count(),
+        events,
+        store.len(),
+        events as f64 / secs,
+        changes,
+        q(0.5),
+        q(0.99),
+        fired,
+        fired as f64 / secs2.max(1e-9),
+    );
+}
+
+fn main() {
+    let events = arg("--events", 200_000);
+    let profiles = arg("--profiles", 20_000);
+    run(10, events, profiles);
+    run(100, events, profiles);
+}
