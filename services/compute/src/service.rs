@@ -563,6 +563,25 @@ impl Processor for ComputeProcessor {
         }
     }
 
+    // The timer cursor is an in-memory cache of what was scanned: after an abort the deleted
+    // timer keys are back, and a (re)assigned task may hold timers we never saw, so the next
+    // punctuation of those tasks scans all their timers and re-evaluates all their profiles.
+    fn on_assigned(&mut self, tasks: &[i32]) {
+        for t in tasks {
+            self.cursors.remove(t);
+        }
+    }
+
+    fn on_revoked(&mut self, tasks: &[i32]) {
+        for t in tasks {
+            self.cursors.remove(t);
+        }
+    }
+
+    fn on_abort(&mut self) {
+        self.cursors.clear();
+    }
+
     fn punctuate(
         &mut self,
         ctx: &mut ProcessContext<'_>,
