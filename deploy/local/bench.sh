@@ -43,12 +43,17 @@ if want criterion; then
   cargo bench -p corral-query 2>&1 | grep -E '^[a-zA-Z].*|time:' | tee "$out/criterion-query.txt"
 fi
 
-for svc in collector validator; do
-  script="services/$svc/bench.sh"
-  if want "$svc" && [[ -x "$script" ]]; then
-    log "$svc"
-    "$script" | tee "$out/$svc.txt"
-  fi
-done
+if want collector; then
+  log "collector: Segment HTTP API to events.raw (batches of 100, single messages)"
+  cargo build --release -p corral-collector
+  target/release/collector-loadgen | tee "$out/collector.txt"
+fi
+
+if want validator; then
+  log "validator: validation per event (criterion) and pipeline throughput"
+  cargo bench -p corral-validator --bench validate 2>&1 | grep -E '^[a-zA-Z].*|time:' | tee "$out/validator-criterion.txt"
+  VALIDATOR_BENCH_N="${VALIDATOR_BENCH_N:-100000}" cargo test -p corral-validator --release --test pipeline \
+    -- --ignored --nocapture throughput 2>&1 | grep -E 'throughput' | tee "$out/validator-pipeline.txt"
+fi
 
 log "results in ${out#"$root"/}"
