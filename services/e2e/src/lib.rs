@@ -1,1 +1,3 @@
-//! End-to-end tests of the whole pipeline live in `tests/`; this crate has no library code.
+//! `corral-e2e`: the product's end-to-end test. It has no library code; the test is
+//! `tests/pipeline.rs` (harness in `tests/common/mod.rs`, Segment client driver in
+//! `clients/send_calls.py`). See README.md for what it covers and how to run it.
