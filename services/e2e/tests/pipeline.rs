@@ -375,6 +375,20 @@ fn segment_calls_flow_through_every_service_to_a_webhook() {
     assert!(raw.iter().all(|m| m.space_id == SPACE));
     let created = raw.iter().find(|m| m.message_id == m_created).unwrap();
     assert_eq!(created.event.as_deref(), Some("Account Created"));
+    // The client's timestamp is kept as originalTimestamp (`timestamp` is skew-corrected).
+    let original = created
+        .original_timestamp
+        .as_deref()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .unwrap_or_else(|| {
+            panic!("Account Created without a parseable originalTimestamp: {created:?}")
+        });
+    assert_eq!(
+        original.timestamp_millis(),
+        chrono::DateTime::parse_from_rfc3339(&three_days_ago)
+            .unwrap()
+            .timestamp_millis()
+    );
 
     // Validator: the violation is blocked (with one violation record per problem), the
     // duplicate is dropped, everything else passes.
@@ -462,6 +476,13 @@ fn segment_calls_flow_through_every_service_to_a_webhook() {
         has_id(&entered.external_ids, "email", &ada_email),
         "{entered:?}"
     );
+    // Whichever of her identify and Account Created came last made her a member.
+    assert!(
+        [&m_ada_identify, &m_created]
+            .iter()
+            .any(|m| entered.trigger_message_id.as_deref() == Some(m.as_str())),
+        "{entered:?}"
+    );
     w.wait("Ada's feature_uses_30d reached 2", |o, _| {
         o.traits().iter().any(|t| {
             t.profile_id == ada_profile && t.trait_key == TRAIT && t.value == Some(json!(2))
@@ -507,6 +528,20 @@ fn segment_calls_flow_through_every_service_to_a_webhook() {
     assert_eq!(b["context"]["personas"]["space_id"], SPACE, "{b}");
     assert!(
         b["messageId"].as_str().is_some_and(|s| !s.is_empty()),
+        "{b}"
+    );
+    assert_eq!(
+        entered_call
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("x-corral-message-id"))
+            .map(|(_, v)| v.as_str()),
+        b["messageId"].as_str(),
+        "the message id header matches the body"
+    );
+    assert_eq!(
+        b["integrations"],
+        json!({"All": false, DESTINATION: true}),
         "{b}"
     );
     // One call per identifier: the one made for her email carries it in context.traits.
@@ -566,6 +601,32 @@ fn segment_calls_flow_through_every_service_to_a_webhook() {
         })
     });
 
+    let bob_traits: Vec<TraitChange> = w
+        .out
+        .traits()
+        .into_iter()
+        .filter(|t| t.profile_id == bob_profile && t.trait_key == TRAIT)
+        .collect();
+    assert_eq!(bob_traits.len(), 1, "{bob_traits:?}");
+    assert_eq!(bob_traits[0].previous_value, None, "{bob_traits:?}");
+    assert!(has_id(&bob_traits[0].external_ids, "user_id", &bob));
+    assert!(has_id(
+        &bob_traits[0].external_ids,
+        "anonymous_id",
+        &anon_bob
+    ));
+    // ...and fanout delivered it for Bob's user id (his anonymous profile had none to send to).
+    w.wait(
+        "Bob's feature_uses_30d = 1 as an identify at the webhook",
+        |_, reqs| {
+            reqs.iter().any(|r| {
+                r.body["type"] == "identify"
+                    && r.body["userId"] == json!(bob)
+                    && r.body["traits"][TRAIT] == json!(1)
+            })
+        },
+    );
+
     // ---- Phase 3: Ada activates and leaves the audience ----
     let m_act = mid("activation");
     send_with_python(
@@ -597,6 +658,7 @@ fn segment_calls_flow_through_every_service_to_a_webhook() {
         ada_changes[1].trigger_message_id.as_deref(),
         Some(m_act.as_str())
     );
+    assert!(has_id(&ada_changes[1].external_ids, "user_id", &ada));
     w.wait("Audience Exited for Ada at the webhook", |_, reqs| {
         reqs.iter().any(|r| {
             r.body["type"] == "track"
