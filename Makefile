@@ -43,6 +43,7 @@ run: up ## the main job: start everything, load the examples, stream a demo and 
 
 test: deps ## every test: unit, property, and end-to-end against the real local Kafka
 	@deploy/local/kafka.sh start
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
 
 test-fuzz: ## run the query parser's fuzz target briefly (FUZZ_SECONDS, default 60)

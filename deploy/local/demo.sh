@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The demo of `make run` (after `make up`): loads the examples, sends Segment calls to the
-# collector the way a Segment client would, and shows each stage's output topic.
+# collector the way a Segment client would, and shows what each stage made of them, ending with
+# a user entering an audience and leaving it again, delivered to a webhook.
 #
 #   deploy/local/demo.sh
 #
-# Needs the local stack (`make up`): Kafka on 127.0.0.1:9092, the collector on 127.0.0.1:8080.
+# Needs the local stack (`make up`): Kafka on 127.0.0.1:9092, the services, the collector on
+# 127.0.0.1:8080. Starts a webhook receiver on 127.0.0.1:9999 (requests in .run/webhook.jsonl).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -13,55 +15,102 @@ ctl=target/debug/corralctl
 collector="${CORRAL_COLLECTOR_URL:-http://127.0.0.1:8080}"
 write_key="${CORRAL_DEMO_WRITE_KEY:-corral-demo}"
 run_id="$(date +%s)"
+user="ada-$run_id"
+webhook_log="$root/.run/webhook.jsonl"
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 post() { # path json
   local code
-  code="$(curl -sS -o /tmp/corral-demo-resp -w '%{http_code}' -u "$write_key:" \
+  code="$(curl -sS -o "$root/.run/demo-response" -w '%{http_code}' -u "$write_key:" \
     -H 'Content-Type: application/json' "$collector$1" -d "$2")"
-  echo "POST $1 -> $code $(cat /tmp/corral-demo-resp)"
+  echo "POST $1 -> $code $(cat "$root/.run/demo-response")"
 }
-show() { # topic title
+# Records of a topic that mention this run's user, one compact line each.
+show() { # topic title [python expression over the record r giving a one-line summary]
   say "$2 ($1)"
-  "$ctl" tail "$1" --last 6 | head -n 12 | cut -c1-400
+  "$ctl" tail "$1" --last 50 | grep -F "$run_id" | python3 -c '
+import json, sys
+expr = sys.argv[1]
+for line in sys.stdin:
+    r = json.loads(line)
+    v = r["value"]
+    try:
+        print("  " + eval(expr))
+    except Exception as e:
+        print("  " + line.strip()[:240])
+' "${3:-json.dumps(v)[:240]}" || true
+}
+# Waits until a topic has a record for this run matching a fixed string.
+await_record() { # topic needle seconds
+  local deadline=$((SECONDS + $3))
+  until "$ctl" tail "$1" --last 200 | grep -F "$run_id" | grep -qF "$2"; do
+    if ((SECONDS > deadline)); then echo "  (nothing with '$2' in $1 after $3 s; see .run/services/*.log)"; return 0; fi
+    sleep 0.5
+  done
 }
 
-say "Validate the example audiences and computed traits"
-"$ctl" definitions validate examples/definitions.yaml | tail -n 5
+if ! curl -fsS -o /dev/null -X POST --max-time 1 http://127.0.0.1:9999/ping 2>/dev/null; then
+  nohup setsid python3 deploy/local/webhook-receiver.py 9999 "$webhook_log" >/dev/null 2>&1 </dev/null &
+  echo $! >"$root/.run/services/webhook-receiver.pid"
+  sleep 0.5
+fi
 
-say "Apply the example tracking plan (Segment Protocols)"
+say "Load the examples: tracking plan, audiences and computed traits, destinations"
 "$ctl" plans apply examples/tracking-plan.yaml
+"$ctl" audiences apply examples/definitions.yaml | tail -n 4
+"$ctl" destinations apply deploy/local/demo-destinations.yaml
+sleep "${DEMO_SETTLE_SECONDS:-2}" # the services pick definitions up from the compacted topic
 
 say "Send Segment calls to the collector, as analytics.js or analytics-python would"
 now="$(date -u +%Y-%m-%dT%H:%M:%S.000Z)"
-user="ada-$run_id"
-post /v1/identify "{\"userId\":\"$user\",\"anonymousId\":\"anon-$run_id\",\"traits\":{\"email\":\"ada-$run_id@example.com\",\"plan\":\"trial\"},\"timestamp\":\"$now\"}"
+three_days_ago="$(date -u -d '3 days ago' +%Y-%m-%dT%H:%M:%S.000Z)"
+post /v1/identify "{\"userId\":\"$user\",\"anonymousId\":\"anon-$run_id\",\"traits\":{\"email\":\"ada-$run_id@example.com\",\"plan\":\"trial\"},\"timestamp\":\"$three_days_ago\"}"
 post /v1/batch "{\"batch\":[
-  {\"type\":\"track\",\"messageId\":\"demo-$run_id-1\",\"userId\":\"$user\",\"event\":\"Account Created\",\"timestamp\":\"$now\"},
+  {\"type\":\"track\",\"messageId\":\"demo-$run_id-1\",\"userId\":\"$user\",\"event\":\"Account Created\",\"timestamp\":\"$three_days_ago\"},
   {\"type\":\"track\",\"messageId\":\"demo-$run_id-2\",\"userId\":\"$user\",\"event\":\"Session Started\",\"properties\":{\"session_id\":\"s-1\",\"platform\":\"web\"}},
-  {\"type\":\"track\",\"messageId\":\"demo-$run_id-3\",\"userId\":\"$user\",\"event\":\"Feature Used\",\"properties\":{\"feature_name\":\"dashboards\",\"time_spent_seconds\":42,\"debug_blob\":\"not in the plan: omitted\"}},
+  {\"type\":\"track\",\"messageId\":\"demo-$run_id-3\",\"userId\":\"$user\",\"event\":\"Feature Used\",\"properties\":{\"feature_name\":\"dashboards\",\"time_spent_seconds\":42,\"debug_blob\":\"not in the plan\"}},
   {\"type\":\"track\",\"messageId\":\"demo-$run_id-4\",\"userId\":\"$user\",\"event\":\"Feature Used\",\"properties\":{\"time_spent_seconds\":-1}},
   {\"type\":\"track\",\"messageId\":\"demo-$run_id-2\",\"userId\":\"$user\",\"event\":\"Session Started\",\"properties\":{\"session_id\":\"s-1\",\"platform\":\"web\"}},
-  {\"type\":\"track\",\"event\":\"No identity at all\"}
+  {\"type\":\"track\",\"event\":\"No identity $run_id\"}
 ]}"
-echo "(demo-$run_id-2 is sent twice: the validator de-duplicates it; the last call has no userId or anonymousId: dead-lettered with a reason)"
-sleep "${DEMO_SETTLE_SECONDS:-3}"
+echo "  (Account Created is dated 3 days ago; demo-$run_id-2 is sent twice; the last call has no userId or anonymousId)"
 
-show events.raw "Everything the collector accepted"
-show events.valid "Passed the tracking plan (unplanned properties omitted, annotated in context.protocols)"
-show events.blocked "Blocked by the tracking plan, intact for replay"
-show events.violations "One record per violation"
-show events.dlq "Dead letters, with the reason"
-for stage in events.resolved audiences.membership traits.changes; do
-  if [[ -n "$("$ctl" tail "$stage" --last 1 2>/dev/null | head -n 1)" ]]; then
-    show "$stage" "$stage"
-  fi
+await_record audiences.membership stuck_before_activation 30
+show events.valid "Passed the tracking plan (unplanned property omitted, noted in context.protocols)" \
+  '"%-24s omitted=%s" % (v["message"].get("event") or v["message"]["type"], v["protocols"]["omitted"])'
+show events.blocked "Blocked by the tracking plan, intact for replay" \
+  '"%s: %s" % (v["message"]["event"], v["reason"])'
+show events.violations "One record per violation" '"%-16s %-18s %-26s %s" % (v["event_name"], v["violation_type"], v["violation_field"], v["violation_description"][:80])'
+show events.dlq "Dead letters, with the reason" '"%s: %s" % (v["reason"], v["error"])'
+show events.resolved "Resolved to a profile" \
+  '"%s <- %-18s ids=%s" % (v["profile_id"], v["message"].get("event") or v["message"]["type"], [i["type"] + ":" + i["id"] for i in v["external_ids"]])'
+show audiences.membership "Audiences entered" \
+  '"%s %-7s %s" % (v["profile_id"], v["change"], v["audience_key"])'
+show traits.changes "Computed traits" \
+  '"%s %s: %s -> %s" % (v["profile_id"], v["trait_key"], json.dumps(v.get("previous_value")), json.dumps(v["value"]))'
+
+say "The user activates: 'Activation Milestone Reached' takes them out of stuck_before_activation"
+post /v1/track "{\"userId\":\"$user\",\"event\":\"Activation Milestone Reached\",\"messageId\":\"demo-$run_id-5\"}"
+await_record audiences.membership exited 30
+show audiences.membership "Audience membership changes" \
+  '"%s %-7s %s" % (v["profile_id"], v["change"], v["audience_key"])'
+
+say "What the webhook destination received (Segment's payloads, .run/webhook.jsonl)"
+deadline=$((SECONDS + 20))
+until grep -qF "$user" "$webhook_log" 2>/dev/null && grep -F "$user" "$webhook_log" | grep -q 'Audience Exited' || ((SECONDS > deadline)); do sleep 0.5; done
+grep -F "$user" "$webhook_log" 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    b = json.loads(line)["body"]
+    print("  %-8s %-18s userId=%s %s" % (b.get("type"), b.get("event", ""), b.get("userId"),
+          json.dumps(b.get("properties") or b.get("traits"))[:120]))
+' || echo "  (no delivery yet; see .run/services/fanout.log)"
+
+say "Metrics: messages by outcome"
+for port in 9101 9102; do
+  curl -fsS "http://127.0.0.1:$port/metrics" | grep -E '^corral_(collector|validator)_messages_total' || true
 done
-
-say "Metrics (collector and validator)"
-curl -fsS http://127.0.0.1:9101/metrics | grep -E '^corral_collector_messages_total' | head -n 5 || true
-curl -fsS http://127.0.0.1:9102/metrics | grep -E '^corral_validator_messages_total' | head -n 5 || true
 echo
-echo "The stack keeps running: send more with"
+echo "The stack keeps running. Send more with"
 echo "  curl -u $write_key: $collector/v1/track -d '{\"userId\":\"ada\",\"event\":\"Feature Used\",\"properties\":{\"feature_name\":\"x\"}}'"
-echo "watch with '$ctl tail events.valid -f', stop with 'make down'."
+echo "watch with '$ctl tail audiences.membership -f'; stop with 'make down'."

@@ -55,6 +55,7 @@ pub fn render(
     let value = match value {
         None => serde_json::Value::Null,
         Some(bytes) => match corral_codec::decode_to_json(topic, bytes) {
+            Some(Ok(v)) if topic.ends_with("dlq") => readable_dead_letter(v),
             Some(Ok(v)) => v,
             Some(Err(e)) => json!({"undecodable": e.to_string(), "hex": hex(bytes)}),
             None => match std::str::from_utf8(bytes) {
@@ -64,6 +65,30 @@ pub fn render(
         },
     };
     json!({"partition": partition, "offset": offset, "key": key, "value": value})
+}
+
+/// A dead letter keeps the original key and value as bytes; show them as text when they are
+/// UTF-8 (JSON from the collector, most keys), else as hex.
+fn readable_dead_letter(mut v: serde_json::Value) -> serde_json::Value {
+    for field in ["key", "value"] {
+        let Some(slot) = v.get_mut(field) else {
+            continue;
+        };
+        let Some(items) = slot.as_array() else {
+            continue;
+        };
+        let bytes: Option<Vec<u8>> = items
+            .iter()
+            .map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+            .collect();
+        if let Some(bytes) = bytes {
+            *slot = match String::from_utf8(bytes) {
+                Ok(text) => serde_json::Value::String(text),
+                Err(e) => json!({"hex": hex(e.as_bytes())}),
+            };
+        }
+    }
+    v
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -158,6 +183,27 @@ mod tests {
             "{r}"
         );
         assert_eq!(r["value"]["hex"], "c301ff");
+        let letter = corral_codec::DeadLetter {
+            space_id: "s".into(),
+            service: "collector".into(),
+            origin_topic: "corral.events.raw".into(),
+            origin_partition: -1,
+            origin_offset: -1,
+            key: Some(b"m-1".to_vec()),
+            value: Some(vec![0xff, 0x00]),
+            error: "no identity".into(),
+            reason: "no_user_anon_id".into(),
+            failed_at_ms: 0,
+        };
+        let r = render(
+            "corral.events.dlq",
+            0,
+            0,
+            None,
+            Some(&letter.encode().unwrap()),
+        );
+        assert_eq!(r["value"]["key"], "m-1");
+        assert_eq!(r["value"]["value"]["hex"], "ff00");
         let r = render("x", 0, 0, None, None);
         assert!(r["value"].is_null());
     }
