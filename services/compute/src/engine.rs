@@ -411,13 +411,96 @@ impl Engine {
         // A profile's first input evaluates it even when no leaf reads the event: audiences
         // such as `count() = 0` hold for every known profile.
         let first = st.now_ms == 0;
-        let Some(ids) = self.by_event.get(ev.name) else {
-            return if first {
-                self.evaluate(st, now)
-            } else {
-                Vec::new()
-            };
+        let touched = match self.by_event.get(ev.name) {
+            Some(ids) => self.add_to_leaves(st, ev, ids.iter(), now),
+            None => false,
         };
+        if touched || first {
+            self.evaluate(st, now)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Backfill: adds a historical event to the given leaves only (those still being
+    /// backfilled), without evaluating; the definitions using them are held until their
+    /// backfill completes, then evaluated once. Returns whether any leaf took the event.
+    pub fn backfill_event(
+        &self,
+        st: &mut ProfileState,
+        ev: &InEvent<'_>,
+        only: &BTreeSet<String>,
+        now_ms: i64,
+    ) -> bool {
+        let Some(ids) = self.by_event.get(ev.name) else {
+            return false;
+        };
+        let now = now_ms.max(st.now_ms);
+        let touched = self.add_to_leaves(st, ev, ids.iter().filter(|i| only.contains(*i)), now);
+        if touched {
+            // Keep the state inside its bounds while history streams in.
+            self.prune(st, now);
+        }
+        touched
+    }
+
+    /// Every leaf id, with whether a definition using it asks for historical data.
+    pub fn leaves_with_history(&self) -> BTreeMap<String, bool> {
+        let mut out: BTreeMap<String, bool> =
+            self.leaves.keys().map(|k| (k.clone(), false)).collect();
+        for d in self.defs.values() {
+            if d.spec.include_historical_data {
+                for l in &d.plan.leaves {
+                    out.insert(l.id.clone(), true);
+                }
+            }
+        }
+        out
+    }
+
+    /// Event names read by these leaves.
+    pub fn event_names(&self, leaves: &BTreeSet<String>) -> BTreeSet<String> {
+        leaves
+            .iter()
+            .filter_map(|id| match &self.leaves.get(id)?.leaf.source {
+                LeafSource::Event { name } => Some(name.clone()),
+                LeafSource::Entity { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Definitions that cannot be evaluated while these leaves are incomplete: those using
+    /// one of them, and (transitively) those referencing such a definition.
+    pub fn held_by(&self, pending: &BTreeSet<String>) -> BTreeSet<String> {
+        let mut held: BTreeSet<String> = self
+            .defs
+            .iter()
+            .filter(|(_, d)| d.plan.leaves.iter().any(|l| pending.contains(&l.id)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        loop {
+            let more: Vec<String> = self
+                .defs
+                .iter()
+                .filter(|(k, d)| {
+                    !held.contains(*k) && d.plan.references.iter().any(|r| held.contains(r))
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            if more.is_empty() {
+                return held;
+            }
+            held.extend(more);
+        }
+    }
+
+    fn add_to_leaves<'i>(
+        &self,
+        st: &mut ProfileState,
+        ev: &InEvent<'_>,
+        ids: impl Iterator<Item = &'i String>,
+        now: i64,
+    ) -> bool {
         let view = Ev {
             t: ev.ts_ms,
             p: ev.properties,
@@ -488,11 +571,7 @@ impl Engine {
                 }
             }
         }
-        if touched || first {
-            self.evaluate(st, now)
-        } else {
-            Vec::new()
-        }
+        touched
     }
 
     /// Applies identify traits (latest event time wins per trait; `null` removes).
@@ -612,6 +691,10 @@ impl Engine {
         let mut cx = self.cx(st, now);
         let mut out = Vec::new();
         for (key, d) in &self.defs {
+            if st.hold.as_ref().is_some_and(|h| h.contains(key)) {
+                // Backfill in progress: keep the last emitted result, emit nothing.
+                continue;
+            }
             let v = self.def_value(key, st, &mut cx);
             let version = d.spec.version;
             let old = st.results.get(key).map(|r| r.v.clone());

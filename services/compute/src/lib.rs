@@ -5,7 +5,9 @@
 //! event, identify, merge and timer, returning a change only where a result differs. The
 //! service wiring on the stream runtime lives in the binary. See docs/compute.md.
 
+pub mod admin;
 pub mod agg;
+pub mod backfill;
 pub mod engine;
 pub mod metrics;
 pub mod service;

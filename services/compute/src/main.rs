@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use corral_compute::backfill::{Backfiller, ReaderMetrics};
 use corral_compute::metrics::Metrics;
 use corral_compute::service::{
     Clock, ComputeProcessor, Definitions, FileOffsetClock, Topics, WallClock, STORES,
@@ -40,6 +41,9 @@ struct Args {
     /// Internal: merged-away state handed to the survivor's partition.
     #[arg(long, env = "CORRAL_TOPIC_MERGE_STATE")]
     merge_state_topic: Option<String>,
+    /// Internal: historical events for definitions being backfilled.
+    #[arg(long, env = "CORRAL_TOPIC_BACKFILL")]
+    backfill_topic: Option<String>,
     #[arg(long, env = "CORRAL_TOPIC_MEMBERSHIP")]
     membership_topic: Option<String>,
     #[arg(long, env = "CORRAL_TOPIC_TRAITS")]
@@ -82,6 +86,7 @@ fn main() -> anyhow::Result<()> {
         resolved: topic(&args.resolved_topic, "events.resolved"),
         merges: topic(&args.merges_topic, "profiles.merges"),
         merge_state: topic(&args.merge_state_topic, "compute.merge-state"),
+        backfill: topic(&args.backfill_topic, "compute.backfill"),
         membership: topic(&args.membership_topic, "audiences.membership"),
         traits: topic(&args.traits_topic, "traits.changes"),
     });
@@ -93,6 +98,7 @@ fn main() -> anyhow::Result<()> {
         topics.resolved.clone(),
         topics.merges.clone(),
         topics.merge_state.clone(),
+        topics.backfill.clone(),
     ];
     cfg.dlq_topic = topic(&args.dlq_topic, "events.dlq");
     cfg.stores = STORES
@@ -121,15 +127,17 @@ fn main() -> anyhow::Result<()> {
                 topics.resolved
             )
         })?;
-    admin
-        .create(&DesiredTopic {
-            name: topics.merge_state.clone(),
-            partitions,
-            replication_factor: 1,
-            cleanup_policy: CleanupPolicy::Delete,
-            retention_ms: Some(7 * 86_400_000),
-        })
-        .context("creating the merge-state topic")?;
+    for internal in [&topics.merge_state, &topics.backfill] {
+        admin
+            .create(&DesiredTopic {
+                name: internal.clone(),
+                partitions,
+                replication_factor: 1,
+                cleanup_policy: CleanupPolicy::Delete,
+                retention_ms: Some(7 * 86_400_000),
+            })
+            .with_context(|| format!("creating {internal}"))?;
+    }
 
     let runtime = StreamRuntime::new(cfg).context("configuring the runtime")?;
     let metrics = Arc::new(Metrics::new(runtime.registry()).context("registering metrics")?);
@@ -183,8 +191,20 @@ fn main() -> anyhow::Result<()> {
     };
     let (active, rejected) = defs.counts();
     info!(active, rejected, input = %topics.resolved, "computing");
+    let backfiller = Backfiller::new(
+        &args.bootstrap,
+        &kafka_extra,
+        &topics.resolved,
+        &topics.backfill,
+        ReaderMetrics {
+            read: metrics.backfill_read.clone(),
+            remaining: metrics.backfill_remaining.clone(),
+        },
+        reader_stop.clone(),
+    );
     let result = runtime.run(move || {
         ComputeProcessor::new(topics.clone(), defs.clone(), clock.clone(), metrics.clone())
+            .with_backfiller(backfiller.clone())
     });
     reader_stop.store(true, Ordering::SeqCst);
     let _ = reader.join();

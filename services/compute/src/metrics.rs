@@ -1,7 +1,9 @@
 //! `corral_compute_*` metrics (the registry adds the `corral_` prefix). Labels are bounded:
 //! audience keys are the active definitions, change is entered/exited.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// Compute's metrics.
 pub struct Metrics {
@@ -25,6 +27,14 @@ pub struct Metrics {
     pub definitions_active: IntGauge,
     /// Rejected definitions.
     pub definitions_rejected: IntGauge,
+    /// Historical events applied to backfilling leaves.
+    pub backfill_applied: IntCounter,
+    /// Events read from `events.resolved` by backfill readers.
+    pub backfill_read: IntCounter,
+    /// Offsets backfill readers still have to read.
+    pub backfill_remaining: IntGauge,
+    /// Per definition: this instance's partitions where its backfill is not done.
+    pub backfill_pending: IntGaugeVec,
 }
 
 impl Metrics {
@@ -70,7 +80,30 @@ impl Metrics {
                 "compute_definitions_rejected",
                 "Definitions not in force (invalid, ACCOUNTS, entity).",
             )?,
+            backfill_applied: IntCounter::new(
+                "compute_backfill_applied_total",
+                "Historical events applied to leaves being backfilled.",
+            )?,
+            backfill_read: IntCounter::new(
+                "compute_backfill_read_total",
+                "Events read from events.resolved by backfill readers.",
+            )?,
+            backfill_remaining: IntGauge::new(
+                "compute_backfill_remaining_events",
+                "Offsets of events.resolved backfill readers still have to read.",
+            )?,
+            backfill_pending: IntGaugeVec::new(
+                Opts::new(
+                    "compute_backfill_pending_partitions",
+                    "Partitions (of this instance) where the definition's backfill is not done; it emits nothing there until then.",
+                ),
+                &["definition"],
+            )?,
         };
+        registry.register(Box::new(m.backfill_applied.clone()))?;
+        registry.register(Box::new(m.backfill_read.clone()))?;
+        registry.register(Box::new(m.backfill_remaining.clone()))?;
+        registry.register(Box::new(m.backfill_pending.clone()))?;
         registry.register(Box::new(m.events.clone()))?;
         registry.register(Box::new(m.evaluations.clone()))?;
         registry.register(Box::new(m.membership_changes.clone()))?;

@@ -14,6 +14,8 @@
 //! task; when they change, each task re-evaluates all of its profiles once (first computation
 //! emits `entered` for every member; an edit emits only the differences).
 
+use crate::admin::DefinitionBody;
+use crate::backfill::{self, Backfiller, Header, LeafReg, Request};
 use crate::engine::{Change, ChangeKind, DefinitionSpec, Engine, EngineConfig, InEvent};
 use crate::metrics::Metrics;
 use crate::state::{ExtId, ProfileState};
@@ -21,12 +23,12 @@ use corral_codec::{
     AvroRecord, ExternalId, MembershipChange, MembershipChangeKind, MessageType, ProfileMerge,
     ResolvedEvent, TraitChange,
 };
-use corral_query::check::{DefinitionKind, Target};
 use corral_runtime::{InputRecord, ProcessContext, ProcessError, Processor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
+use tracing::info;
 
 /// Where "now" comes from: the wall clock in production, a settable one in tests.
 pub trait Clock: Send + Sync {
@@ -70,11 +72,16 @@ pub struct Topics {
     pub merges: String,
     /// Internal state hand-over for merges.
     pub merge_state: String,
+    /// Internal: historical events for leaves being backfilled (see `backfill`).
+    pub backfill: String,
     /// `audiences.membership`.
     pub membership: String,
     /// `traits.changes`.
     pub traits: String,
 }
+
+/// Engines by space.
+pub type Engines = BTreeMap<String, Arc<Engine>>;
 
 /// The active definitions of every space, rebuilt whenever the `definitions` topic changes.
 #[derive(Clone, Default)]
@@ -85,19 +92,9 @@ pub struct Definitions {
 #[derive(Default)]
 struct DefinitionsInner {
     specs: BTreeMap<String, BTreeMap<String, DefinitionSpec>>,
-    engines: BTreeMap<String, Arc<Engine>>,
+    engines: Arc<Engines>,
     generation: u64,
     cfg: EngineConfig,
-}
-
-/// The part of a `Definition` record body compute reads.
-#[derive(Debug, Deserialize)]
-struct Body {
-    query: String,
-    #[serde(default, rename = "type", alias = "kind")]
-    kind: Option<String>,
-    #[serde(default)]
-    include_historical_data: bool,
 }
 
 impl Definitions {
@@ -112,17 +109,12 @@ impl Definitions {
 
     /// Applies an upserted definition record; `Err` says why it is not used.
     pub fn upsert(&self, def: &corral_codec::Definition) -> Result<(), String> {
-        let target = match def.kind.as_str() {
-            "audience" => Target::Audience,
-            "computed_trait" => Target::ComputedTrait,
-            _ => return Ok(()),
+        let Some(target) = crate::admin::target_of(&def.kind) else {
+            return Ok(());
         };
-        let body: Body = serde_json::from_value(def.body.clone())
+        let body = DefinitionBody::from_json(&def.body)
             .map_err(|e| format!("definition {} has no usable body: {e}", def.key))?;
-        let kind = match body.kind.as_deref().map(str::to_ascii_lowercase).as_deref() {
-            Some("accounts") => DefinitionKind::Accounts,
-            _ => DefinitionKind::Users,
-        };
+        let kind = body.definition_kind();
         let spec = DefinitionSpec {
             key: def.key.clone(),
             name: def.name.clone(),
@@ -164,6 +156,14 @@ impl Definitions {
         }
     }
 
+    /// Every space's engine and the generation, as one consistent snapshot.
+    pub fn snapshot(&self) -> (Arc<Engines>, u64) {
+        match self.inner.read() {
+            Ok(g) => (g.engines.clone(), g.generation),
+            Err(_) => (Arc::default(), 0),
+        }
+    }
+
     /// Generation counter (bumped on every change).
     pub fn generation(&self) -> u64 {
         self.inner.read().map(|g| g.generation).unwrap_or(0)
@@ -195,7 +195,7 @@ impl DefinitionsInner {
             .iter()
             .map(|(k, e)| (k.clone(), e.to_string()))
             .collect();
-        self.engines.insert(space.to_string(), Arc::new(engine));
+        Arc::make_mut(&mut self.engines).insert(space.to_string(), Arc::new(engine));
         self.generation += 1;
         rejected
     }
@@ -218,14 +218,30 @@ pub struct ComputeProcessor {
     metrics: Arc<Metrics>,
     /// Per partition: last timer bucket scanned and definitions generation applied.
     cursors: HashMap<i32, (u64, u64)>,
+    /// The definitions this call runs with (one snapshot per call, so the backfill cut and
+    /// the engine that counts live events agree).
+    snap: (Arc<Engines>, u64),
+    /// Backfill readers (None: backfill disabled, e.g. in unit tests).
+    backfiller: Option<Arc<Backfiller>>,
+    /// Per partition: leaf registrations (cache of the `backfill` store) and held definitions.
+    tasks: HashMap<i32, TaskBackfill>,
+}
+
+/// One task's backfill view.
+#[derive(Default)]
+struct TaskBackfill {
+    generation: u64,
+    regs: BTreeMap<(String, String), LeafReg>,
+    held: BTreeMap<String, Arc<BTreeSet<String>>>,
 }
 
 const PROFILES: usize = 0;
 const TIMERS: usize = 1;
+const BACKFILL: usize = 2;
 const BUCKET_MS: i64 = 60_000;
 
 /// Store names, in the index order the processor uses.
-pub const STORES: [&str; 2] = ["profiles", "timers"];
+pub const STORES: [&str; 3] = ["profiles", "timers", "backfill"];
 
 fn timer_key(wake: i64, profile: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(16 + profile.len());
@@ -279,7 +295,28 @@ impl ComputeProcessor {
             clock,
             metrics,
             cursors: HashMap::new(),
+            snap: (Arc::default(), u64::MAX),
+            backfiller: None,
+            tasks: HashMap::new(),
         }
+    }
+
+    /// With backfill readers.
+    pub fn with_backfiller(mut self, b: Arc<Backfiller>) -> Self {
+        self.backfiller = Some(b);
+        self
+    }
+
+    fn engine(&self, space: &str) -> (Option<Arc<Engine>>, u64) {
+        (self.snap.0.get(space).cloned(), self.snap.1)
+    }
+
+    fn hold(&self, part: i32, space: &str) -> Option<Arc<BTreeSet<String>>> {
+        self.tasks
+            .get(&part)
+            .and_then(|t| t.held.get(space))
+            .filter(|h| !h.is_empty())
+            .cloned()
     }
 
     fn load(ctx: &ProcessContext<'_>, profile: &str) -> Result<Option<ProfileState>, ProcessError> {
@@ -377,7 +414,7 @@ impl ComputeProcessor {
             .map_err(|e| ProcessError::bad_input("undecodable", e.to_string()))?;
         let now = self.clock.now_ms();
         let m = &ev.message;
-        let (engine, _) = self.defs.engine(&m.space_id);
+        let (engine, _) = self.engine(&m.space_id);
         let profile = ev.profile_id.as_str();
         if profile.is_empty() {
             return Err(ProcessError::bad_input(
@@ -392,6 +429,7 @@ impl ComputeProcessor {
             st.space_id = m.space_id.clone();
         }
         st.add_ids(ext_ids(&ev.external_ids));
+        st.hold = self.hold(ctx.partition(), &st.space_id);
         let ts = event_time_ms(m, now);
         let empty = Map::new();
         let as_map = |v: &Option<Value>| match v {
@@ -453,7 +491,7 @@ impl ComputeProcessor {
         let Some(st) = Self::load(ctx, &mg.from_profile_id)? else {
             return Ok(());
         };
-        let (engine, _) = self.defs.engine(&st.space_id);
+        let (engine, _) = self.engine(&st.space_id);
         let exits = engine.map(|e| e.detach(&st)).unwrap_or_default();
         self.emit(
             ctx,
@@ -500,7 +538,8 @@ impl ComputeProcessor {
         } else {
             into.space_id.clone()
         };
-        let (engine, _) = self.defs.engine(&space);
+        let (engine, _) = self.engine(&space);
+        into.hold = self.hold(ctx.partition(), &space);
         let changes = match engine {
             Some(e) => e.absorb(&mut into, ms.state, now),
             None => {
@@ -514,6 +553,262 @@ impl ComputeProcessor {
         Ok(())
     }
 
+    /// Forgets a task's backfill cache (reloaded from the store on next use) and its share of
+    /// the pending gauge.
+    fn drop_task(&mut self, part: i32) {
+        if let Some(t) = self.tasks.remove(&part) {
+            for held in t.held.values() {
+                for d in held.iter() {
+                    self.metrics.backfill_pending.with_label_values(&[d]).dec();
+                }
+            }
+        }
+    }
+
+    /// Registers leaves this task has not seen yet (cut = next live offset) and forgets
+    /// removed ones, once per definitions generation; recomputes held definitions.
+    fn sync_backfill(&mut self, ctx: &mut ProcessContext<'_>) -> Result<(), ProcessError> {
+        let part = ctx.partition();
+        let generation = self.snap.1;
+        if self
+            .tasks
+            .get(&part)
+            .is_some_and(|t| t.generation == generation)
+        {
+            return Ok(());
+        }
+        let mut task = match self.tasks.remove(&part) {
+            Some(t) => t,
+            None => {
+                let mut t = TaskBackfill::default();
+                for (k, v) in ctx.scan_prefix(BACKFILL, b"leaf/")? {
+                    let (Some(id), Ok(reg)) = (
+                        backfill::parse_reg_key(&k),
+                        serde_json::from_slice::<LeafReg>(&v),
+                    ) else {
+                        return Err(ProcessError::Fatal("corrupt backfill registration".into()));
+                    };
+                    t.regs.insert(id, reg);
+                }
+                t
+            }
+        };
+        let pos = match ctx.get(BACKFILL, backfill::POS_KEY)? {
+            Some(b) if b.len() == 8 => {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(&b);
+                i64::from_be_bytes(a)
+            }
+            _ => 0,
+        };
+        let mut wanted: BTreeMap<(String, String), bool> = BTreeMap::new();
+        for (space, engine) in self.snap.0.iter() {
+            for (leaf, hist) in engine.leaves_with_history() {
+                wanted.insert((space.clone(), leaf), hist);
+            }
+        }
+        let gone: Vec<(String, String)> = task
+            .regs
+            .keys()
+            .filter(|k| !wanted.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            task.regs.remove(&k);
+            ctx.delete(BACKFILL, backfill::reg_key(&k.0, &k.1));
+        }
+        for (k, hist) in wanted {
+            if task.regs.contains_key(&k) {
+                continue;
+            }
+            // pos 0: this task has processed nothing yet, so live processing covers history.
+            let hist = hist && pos > 0;
+            let reg = LeafReg {
+                cut: pos,
+                hist,
+                done: !hist,
+                applied: 0,
+            };
+            let v = serde_json::to_vec(&reg)
+                .map_err(|e| ProcessError::Fatal(format!("encoding: {e}")))?;
+            ctx.put(BACKFILL, backfill::reg_key(&k.0, &k.1), v);
+            task.regs.insert(k, reg);
+        }
+        self.set_held(&mut task);
+        task.generation = generation;
+        self.tasks.insert(part, task);
+        self.request_readers(part);
+        Ok(())
+    }
+
+    /// Held definitions per space from the pending leaves; returns whether any was released.
+    fn set_held(&self, task: &mut TaskBackfill) -> bool {
+        let mut pending: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        for ((space, leaf), reg) in &task.regs {
+            if reg.pending() {
+                pending.entry(space).or_default().insert(leaf.clone());
+            }
+        }
+        let mut held = BTreeMap::new();
+        for (space, leaves) in pending {
+            if let Some(e) = self.snap.0.get(space) {
+                held.insert(space.to_string(), Arc::new(e.held_by(&leaves)));
+            }
+        }
+        let mut released = false;
+        for (space, old) in &task.held {
+            let new = held.get(space);
+            for d in old.iter() {
+                if !new.is_some_and(|n| n.contains(d)) {
+                    self.metrics.backfill_pending.with_label_values(&[d]).dec();
+                    released = true;
+                }
+            }
+        }
+        for (space, new) in &held {
+            let old = task.held.get(space);
+            for d in new.iter() {
+                if !old.is_some_and(|o| o.contains(d)) {
+                    self.metrics.backfill_pending.with_label_values(&[d]).inc();
+                }
+            }
+        }
+        task.held = held;
+        released
+    }
+
+    /// Asks for a reader per (space, pending leaf set) of this task (no-op when one runs).
+    fn request_readers(&self, part: i32) {
+        let (Some(bf), Some(task)) = (&self.backfiller, self.tasks.get(&part)) else {
+            return;
+        };
+        let mut by_space: BTreeMap<&str, Vec<(&String, &LeafReg)>> = BTreeMap::new();
+        for ((space, leaf), reg) in &task.regs {
+            if reg.pending() {
+                by_space.entry(space).or_default().push((leaf, reg));
+            }
+        }
+        for (space, regs) in by_space {
+            let Some(engine) = self.snap.0.get(space) else {
+                continue;
+            };
+            let leaves: BTreeSet<String> = regs.iter().map(|(l, _)| (*l).clone()).collect();
+            bf.request(Request {
+                space: space.to_string(),
+                partition: part,
+                names: engine.event_names(&leaves),
+                from: regs.iter().map(|(_, r)| r.applied).min().unwrap_or(0),
+                end: regs.iter().map(|(_, r)| r.cut).max().unwrap_or(0),
+                leaves,
+            });
+        }
+    }
+
+    /// A record from a backfill reader: a historical event for some leaves, or the end.
+    fn on_backfill(
+        &mut self,
+        ctx: &mut ProcessContext<'_>,
+        bytes: &[u8],
+    ) -> Result<(), ProcessError> {
+        let part = ctx.partition();
+        let (h, event): (Header, &[u8]) =
+            backfill::unframe(bytes).map_err(|e| ProcessError::bad_input("undecodable", e))?;
+        let Some(mut task) = self.tasks.remove(&part) else {
+            return Ok(());
+        };
+        let r = self.apply_backfill(ctx, &mut task, &h, event);
+        self.tasks.insert(part, task);
+        if r? {
+            // Released definitions: evaluate every profile at the next punctuation (the
+            // first computation emits `entered` for every member, an edit the differences).
+            self.cursors.remove(&part);
+        }
+        Ok(())
+    }
+
+    fn apply_backfill(
+        &self,
+        ctx: &mut ProcessContext<'_>,
+        task: &mut TaskBackfill,
+        h: &Header,
+        event: &[u8],
+    ) -> Result<bool, ProcessError> {
+        let put = |ctx: &mut ProcessContext<'_>, space: &str, leaf: &str, reg: &LeafReg| {
+            serde_json::to_vec(reg)
+                .map(|v| ctx.put(BACKFILL, backfill::reg_key(space, leaf), v))
+                .map_err(|e| ProcessError::Fatal(format!("encoding: {e}")))
+        };
+        if let Some(end) = h.end {
+            for leaf in &h.l {
+                if let Some(reg) = task.regs.get_mut(&(h.s.clone(), leaf.clone())) {
+                    if reg.pending() && end >= reg.cut {
+                        reg.done = true;
+                        put(ctx, &h.s, leaf, reg)?;
+                    }
+                }
+            }
+            let released = self.set_held(task);
+            if released {
+                info!(space = %h.s, partition = ctx.partition(), "backfill complete");
+            }
+            return Ok(released);
+        }
+        let Some(o) = h.o else { return Ok(false) };
+        let mut only = BTreeSet::new();
+        for leaf in &h.l {
+            if let Some(reg) = task.regs.get_mut(&(h.s.clone(), leaf.clone())) {
+                if reg.pending() && o < reg.cut && o >= reg.applied {
+                    reg.applied = o + 1;
+                    put(ctx, &h.s, leaf, reg)?;
+                    only.insert(leaf.clone());
+                }
+            }
+        }
+        if only.is_empty() {
+            return Ok(false);
+        }
+        let Some(engine) = self.snap.0.get(&h.s).cloned() else {
+            return Ok(false);
+        };
+        let ev = ResolvedEvent::decode(event)
+            .map_err(|e| ProcessError::bad_input("undecodable", e.to_string()))?;
+        let m = &ev.message;
+        let name = match m.message_type {
+            MessageType::Page => "Page Viewed",
+            MessageType::Screen => "Screen Viewed",
+            _ => m.event.as_deref().unwrap_or_default(),
+        };
+        let now = self.clock.now_ms();
+        let mut st = Self::load(ctx, &ev.profile_id)?.unwrap_or_default();
+        let old_wake = st.wake_ms;
+        if st.space_id.is_empty() {
+            st.space_id = m.space_id.clone();
+        }
+        st.add_ids(ext_ids(&ev.external_ids));
+        let as_map = |v: &Option<Value>| match v {
+            Some(Value::Object(o)) => o.clone(),
+            _ => Map::new(),
+        };
+        let (props, context) = (as_map(&m.properties), as_map(&m.context));
+        let applied = engine.backfill_event(
+            &mut st,
+            &InEvent {
+                name,
+                ts_ms: event_time_ms(m, now),
+                properties: &props,
+                context: &context,
+                source_id: m.source_id.as_deref(),
+            },
+            &only,
+            now,
+        );
+        if applied {
+            self.metrics.backfill_applied.inc();
+            self.save(ctx, &ev.profile_id, &st, old_wake);
+        }
+        Ok(false)
+    }
+
     fn reevaluate(
         &self,
         ctx: &mut ProcessContext<'_>,
@@ -522,7 +817,8 @@ impl ComputeProcessor {
         now: i64,
     ) -> Result<(), ProcessError> {
         let old_wake = st.wake_ms;
-        let (engine, _) = self.defs.engine(&st.space_id);
+        let (engine, _) = self.engine(&st.space_id);
+        st.hold = self.hold(ctx.partition(), &st.space_id);
         let changes = match engine {
             Some(e) => {
                 self.metrics.evaluations.inc();
@@ -546,11 +842,23 @@ impl Processor for ComputeProcessor {
         ctx: &mut ProcessContext<'_>,
         record: &InputRecord<'_>,
     ) -> Result<(), ProcessError> {
+        self.snap = self.defs.snapshot();
+        self.sync_backfill(ctx)?;
+        if record.topic == self.topics.resolved {
+            // Every live offset passes here: the next one is where a new leaf's history ends.
+            ctx.put(
+                BACKFILL,
+                backfill::POS_KEY.to_vec(),
+                (record.offset + 1).to_be_bytes().to_vec(),
+            );
+        }
         let Some(v) = record.value else {
             return Ok(());
         };
         if record.topic == self.topics.resolved {
             self.on_event(ctx, v)
+        } else if record.topic == self.topics.backfill {
+            self.on_backfill(ctx, v)
         } else if record.topic == self.topics.merges {
             self.on_merge(ctx, v)
         } else if record.topic == self.topics.merge_state {
@@ -569,17 +877,23 @@ impl Processor for ComputeProcessor {
     fn on_assigned(&mut self, tasks: &[i32]) {
         for t in tasks {
             self.cursors.remove(t);
+            self.drop_task(*t);
         }
     }
 
     fn on_revoked(&mut self, tasks: &[i32]) {
         for t in tasks {
             self.cursors.remove(t);
+            self.drop_task(*t);
         }
     }
 
     fn on_abort(&mut self) {
         self.cursors.clear();
+        let parts: Vec<i32> = self.tasks.keys().copied().collect();
+        for t in parts {
+            self.drop_task(t);
+        }
     }
 
     fn punctuate(
@@ -589,7 +903,10 @@ impl Processor for ComputeProcessor {
     ) -> Result<(), ProcessError> {
         let now = self.clock.now_ms();
         let part = ctx.partition();
-        let generation = self.defs.generation();
+        self.snap = self.defs.snapshot();
+        self.sync_backfill(ctx)?;
+        self.request_readers(part);
+        let generation = self.snap.1;
         let now_bucket = (now.max(0) / BUCKET_MS) as u64;
         let cursor = self.cursors.get(&part).copied();
         // Definitions changed (or first punctuation of this task): evaluate every profile, so
@@ -644,7 +961,8 @@ impl Processor for ComputeProcessor {
             // The key is gone already; make `save` schedule afresh.
             st.wake_ms = None;
             let old = None;
-            let (engine, _) = self.defs.engine(&st.space_id);
+            let (engine, _) = self.engine(&st.space_id);
+            st.hold = self.hold(part, &st.space_id);
             let changes = match engine {
                 Some(e) => {
                     self.metrics.evaluations.inc();

@@ -100,6 +100,10 @@ pub struct ProfileState {
     /// Latest "now" this state was evaluated at (pruning never goes back).
     #[serde(rename = "nw", default)]
     pub now_ms: i64,
+    /// Not stored: definitions the caller holds back (their backfill is in progress on this
+    /// partition); evaluation keeps their last result and emits nothing for them.
+    #[serde(skip)]
+    pub hold: Option<std::sync::Arc<std::collections::BTreeSet<String>>>,
 }
 
 impl ProfileState {

@@ -7,9 +7,12 @@
 //! - `corralctl tail TOPIC`: a topic's records as JSON lines (see `tail.rs`).
 //! - `corralctl plans validate|apply|check-event` and `corralctl replay blocked`: tracking plans
 //!   (see `plans.rs` and the `corral-validator` crate).
+//! - `corralctl audiences apply|list|delete|status`: audiences and computed traits (see
+//!   `audiences.rs` and `corral_compute::admin`).
 //! - `corralctl destinations validate|apply FILE` and `corralctl replay deliveries`: fanout
 //!   destinations (see `destinations.rs` and the `corral-fanout` crate).
 
+mod audiences;
 mod destinations;
 mod plans;
 mod tail;
@@ -61,6 +64,11 @@ enum Command {
         #[command(subcommand)]
         action: destinations::DestinationsAction,
     },
+    /// Audiences and computed traits in the definitions topic (compute).
+    Audiences {
+        #[command(subcommand)]
+        action: audiences::AudiencesAction,
+    },
     /// Replay quarantined messages.
     Replay {
         #[command(subcommand)]
@@ -91,6 +99,7 @@ fn main() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Tail(args) => tail::tail(&cli.bootstrap, args).map(|()| ExitCode::SUCCESS),
         Command::Plans { action } => plans::plans(&cli.bootstrap, action),
+        Command::Audiences { action } => audiences::audiences(&cli.bootstrap, action),
         Command::Replay { action } => destinations::replay(&cli.bootstrap, action),
         Command::Destinations { action } => destinations::destinations(&cli.bootstrap, action),
         Command::Topics {
