@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral_codec::{AvroRecord, Definition};
+use corral_runtime::definitions::{self, DefinitionEvent};
 use corral_runtime::topics::{CleanupPolicy, DesiredTopic, TopicAdmin};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -32,6 +32,8 @@ pub enum KafkaOpError {
     Admin(String),
     #[error("cannot start thread {0}")]
     Thread(String),
+    #[error("reading definitions: {0}")]
+    Definitions(#[from] corral_runtime::RuntimeError),
 }
 
 fn kafka(during: &'static str) -> impl FnOnce(KafkaError) -> KafkaOpError {
@@ -90,7 +92,8 @@ fn consumer(
     cc.create().map_err(kafka("creating a consumer"))
 }
 
-/// Assigns every partition of `topic` from the beginning; `None` when the topic does not exist.
+/// Assigns every partition of `topic` from the beginning; `None` when the topic does not exist
+/// (the changelog follower waits for it; `definitions` goes through `corral_runtime::definitions`).
 fn assign_all(c: &BaseConsumer, topic: &str) -> Result<Option<i32>, KafkaOpError> {
     let md = c
         .fetch_metadata(Some(topic), Duration::from_secs(10))
@@ -115,17 +118,19 @@ fn assign_all(c: &BaseConsumer, topic: &str) -> Result<Option<i32>, KafkaOpError
 
 /// Applies one `definitions` record to the rules; returns false when it was an invalid
 /// `identity_settings` definition (the previous settings stay).
-pub fn apply_definition(rules: &RulesStore, payload: Option<&[u8]>, key: &str) -> bool {
-    let Some(bytes) = payload else {
-        // Tombstone: definition keys are `{space}/{kind}/{key}`.
-        let mut parts = key.splitn(3, '/');
-        if let (Some(space), Some(KIND)) = (parts.next(), parts.next()) {
-            rules.remove_space(space);
+pub fn apply_definition(rules: &RulesStore, event: DefinitionEvent<'_>) -> bool {
+    let def = match event {
+        DefinitionEvent::Upsert { definition, .. } => definition,
+        DefinitionEvent::Delete { key } => {
+            // Definition keys are `{space}/{kind}/{key}`.
+            let mut parts = key.splitn(3, '/');
+            if let (Some(space), Some(KIND)) = (parts.next(), parts.next()) {
+                rules.remove_space(space);
+            }
+            return true;
         }
-        return true;
-    };
-    let Ok(def) = Definition::decode(bytes) else {
-        return true; // not ours to judge; other services own other kinds
+        // Not ours to judge; other services own other kinds.
+        DefinitionEvent::Undecodable { .. } => return true,
     };
     if def.kind != KIND {
         return true;
@@ -148,7 +153,7 @@ pub fn apply_definition(rules: &RulesStore, payload: Option<&[u8]>, key: &str) -
 
 /// Follows `definitions` from the beginning, applying `identity_settings`. Sets `caught_up` once
 /// every partition reached its end once, or at once when the topic does not exist (the file or
-/// built-in defaults then apply; a warning says so).
+/// built-in defaults then apply; a warning says so). `group` names the reader (`group.id`).
 #[allow(clippy::too_many_arguments)] // plain handles; a struct would only rename them
 pub fn spawn_definitions_reader(
     bootstrap: String,
@@ -160,39 +165,27 @@ pub fn spawn_definitions_reader(
     caught_up: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) -> Result<Option<std::thread::JoinHandle<()>>, KafkaOpError> {
-    let c = consumer(&bootstrap, &extra, &group)?;
-    let Some(partitions) = assign_all(&c, &topic)? else {
+    let admin =
+        TopicAdmin::connect(&bootstrap, &extra).map_err(|e| KafkaOpError::Admin(e.to_string()))?;
+    if admin
+        .partitions(&topic)
+        .map_err(|e| KafkaOpError::Admin(e.to_string()))?
+        .is_none()
+    {
         warn!(
             topic,
             "definitions topic does not exist; using the settings file or Segment's defaults"
         );
         caught_up.store(true, Ordering::SeqCst);
         return Ok(None);
-    };
-    let handle = std::thread::Builder::new()
-        .name("definitions".into())
-        .spawn(move || {
-            let mut at_end = HashSet::new();
-            while !stop.load(Ordering::SeqCst) {
-                match c.poll(Duration::from_millis(200)) {
-                    Some(Ok(m)) => {
-                        let key = m.key().map(String::from_utf8_lossy).unwrap_or_default();
-                        if !apply_definition(&rules, m.payload(), &key) {
-                            metrics.definition_errors.inc();
-                        }
-                    }
-                    Some(Err(KafkaError::PartitionEOF(p)))
-                        if at_end.insert(p) && at_end.len() as i32 == partitions =>
-                    {
-                        caught_up.store(true, Ordering::SeqCst);
-                    }
-                    Some(Err(KafkaError::PartitionEOF(_))) => {}
-                    Some(Err(e)) => warn!(error = %e, "reading definitions"),
-                    None => {}
-                }
-            }
-        })
-        .map_err(|e| KafkaOpError::Thread(e.to_string()))?;
+    }
+    let mut cfg = BTreeMap::from([("group.id".to_string(), group)]);
+    cfg.extend(extra);
+    let handle = definitions::follow(&bootstrap, &cfg, &topic, caught_up, stop, move |ev| {
+        if !apply_definition(&rules, ev) {
+            metrics.definition_errors.inc();
+        }
+    })?;
     Ok(Some(handle))
 }
 

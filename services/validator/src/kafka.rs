@@ -1,20 +1,22 @@
 //! Kafka at the edges: the `definitions` reader that hot-reloads plans, and the operator actions
-//! behind `corralctl plans apply` and `corralctl replay blocked`.
+//! behind `corralctl plans apply` and `corralctl replay blocked`. Reading and writing
+//! `definitions` is `corral_runtime::definitions`; this module only adds what plans need.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use corral_codec::{AvroRecord, BlockedEvent, Definition};
+use corral_runtime::definitions;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::metrics::Metrics;
 use crate::now_ms;
@@ -34,6 +36,8 @@ pub enum KafkaOpError {
     Plan(String),
     #[error("encoding: {0}")]
     Codec(#[from] corral_codec::CodecError),
+    #[error(transparent)]
+    Definitions(#[from] corral_runtime::RuntimeError),
 }
 
 fn kafka(during: &'static str) -> impl FnOnce(KafkaError) -> KafkaOpError {
@@ -91,37 +95,24 @@ pub fn spawn_definitions_reader(
     caught_up: Arc<AtomicBool>,
     shutdown: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, KafkaOpError> {
-    let c = consumer(&bootstrap, &extra, "corral-validator-definitions")?;
-    let partitions = assign_all(&c, &topic, Offset::Beginning)?;
-    std::thread::Builder::new()
-        .name("definitions".into())
-        .spawn(move || {
-            let mut at_end = HashSet::new();
-            while !shutdown.load(Ordering::SeqCst) {
-                match c.poll(Duration::from_millis(200)) {
-                    Some(Ok(m)) => {
-                        let key = m.key().map(String::from_utf8_lossy).unwrap_or_default();
-                        match plans.apply_logged(&key, m.payload()) {
-                            Some(Applied::Loaded { .. } | Applied::Removed { .. }) => {
-                                publish_plan_metrics(&plans, &metrics)
-                            }
-                            Some(Applied::Ignored) => {}
-                            None => metrics.definition_errors.inc(),
-                        }
-                    }
-                    Some(Err(KafkaError::PartitionEOF(p)))
-                        if at_end.insert(p) && at_end.len() as i32 == partitions =>
-                    {
-                        info!(plans = plans.snapshot().len(), "definitions loaded");
-                        caught_up.store(true, Ordering::SeqCst);
-                    }
-                    Some(Err(KafkaError::PartitionEOF(_))) => {}
-                    Some(Err(e)) => warn!(error = %e, "reading definitions"),
-                    None => {}
+    let mut cfg = BTreeMap::from([("group.id".into(), "corral-validator-definitions".into())]);
+    cfg.extend(extra);
+    let handle =
+        definitions::follow(
+            &bootstrap,
+            &cfg,
+            &topic,
+            caught_up,
+            shutdown,
+            move |ev| match plans.apply_logged(ev) {
+                Some(Applied::Loaded { .. } | Applied::Removed { .. }) => {
+                    publish_plan_metrics(&plans, &metrics)
                 }
-            }
-        })
-        .map_err(|e| KafkaOpError::Plan(format!("cannot start the definitions thread: {e}")))
+                Some(Applied::Ignored) => {}
+                None => metrics.definition_errors.inc(),
+            },
+        )?;
+    Ok(handle)
 }
 
 fn publish_plan_metrics(plans: &PlanStore, metrics: &Metrics) {
@@ -134,56 +125,6 @@ fn publish_plan_metrics(plans: &PlanStore, metrics: &Metrics) {
             .set(p.version);
     }
     metrics.plans_loaded.set(snap.len() as i64);
-}
-
-/// Every current (latest, non-deleted) definition in the topic, by Kafka key.
-pub fn read_definitions(
-    bootstrap: &str,
-    topic: &str,
-    timeout: Duration,
-) -> Result<BTreeMap<String, Definition>, KafkaOpError> {
-    let c = consumer(bootstrap, &BTreeMap::new(), "corralctl-definitions")?;
-    let partitions = assign_all(&c, topic, Offset::Beginning)?;
-    let deadline = Instant::now() + timeout;
-    let mut out = BTreeMap::new();
-    let mut at_end = HashSet::new();
-    while (at_end.len() as i32) < partitions {
-        if Instant::now() > deadline {
-            return Err(KafkaOpError::Plan(format!("timed out reading {topic}")));
-        }
-        match c.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                at_end.remove(&m.partition());
-                let key = m
-                    .key()
-                    .map(String::from_utf8_lossy)
-                    .unwrap_or_default()
-                    .to_string();
-                match m.payload() {
-                    None => {
-                        out.remove(&key);
-                    }
-                    Some(v) => match Definition::decode(v) {
-                        Ok(d) => {
-                            out.insert(key, d);
-                        }
-                        Err(e) => warn!(key, error = %e, "skipping an undecodable definition"),
-                    },
-                }
-            }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                at_end.insert(p);
-            }
-            Some(Err(e)) => {
-                return Err(KafkaOpError::Kafka {
-                    during: "reading definitions",
-                    source: e,
-                })
-            }
-            None => {}
-        }
-    }
-    Ok(out)
 }
 
 fn producer(bootstrap: &str) -> Result<BaseProducer, KafkaOpError> {
@@ -253,7 +194,13 @@ pub fn apply_plan(
     let file = PlanFile::parse(&text).map_err(|e| KafkaOpError::Plan(e.to_string()))?;
     let body = file.to_json();
     let dkey = definition_key(&file.space_id, &file.key);
-    let current = read_definitions(bootstrap, definitions_topic, Duration::from_secs(60))?;
+    let cli_cfg = BTreeMap::from([("group.id".into(), "corralctl-definitions".into())]);
+    let current = definitions::read_all(
+        bootstrap,
+        &cli_cfg,
+        definitions_topic,
+        Duration::from_secs(60),
+    )?;
     for (k, d) in &current {
         if k == &dkey || d.kind != KIND || d.space_id != file.space_id {
             continue;
@@ -287,10 +234,7 @@ pub fn apply_plan(
         updated_at_ms: now_ms(),
         updated_by,
     };
-    let p = producer(bootstrap)?;
-    send(&p, definitions_topic, dkey.as_bytes(), &def.encode()?)?;
-    p.flush(Duration::from_secs(30))
-        .map_err(kafka("flushing"))?;
+    definitions::publish(bootstrap, &cli_cfg, definitions_topic, &dkey, Some(&def))?;
     Ok(ApplyResult::Applied { key: dkey, version })
 }
 

@@ -5,14 +5,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-use corral_codec::{AvroRecord, Definition};
+use corral_runtime::definitions::DefinitionEvent;
 use tracing::{error, info, warn};
 
 use crate::plan::{CompiledPlan, PlanFile, ANY_SOURCE, KIND};
 
 /// The Kafka key of a plan in `definitions`: `{space_id}/tracking_plan/{key}`.
 pub fn definition_key(space_id: &str, key: &str) -> String {
-    format!("{space_id}/{KIND}/{key}")
+    corral_runtime::definitions::definition_key(space_id, KIND, key)
 }
 
 /// Plans by definition key, indexed by (space, source).
@@ -93,11 +93,8 @@ pub enum Applied {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DefinitionError {
-    #[error("definition {key}: cannot decode: {source}")]
-    Decode {
-        key: String,
-        source: corral_codec::CodecError,
-    },
+    #[error("definition {key}: cannot decode: {error}")]
+    Decode { key: String, error: String },
     #[error("tracking plan {key} v{version}: {message}")]
     Invalid {
         key: String,
@@ -140,39 +137,19 @@ impl PlanStore {
         *g = Arc::new(next);
     }
 
-    /// Applies one record of `definitions` (`value` `None`: a tombstone). A plan that does not
-    /// compile leaves the previous version in force.
-    pub fn apply_record(
-        &self,
-        key: &str,
-        value: Option<&[u8]>,
-    ) -> Result<Applied, DefinitionError> {
-        let Some(bytes) = value else {
-            if !key.contains(&format!("/{KIND}/")) {
-                return Ok(Applied::Ignored);
+    /// Applies one record of `definitions`, as [`corral_runtime::definitions::follow`] hands it
+    /// over. A plan that does not compile leaves the previous version in force.
+    pub fn apply_event(&self, event: DefinitionEvent<'_>) -> Result<Applied, DefinitionError> {
+        let def = match event {
+            DefinitionEvent::Upsert { definition, .. } => definition,
+            DefinitionEvent::Undecodable { key, error } => {
+                return Err(DefinitionError::Decode {
+                    key: key.to_string(),
+                    error,
+                })
             }
-            let mut removed = false;
-            self.replace(|cur| {
-                let mut plans = cur.plans.clone();
-                removed = plans.remove(key).is_some();
-                let mut s = PlanSet {
-                    plans,
-                    by_source: HashMap::new(),
-                };
-                s.reindex();
-                s
-            });
-            if removed {
-                info!(plan = %key, "tracking plan deleted");
-            }
-            return Ok(Applied::Removed {
-                key: key.to_string(),
-            });
+            DefinitionEvent::Delete { key } => return Ok(self.remove(key)),
         };
-        let def = Definition::decode(bytes).map_err(|source| DefinitionError::Decode {
-            key: key.to_string(),
-            source,
-        })?;
         if def.kind != KIND {
             return Ok(Applied::Ignored);
         }
@@ -214,9 +191,33 @@ impl PlanStore {
         })
     }
 
-    /// As [`PlanStore::apply_record`], logging instead of returning errors.
-    pub fn apply_logged(&self, key: &str, value: Option<&[u8]>) -> Option<Applied> {
-        match self.apply_record(key, value) {
+    /// A tombstone: removes the plan under `key` (other kinds are ignored).
+    fn remove(&self, key: &str) -> Applied {
+        if !key.contains(&format!("/{KIND}/")) {
+            return Applied::Ignored;
+        }
+        let mut removed = false;
+        self.replace(|cur| {
+            let mut plans = cur.plans.clone();
+            removed = plans.remove(key).is_some();
+            let mut s = PlanSet {
+                plans,
+                by_source: HashMap::new(),
+            };
+            s.reindex();
+            s
+        });
+        if removed {
+            info!(plan = %key, "tracking plan deleted");
+        }
+        Applied::Removed {
+            key: key.to_string(),
+        }
+    }
+
+    /// As [`PlanStore::apply_event`], logging instead of returning errors.
+    pub fn apply_logged(&self, event: DefinitionEvent<'_>) -> Option<Applied> {
+        match self.apply_event(event) {
             Ok(a) => Some(a),
             Err(e) => {
                 error!(error = %e, "definition not applied; the previous version stays in force");

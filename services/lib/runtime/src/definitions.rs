@@ -10,6 +10,11 @@
 //!
 //! The reader is a plain consumer outside any group and outside the transaction: definitions are
 //! configuration, applied to whatever comes next, not data processed exactly once.
+//!
+//! Every function takes `kafka_cfg`, librdkafka properties applied after the defaults, so they
+//! override them: a service passes its `RuntimeConfig::kafka` (security settings) and may set
+//! `group.id` to name its reader (it never joins the group nor commits, but the id shows in broker
+//! logs and can be matched by ACLs).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
