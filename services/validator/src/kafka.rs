@@ -194,6 +194,7 @@ pub fn apply_plan(
     let file = PlanFile::parse(&text).map_err(|e| KafkaOpError::Plan(e.to_string()))?;
     let body = file.to_json();
     let dkey = definition_key(&file.space_id, &file.key);
+    // The reader's name only; the producer below takes no group.
     let cli_cfg = BTreeMap::from([("group.id".into(), "corralctl-definitions".into())]);
     let current = definitions::read_all(
         bootstrap,
@@ -234,7 +235,13 @@ pub fn apply_plan(
         updated_at_ms: now_ms(),
         updated_by,
     };
-    definitions::publish(bootstrap, &cli_cfg, definitions_topic, &dkey, Some(&def))?;
+    definitions::publish(
+        bootstrap,
+        &BTreeMap::new(),
+        definitions_topic,
+        &dkey,
+        Some(&def),
+    )?;
     Ok(ApplyResult::Applied { key: dkey, version })
 }
 
