@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use corral_runtime::definitions::{follow, DefinitionEvent};
 use corral_runtime::topics::{CleanupPolicy, DesiredTopic, TopicAdmin};
-use corral_runtime::{RuntimeConfig, StoreSpec, StreamRuntime};
+use corral_runtime::{Fault, RuntimeConfig, StoreSpec, StreamRuntime};
 use tracing::{info, warn};
 
 use crate::destination::{DestinationType, DestinationsFile};
@@ -63,6 +63,10 @@ pub struct FanoutConfig {
     pub destinations_file: Option<PathBuf>,
     pub punctuate_interval: Duration,
     pub commit_interval: Duration,
+    /// Consumer group session timeout.
+    pub session_timeout: Duration,
+    /// Test-only crash injection; when `None`, `CORRAL_FAULT` is read at `run`.
+    pub fault: Option<Fault>,
     pub retry: RetryPolicy,
     pub lane_threads: usize,
     pub kafka: BTreeMap<String, String>,
@@ -80,6 +84,8 @@ impl FanoutConfig {
             destinations_file: None,
             punctuate_interval: Duration::from_millis(20),
             commit_interval: Duration::from_millis(100),
+            session_timeout: Duration::from_secs(10),
+            fault: None,
             retry: RetryPolicy::default(),
             lane_threads: 2,
             kafka: BTreeMap::new(),
@@ -217,9 +223,12 @@ pub fn run(cfg: FanoutConfig) -> Result<(), FanoutError> {
     rc.punctuate_interval = Some(cfg.punctuate_interval);
     rc.admin_addr = cfg.admin_addr;
     rc.kafka = cfg.kafka.clone();
-    rc.fault = std::env::var("CORRAL_FAULT")
-        .ok()
-        .and_then(|f| f.parse().ok());
+    rc.session_timeout = cfg.session_timeout;
+    rc.fault = cfg.fault.or_else(|| {
+        std::env::var("CORRAL_FAULT")
+            .ok()
+            .and_then(|f| f.parse().ok())
+    });
     let runtime = StreamRuntime::new(rc)?;
     let metrics = FanoutMetrics::new(runtime.registry())
         .map_err(|e| FanoutError::Setup(format!("registering metrics: {e}")))?;

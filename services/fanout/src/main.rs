@@ -1,35 +1,24 @@
 //! `corral-fanout`: delivers audience and trait changes to destinations. See docs/fanout.md.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use corral_fanout::retry::RetryPolicy;
 use corral_fanout::{run, FanoutConfig};
+use corral_runtime::cli::RuntimeArgs;
 
 #[derive(Parser)]
 #[command(
     name = "corral-fanout",
     version,
-    about = "Deliver audience and trait changes to destinations"
+    about = "Deliver audience and trait changes to destinations",
+    // The outbox has its own folder by default.
+    mut_arg("state_dir", |a| a.default_value("state/fanout"))
 )]
 struct Args {
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "CORRAL_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
-    bootstrap: String,
-    /// Prefix of every topic name.
-    #[arg(long, env = "CORRAL_TOPIC_PREFIX", default_value = "corral.")]
-    topic_prefix: String,
-    /// Admin endpoint (/metrics, /healthz, /readyz).
-    #[arg(long, env = "CORRAL_ADMIN_ADDR")]
-    admin: Option<SocketAddr>,
-    /// Stable instance identity (StatefulSet ordinal): transactional.id and group.instance.id.
-    #[arg(long, env = "CORRAL_INSTANCE_ID", default_value = "0")]
-    instance: String,
-    /// Where the RocksDB outbox lives.
-    #[arg(long, env = "CORRAL_STATE_DIR", default_value = "state/fanout")]
-    state_dir: PathBuf,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
     /// Read destinations from this file instead of the definitions topic (no hot reload).
     #[arg(long, env = "CORRAL_FANOUT_DESTINATIONS")]
     destinations: Option<PathBuf>,
@@ -65,11 +54,15 @@ fn main() -> anyhow::Result<()> {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
-    let mut cfg = FanoutConfig::new(&args.bootstrap, &args.topic_prefix);
-    cfg.instance_id = args.instance;
+    let rt = &args.runtime;
+    let mut cfg = FanoutConfig::new(&rt.bootstrap, &rt.topic_prefix);
+    cfg.instance_id = rt.instance.clone();
     cfg.application_id = args.application_id;
-    cfg.state_dir = args.state_dir;
-    cfg.admin_addr = args.admin;
+    cfg.state_dir = rt.state_dir.clone();
+    cfg.admin_addr = rt.admin;
+    cfg.commit_interval = rt.commit_interval();
+    cfg.session_timeout = rt.session_timeout();
+    cfg.fault = rt.fault()?;
     cfg.destinations_file = args.destinations;
     cfg.punctuate_interval = Duration::from_millis(args.punctuate_ms.max(1));
     cfg.retry = RetryPolicy {

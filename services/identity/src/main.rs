@@ -17,23 +17,20 @@ use corral_identity::processor::{CoordinatorProcessor, RouterProcessor, Topics};
 use corral_identity::rules::{parse_file, RulesStore};
 use corral_identity::store::STORE;
 use corral_identity::view::{self, IdentityView};
-use corral_runtime::{RuntimeConfig, StoreSpec, StreamRuntime};
+use corral_runtime::cli::RuntimeArgs;
+use corral_runtime::{StoreSpec, StreamRuntime};
 use tracing::{error, info};
 
 #[derive(Parser, Debug)]
 #[command(name = "corral-identity", version, about = "Corral's identity service")]
 struct Args {
-    #[arg(long, env = "CORRAL_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
-    bootstrap: String,
+    // `--admin` and `--fault` apply to the coordinator; the router has `--router-admin`.
+    #[command(flatten)]
+    runtime: RuntimeArgs,
     /// Consumer group, transactional id prefix and changelog prefix of the coordinator; the
     /// router uses `{app}-router`.
     #[arg(long, env = "CORRAL_APPLICATION_ID", default_value = "identity")]
     app: String,
-    /// Stable instance identity (StatefulSet ordinal), never random.
-    #[arg(long, env = "CORRAL_INSTANCE_ID", default_value = "0")]
-    instance: String,
-    #[arg(long, env = "CORRAL_TOPIC_PREFIX", default_value = "corral.")]
-    topic_prefix: String,
     #[arg(long, env = "CORRAL_TOPIC_VALID")]
     valid_topic: Option<String>,
     /// The coordinator's input (default `{prefix}identity.events-by-space`), created like
@@ -52,24 +49,12 @@ struct Args {
     /// it per space. Without either, Segment's defaults apply.
     #[arg(long, env = "CORRAL_IDENTITY_RULES")]
     rules: Option<PathBuf>,
-    #[arg(long, env = "CORRAL_STATE_DIR", default_value = "state")]
-    state_dir: PathBuf,
-    #[arg(long, env = "CORRAL_COMMIT_INTERVAL_MS", default_value_t = 100)]
-    commit_interval_ms: u64,
-    #[arg(long, env = "CORRAL_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
-    session_timeout_ms: u64,
-    /// `/metrics`, `/healthz`, `/readyz` of the coordinator (and the service's own metrics).
-    #[arg(long, env = "CORRAL_ADMIN_ADDR")]
-    admin: Option<SocketAddr>,
     /// `/metrics` etc. of the router runtime (none when absent).
     #[arg(long, env = "CORRAL_ROUTER_ADMIN_ADDR")]
     router_admin: Option<SocketAddr>,
     /// Profile API reads (HTTP JSON); none when absent.
     #[arg(long, env = "CORRAL_IDENTITY_QUERY_ADDR")]
     query: Option<SocketAddr>,
-    /// Test-only crash injection in the coordinator, e.g. `after_commit@3`.
-    #[arg(long, env = "CORRAL_FAULT")]
-    fault: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,7 +63,7 @@ fn main() -> anyhow::Result<()> {
     let topic = |given: &Option<String>, name: &str| {
         given
             .clone()
-            .unwrap_or_else(|| format!("{}{name}", args.topic_prefix))
+            .unwrap_or_else(|| format!("{}{name}", args.runtime.topic_prefix))
     };
     let topics = Arc::new(Topics {
         valid: topic(&args.valid_topic, "events.valid"),
@@ -99,28 +84,23 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("in {}", path.display()))?;
     }
 
-    let base = |app: &str| {
-        let mut cfg = RuntimeConfig::new(app, &args.instance, &args.bootstrap);
-        cfg.topic_prefix = args.topic_prefix.clone();
-        cfg.dlq_topic = dlq.clone();
-        cfg.state_dir = args.state_dir.clone();
-        cfg.commit_interval = Duration::from_millis(args.commit_interval_ms);
-        cfg.session_timeout = Duration::from_millis(args.session_timeout_ms);
-        cfg
-    };
-    let mut router_cfg = base(&format!("{}-router", args.app));
+    let mut router_cfg = args
+        .runtime
+        .runtime_config(&format!("{}-router", args.app))?;
+    router_cfg.dlq_topic = dlq.clone();
     router_cfg.input_topics = vec![topics.valid.clone()];
     router_cfg.admin_addr = args.router_admin;
-    let mut coord_cfg = base(&args.app);
+    // Crash injection is for the coordinator only.
+    router_cfg.fault = None;
+    let mut coord_cfg = args.runtime.runtime_config(&args.app)?;
+    coord_cfg.dlq_topic = dlq.clone();
     coord_cfg.input_topics = vec![topics.by_space.clone()];
     coord_cfg.stores = vec![StoreSpec { name: STORE.into() }];
-    coord_cfg.admin_addr = args.admin;
-    coord_cfg.fault = args.fault.as_deref().map(str::parse).transpose()?;
     let changelog = coord_cfg.changelog_topic(STORE);
     let kafka_extra = coord_cfg.kafka.clone();
 
     ensure_topic_like(
-        &args.bootstrap,
+        &args.runtime.bootstrap,
         &kafka_extra,
         &topics.by_space,
         &topics.valid,
@@ -136,7 +116,7 @@ fn main() -> anyhow::Result<()> {
 
     let caught_up = Arc::new(AtomicBool::new(false));
     let reader = spawn_definitions_reader(
-        args.bootstrap.clone(),
+        args.runtime.bootstrap.clone(),
         kafka_extra.clone(),
         definitions.clone(),
         format!("{}-definitions", args.app),
@@ -164,10 +144,10 @@ fn main() -> anyhow::Result<()> {
         let view = IdentityView::new();
         edges.push(
             spawn_view_follower(
-                args.bootstrap.clone(),
+                args.runtime.bootstrap.clone(),
                 kafka_extra.clone(),
                 changelog.clone(),
-                format!("{}-view-{}", args.app, args.instance),
+                format!("{}-view-{}", args.app, args.runtime.instance),
                 view.clone(),
                 stop_edges.clone(),
             )
@@ -179,7 +159,7 @@ fn main() -> anyhow::Result<()> {
         edges.push(r);
     }
 
-    info!(input = %topics.valid, coordinator_input = %topics.by_space, instance = %args.instance, "resolving identities");
+    info!(input = %topics.valid, coordinator_input = %topics.by_space, instance = %args.runtime.instance, "resolving identities");
     let router_metrics = metrics.clone();
     let router_topics = topics.clone();
     let (stop_a, stop_b) = (stop_coord.clone(), stop_router.clone());

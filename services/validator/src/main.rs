@@ -1,15 +1,14 @@
 //! `corral-validator`: tracking plans, controls and de-duplication on the exactly-once runtime.
 //! Configuration by flags or `CORRAL_*` variables; topic names default to `{prefix}events.raw` etc.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use corral_runtime::{RuntimeConfig, StoreSpec, StreamRuntime};
+use corral_runtime::cli::RuntimeArgs;
+use corral_runtime::{StoreSpec, StreamRuntime};
 use corral_validator::kafka::spawn_definitions_reader;
 use corral_validator::metrics::Metrics;
 use corral_validator::{parse_duration_ms, Outputs, PlanStore, ValidatorProcessor};
@@ -22,16 +21,11 @@ use tracing::info;
     about = "Corral's validator service"
 )]
 struct Args {
-    #[arg(long, env = "CORRAL_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
-    bootstrap: String,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
     /// Consumer group, transactional id prefix and changelog prefix.
     #[arg(long, env = "CORRAL_APPLICATION_ID", default_value = "validator")]
     app: String,
-    /// Stable instance identity (StatefulSet ordinal), never random.
-    #[arg(long, env = "CORRAL_INSTANCE_ID", default_value = "0")]
-    instance: String,
-    #[arg(long, env = "CORRAL_TOPIC_PREFIX", default_value = "corral.")]
-    topic_prefix: String,
     /// Full topic names; each defaults to the prefix + its standard name.
     #[arg(long, env = "CORRAL_TOPIC_RAW")]
     raw_topic: Option<String>,
@@ -45,23 +39,12 @@ struct Args {
     dlq_topic: Option<String>,
     #[arg(long, env = "CORRAL_TOPIC_DEFINITIONS")]
     definitions_topic: Option<String>,
-    #[arg(long, env = "CORRAL_STATE_DIR", default_value = "state")]
-    state_dir: PathBuf,
-    #[arg(long, env = "CORRAL_COMMIT_INTERVAL_MS", default_value_t = 100)]
-    commit_interval_ms: u64,
-    #[arg(long, env = "CORRAL_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
-    session_timeout_ms: u64,
     /// How long a messageId is remembered (at least 24h in production).
     #[arg(long, env = "CORRAL_DEDUP_WINDOW", default_value = "24h")]
     dedup_window: String,
     /// Allow a window under 24h (tests only).
     #[arg(long, hide = true)]
     allow_short_dedup_window: bool,
-    #[arg(long, env = "CORRAL_ADMIN_ADDR")]
-    admin: Option<SocketAddr>,
-    /// Test-only crash injection, e.g. `after_commit@3`.
-    #[arg(long, env = "CORRAL_FAULT")]
-    fault: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,7 +53,7 @@ fn main() -> anyhow::Result<()> {
     let topic = |given: &Option<String>, name: &str| {
         given
             .clone()
-            .unwrap_or_else(|| format!("{}{name}", args.topic_prefix))
+            .unwrap_or_else(|| format!("{}{name}", args.runtime.topic_prefix))
     };
     let window = parse_duration_ms(&args.dedup_window).map_err(anyhow::Error::msg)?;
     if window < 86_400_000 && !args.allow_short_dedup_window {
@@ -88,18 +71,12 @@ fn main() -> anyhow::Result<()> {
     });
     let definitions = topic(&args.definitions_topic, "definitions");
 
-    let mut cfg = RuntimeConfig::new(&args.app, &args.instance, &args.bootstrap);
-    cfg.topic_prefix = args.topic_prefix.clone();
+    let mut cfg = args.runtime.runtime_config(&args.app)?;
     cfg.input_topics = vec![outputs.raw.clone()];
     cfg.dlq_topic = topic(&args.dlq_topic, "events.dlq");
     cfg.stores = vec![StoreSpec {
         name: "dedup".into(),
     }];
-    cfg.state_dir = args.state_dir.clone();
-    cfg.commit_interval = Duration::from_millis(args.commit_interval_ms);
-    cfg.session_timeout = Duration::from_millis(args.session_timeout_ms);
-    cfg.admin_addr = args.admin;
-    cfg.fault = args.fault.as_deref().map(str::parse).transpose()?;
     let kafka_extra = cfg.kafka.clone();
 
     let runtime = StreamRuntime::new(cfg).context("configuring the runtime")?;
@@ -109,7 +86,7 @@ fn main() -> anyhow::Result<()> {
     let shutdown = runtime.shutdown_flag();
     let reader_stop = Arc::new(AtomicBool::new(false));
     let reader = spawn_definitions_reader(
-        args.bootstrap.clone(),
+        args.runtime.bootstrap.clone(),
         kafka_extra,
         definitions.clone(),
         plans.clone(),
