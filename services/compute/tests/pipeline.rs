@@ -1,7 +1,9 @@
 //! End-to-end: compute on the real broker (`deploy/local`) with every USERS example from
 //! `examples/definitions.yaml`, a demo stream, time moved forward through the test clock
-//! (entries and exits caused only by time passing), a cross-profile merge, and a run killed
-//! mid-stream (SIGKILL) that must give the same output as an uninterrupted one.
+//! (entries and exits caused only by time passing), a cross-profile merge, and a run crashed
+//! mid-stream (the runtime's fault harness aborts the process right after a commit) that must
+//! give the same output as an uninterrupted one. Waits are for conditions (record counts,
+//! committed input offsets) with deadlines, never for output to go quiet.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -15,6 +17,8 @@ use corral_codec::{
 use corral_runtime::definitions::publish;
 use corral_runtime::topics::CleanupPolicy;
 use corral_tests::{bootstrap, create_topic, produce, read_committed, unique, Service};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_corral-compute");
@@ -110,6 +114,8 @@ impl Setup {
             &self.merges,
             "--merge-state-topic",
             &format!("{}.compute.merge-state", self.app),
+            "--backfill-topic",
+            &format!("{}.compute.backfill", self.app),
             "--membership-topic",
             &self.membership,
             "--traits-topic",
@@ -164,17 +170,74 @@ impl Setup {
 }
 
 impl Setup {
-    /// Waits until the committed output stops changing (two reads a second apart agree).
-    fn memberships_stable(&self) -> Vec<(String, String, String)> {
-        let mut prev = self.memberships(1);
-        loop {
-            std::thread::sleep(Duration::from_millis(1500));
-            let cur = self.memberships(prev.len());
-            if cur == prev {
-                return cur;
-            }
-            prev = cur;
+    /// Input records of `topic` whose processing compute has committed: the sum of the
+    /// consumer group's committed offsets (the test producer is not transactional, so offsets
+    /// count records). The offsets commit in the same transaction as the outputs of those
+    /// records, so once they cover the input every output it causes is readable.
+    fn consumed(&self, topic: &str) -> i64 {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .set("group.id", &self.app)
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..md.topics()[0].partitions().len() as i32 {
+            tpl.add_partition(topic, p);
         }
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .unwrap();
+        committed
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Waits (up to a deadline) until compute has committed the processing of `n` records of
+    /// `events.resolved`, or `svc` (when given) has exited; returns whether all were consumed.
+    fn wait_consumed(&self, n: i64, mut svc: Option<&mut Service>) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if self.consumed(&self.resolved) >= n {
+                return true;
+            }
+            if svc.as_mut().is_some_and(|s| !s.is_running()) {
+                return false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "compute did not commit {n} input records within 120 s (committed {})",
+                self.consumed(&self.resolved)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Every committed computed-trait change: (profile, trait, value, previous value).
+    fn trait_changes(&self) -> Vec<(String, String, String, String)> {
+        let mut out: Vec<_> = read_committed(&self.traits, 0, Duration::from_secs(5))
+            .iter()
+            .map(|r| {
+                let t = TraitChange::decode(r.value.as_deref().unwrap()).unwrap();
+                let show = |v: &Option<Value>| v.as_ref().map_or("-".into(), Value::to_string);
+                (
+                    t.profile_id.clone(),
+                    t.trait_key.clone(),
+                    show(&t.value),
+                    show(&t.previous_value),
+                )
+            })
+            .collect();
+        out.sort();
+        out
     }
 }
 
@@ -342,10 +405,12 @@ fn examples_end_to_end_with_time_passing_and_merge() {
     assert!(svc.terminate().success());
 }
 
-/// Killed mid-stream (runtime fault harness, then SIGKILL-equivalent crash), restarted: the
-/// committed output equals an uninterrupted run's.
+/// Killed mid-stream (runtime fault harness: abort right after the 3rd commit, before the
+/// committed state reaches RocksDB), restarted from the changelog: the committed memberships and
+/// trait changes equal an uninterrupted run's, and include every member the stream implies.
 #[test]
 fn crash_mid_stream_gives_identical_output() {
+    const CHUNK: usize = 50;
     let stream = |base: i64| -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut v = Vec::new();
         for i in 0..300 {
@@ -374,28 +439,62 @@ fn crash_mid_stream_gives_identical_output() {
         v
     };
     let base = now();
-    let run = |fault: Option<&str>| -> Vec<(String, String, String)> {
+    let total = stream(base).len() as i64;
+    type Output = (
+        Vec<(String, String, String)>,
+        Vec<(String, String, String, String)>,
+    );
+    let run = |fault: Option<&str>| -> Output {
         let s = Setup::new("compute-crash");
         s.publish_examples();
-        let svc = s.spawn("0", fault);
-        // Produce in chunks so commits happen between them.
-        for chunk in stream(base).chunks(50) {
+        let mut svc = s.spawn("0", fault);
+        // One chunk at a time, each committed before the next is produced: every chunk takes
+        // at least one commit, so `after_commit@3` fires within the first three chunks and the
+        // rest of the stream is left to the restarted process (a crash that is really
+        // mid-stream, whatever the machine's speed).
+        let mut produced = 0;
+        let mut consumed_at_crash = None;
+        for chunk in stream(base).chunks(CHUNK) {
             produce(&s.resolved, chunk.to_vec());
-            std::thread::sleep(Duration::from_millis(150));
+            produced += chunk.len() as i64;
+            if consumed_at_crash.is_none() && !s.wait_consumed(produced, Some(&mut svc)) {
+                consumed_at_crash = Some(s.consumed(&s.resolved));
+            }
         }
-        let svc = if fault.is_some() {
-            let status = svc.wait_exit(Duration::from_secs(60));
-            assert!(!status.success(), "the fault must crash the service");
-            s.spawn("0", None)
-        } else {
-            svc
+        let svc = match fault {
+            Some(f) => {
+                let at = consumed_at_crash.unwrap_or_else(|| panic!("{f} never fired"));
+                assert!(
+                    at < total,
+                    "the crash happened mid-stream ({at} of {total})"
+                );
+                let status = svc.wait_exit(Duration::from_secs(60));
+                assert!(!status.success(), "the fault must crash the service");
+                s.spawn("0", None)
+            }
+            None => svc,
         };
-        let out = s.memberships_stable();
+        // Outputs commit atomically with the input offsets: once every input record is
+        // committed, everything it causes is readable.
+        assert!(s.wait_consumed(total, None));
+        let out = (s.memberships(1), s.trait_changes());
         assert!(svc.terminate().success());
         out
     };
     let clean = run(None);
     let crashed = run(Some("after_commit@3"));
-    assert!(!clean.is_empty());
-    assert_eq!(clean, crashed);
+
+    // The uninterrupted run is complete: every profile whose orders sum above 500 (the last
+    // of them cross it in the stream's final chunks) entered big_spenders.
+    let mut revenue: BTreeMap<String, i64> = BTreeMap::new();
+    for i in (0..300).step_by(4) {
+        *revenue.entry(format!("p{}", i % 40)).or_default() += i;
+    }
+    for (p, r) in &revenue {
+        let entered = (p.clone(), "big_spenders".to_string(), "entered".to_string());
+        assert_eq!(clean.0.contains(&entered), *r > 500, "{p} (revenue {r})");
+    }
+    assert!(!clean.1.is_empty());
+    assert_eq!(clean.0, crashed.0, "memberships");
+    assert_eq!(clean.1, crashed.1, "trait changes");
 }
