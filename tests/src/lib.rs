@@ -1,7 +1,11 @@
 //! Support for Corral's end-to-end tests: the real local broker (started by `deploy/local`, or
 //! reused when one answers), unique topic names, producing inputs, reading outputs with
 //! `read_committed`, and driving service processes (spawn, SIGKILL, SIGTERM).
+//!
+//! [`http`]: free ports, an admin GET, and a recording HTTP receiver (a destination stand-in).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failed setup should stop the test loudly
+
+pub mod http;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -103,6 +107,22 @@ pub struct Record {
     pub value: Option<Vec<u8>>,
 }
 
+/// Assigns every partition of `topic` to `consumer` from the beginning; returns how many (0 when
+/// the topic does not exist).
+pub fn assign_from_beginning(consumer: &BaseConsumer, topic: &str) -> i32 {
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions = md.topics()[0].partitions().len() as i32;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    partitions
+}
+
 /// Reads every committed record of `topic` (`read_committed`), from the beginning up to the last
 /// stable offset of each partition, waiting up to `timeout` for at least `min` records.
 pub fn read_committed(topic: &str, min: usize, timeout: Duration) -> Vec<Record> {
@@ -114,16 +134,7 @@ pub fn read_committed(topic: &str, min: usize, timeout: Duration) -> Vec<Record>
         .set("enable.partition.eof", "true")
         .create()
         .unwrap();
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let partitions = md.topics()[0].partitions().len() as i32;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+    let partitions = assign_from_beginning(&consumer, topic);
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     let mut at_end = std::collections::HashSet::new();

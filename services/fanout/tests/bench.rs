@@ -6,13 +6,11 @@
 //! - latency p50/p99 from the membership record (its changed_at_ms) to the HTTP request.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::Receiver;
 use corral_codec::{AvroRecord, ExternalId, MembershipChange, MembershipChangeKind};
 use corral_runtime::topics::CleanupPolicy;
+use corral_tests::http::Receiver;
 use corral_tests::{bootstrap, create_topic, produce, unique, Service};
 
 const BIN: &str = env!("CARGO_BIN_EXE_corral-fanout");

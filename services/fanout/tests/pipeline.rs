@@ -2,16 +2,14 @@
 //! payloads, rate limit, retries with order, dead letters, lists, lanes, SIGKILL mid-stream.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use common::{Answer, Receiver};
 use corral_codec::{
     AvroRecord, DeadLetter, ExternalId, MembershipChange, MembershipChangeKind, TraitChange,
 };
 use corral_runtime::topics::CleanupPolicy;
+use corral_tests::http::{Answer, Receiver};
 use corral_tests::{bootstrap, create_topic, produce, read_committed, unique, Service};
 use serde_json::json;
 
@@ -449,7 +447,7 @@ fn a_list_destination_gets_exactly_the_adds_and_removes_since_its_previous_sync(
     ]);
     let svc = s.spawn(&dests, &[]);
     // Collect members across partitions (each task syncs its own profiles).
-    let collect = |reqs: &[common::Received], field: &str| -> Vec<String> {
+    let collect = |reqs: &[corral_tests::http::Received], field: &str| -> Vec<String> {
         let mut v: Vec<String> = reqs
             .iter()
             .flat_map(|r| r.body[field].as_array().cloned().unwrap_or_default())
@@ -522,7 +520,7 @@ fn killing_fanout_mid_stream_loses_nothing() {
     hook.wait_for(Duration::from_secs(60), |r| r.len() >= 100);
     svc.kill9();
     let svc = s.spawn(&dests, &[]);
-    let distinct = |r: &[common::Received]| {
+    let distinct = |r: &[corral_tests::http::Received]| {
         r.iter()
             .map(|x| x.body["messageId"].as_str().unwrap_or("").to_string())
             .collect::<std::collections::HashSet<_>>()

@@ -3,20 +3,13 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+pub use corral_tests::http::free_port;
 pub use corral_tests::{bootstrap, create_topic, read_committed, unique, Record, Service};
 
 pub const WRITE_KEY: &str = "e2e-key";
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 pub struct Collector {
     pub service: Service,

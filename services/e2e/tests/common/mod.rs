@@ -1,27 +1,23 @@
 //! The harness of the end-to-end test: the five service binaries (built by
 //! `cargo build --workspace --bins`, found next to the test executable), unique topics from the
-//! manifest, free ports, a local webhook receiver, incremental `read_committed` readers of the
-//! output topics, and Segment's Python client.
+//! manifest, incremental `read_committed` readers of the output topics, and Segment's Python
+//! client. Free ports, the admin GET and the webhook receiver come from `corral_tests::http`.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)] // test support: a failed setup stops the test loudly
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use corral_runtime::topics::{Manifest, TopicAdmin};
+pub use corral_tests::http::{free_port, http_get, Received, Receiver as Webhook};
+pub use corral_tests::repo_root;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
-
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// `target/debug` (or whichever profile built this test): the test executable lives in its
 /// `deps/` folder and the service binaries next to that folder.
@@ -43,15 +39,6 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-/// A port nobody listens on right now (the OS picks it; we release it for the service).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Creates every topic of deploy/topics.yaml under `prefix`.
@@ -193,25 +180,6 @@ pub fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// A minimal HTTP/1.1 GET (admin endpoints); `None` when nothing answers.
-pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
-}
-
 /// The value of a Prometheus sample whose line contains every one of `parts`.
 pub fn metric(addr: SocketAddr, parts: &[&str]) -> Option<f64> {
     let (_, body) = http_get(addr, "/metrics")?;
@@ -220,93 +188,6 @@ pub fn metric(addr: SocketAddr, parts: &[&str]) -> Option<f64> {
         .find(|l| parts.iter().all(|p| l.contains(p)))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
-}
-
-/// A request the webhook receiver got.
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub path: String,
-    pub headers: Vec<(String, String)>,
-    pub body: serde_json::Value,
-}
-
-/// A webhook destination on 127.0.0.1:<ephemeral> that answers 200 to everything and records it.
-#[derive(Clone)]
-pub struct Webhook {
-    pub port: u16,
-    log: Arc<Mutex<Vec<Received>>>,
-}
-
-impl Webhook {
-    pub fn start() -> Webhook {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let hook = Webhook {
-            port: listener.local_addr().unwrap().port(),
-            log: Arc::new(Mutex::new(Vec::new())),
-        };
-        let h = hook.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let h = h.clone();
-                std::thread::spawn(move || h.serve(stream));
-            }
-        });
-        hook
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    pub fn requests(&self) -> Vec<Received> {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Keep-alive aware: reads requests off one connection until the client closes it.
-    fn serve(&self, stream: TcpStream) {
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut out = stream;
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-            let mut headers = Vec::new();
-            let mut len = 0usize;
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                    return;
-                }
-                let h = h.trim_end();
-                if h.is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = h.split_once(':') {
-                    if k.eq_ignore_ascii_case("content-length") {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                    headers.push((k.to_string(), v.trim().to_string()));
-                }
-            }
-            let mut body = vec![0; len];
-            if reader.read_exact(&mut body).is_err() {
-                return;
-            }
-            let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-            self.log.lock().unwrap().push(Received {
-                path,
-                headers,
-                body,
-            });
-            let resp =
-                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: application/json\r\n\r\n{}";
-            if out.write_all(resp.as_bytes()).is_err() {
-                return;
-            }
-        }
-    }
 }
 
 /// A consumed record, decoded later by the test with the topic's Avro type.
@@ -333,17 +214,8 @@ impl TopicReader {
             .set("isolation.level", "read_committed")
             .create()
             .unwrap();
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .unwrap();
-        let partitions = md.topics()[0].partitions().len() as i32;
+        let partitions = corral_tests::assign_from_beginning(&consumer, topic);
         assert!(partitions > 0, "topic {topic} does not exist");
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).unwrap();
         TopicReader {
             topic: topic.to_string(),
             consumer,

@@ -1,11 +1,40 @@
-//! A test HTTP receiver on 127.0.0.1:<ephemeral>: records every request and answers as the test
-//! tells it (200, 429 + Retry-After, 500, 400 with a body, slowly, or never).
-#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+//! HTTP test support: free ports, a minimal GET client for admin endpoints, and a recording
+//! receiver that stands in for a destination (webhook) on 127.0.0.1:<ephemeral>. It records every
+//! request and answers as the test tells it (200, 429 + Retry-After, 500, 400 with a body, slowly,
+//! or never). No HTTP library: the services under test are the HTTP implementations being tested.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// A port nobody listens on right now (the OS picks it; we release it for the service).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A minimal HTTP/1.1 GET (admin endpoints); `None` when nothing answers.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
 
 /// How the receiver answers.
 #[derive(Debug, Clone)]
@@ -19,6 +48,7 @@ pub enum Answer {
     Never,
 }
 
+/// A request the receiver got.
 #[derive(Debug, Clone)]
 pub struct Received {
     pub at: Instant,
@@ -26,8 +56,9 @@ pub struct Received {
     pub wall_ms: i64,
     pub path: String,
     pub headers: Vec<(String, String)>,
+    /// The JSON body (`Null` when it was not JSON).
     pub body: serde_json::Value,
-    /// What the receiver answered.
+    /// What the receiver answered (0: nothing).
     pub status: u16,
 }
 
@@ -42,6 +73,7 @@ impl Received {
 
 type Policy = dyn Fn(usize, &serde_json::Value) -> Answer + Send + Sync;
 
+/// The recording receiver; answers 200 `{}` until told otherwise with [`Receiver::answer`].
 #[derive(Clone)]
 pub struct Receiver {
     pub port: u16,
@@ -100,6 +132,7 @@ impl Receiver {
         }
     }
 
+    /// Keep-alive aware: reads requests off one connection until the client closes it.
     fn serve(&self, stream: TcpStream) {
         let mut reader = BufReader::new(stream.try_clone().unwrap());
         let mut out = stream;
@@ -135,11 +168,10 @@ impl Receiver {
             let body: serde_json::Value =
                 serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
             let policy = self.policy.lock().unwrap().clone();
-            let (answer, n) = {
+            let answer = {
                 let log = self.log.lock().unwrap();
-                (policy(log.len(), &body), log.len())
+                policy(log.len(), &body)
             };
-            let _ = n;
             let (status, text, retry_after) = match &answer {
                 Answer::Ok => (200, "{}".to_string(), None),
                 Answer::Status(s, b, ra) => (*s, b.clone(), ra.clone()),
