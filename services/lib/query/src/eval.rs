@@ -784,7 +784,9 @@ pub fn string_form(v: &Value) -> String {
     }
 }
 
-fn as_f64(v: &Value) -> Option<f64> {
+/// The numeric reading of a value: numbers, and strings that parse as finite numbers (`" 42 "`
+/// reads as 42). `None` for everything else, which comparisons treat as "not a number".
+pub fn as_f64(v: &Value) -> Option<f64> {
     match v {
         Value::Number(n) => n.as_f64(),
         // "`string` is generally interchangeable with all other formats" (Part A.4).
@@ -793,7 +795,9 @@ fn as_f64(v: &Value) -> Option<f64> {
     }
 }
 
-fn as_ts(v: &Value) -> Option<DateTime<Utc>> {
+/// The timestamp a value spells, as [`parse_ts`] reads it; `None` for non-strings and strings
+/// that are no date (what `before_date`, `after_date` and `within` compare).
+pub fn as_ts(v: &Value) -> Option<DateTime<Utc>> {
     let Value::String(s) = v else { return None };
     parse_ts(s)
 }
@@ -820,7 +824,10 @@ pub fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
         .map(|n| n.and_utc())
 }
 
-fn loose_eq(a: &Value, b: &Value) -> bool {
+/// Equality as the language defines it (`=`, `!=`, `in`, array `contains`): numbers equal across
+/// integer and float and against numeric strings, a boolean equals `'true'`/`'false'` (any case),
+/// two date strings equal when they denote the same instant, anything else by JSON equality.
+pub fn loose_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
             (Some(i), Some(j)) => i == j,
@@ -846,7 +853,10 @@ fn looks_like_date(s: &str) -> bool {
     b.len() >= 10 && b[4] == b'-' && b[7] == b'-'
 }
 
-fn loose_cmp(a: &Value, b: &Value) -> Option<Ordering> {
+/// Ordering as the language defines it (`<`, `<=`, `>`, `>=`, `min`/`max` on mixed values):
+/// numerically when both read as numbers ([`as_f64`]), by instant when both are date strings,
+/// else by string; `None` when the two are not comparable (a comparison is then false).
+pub fn loose_cmp(a: &Value, b: &Value) -> Option<Ordering> {
     if let (Some(x), Some(y)) = (as_f64(a), as_f64(b)) {
         return x.partial_cmp(&y);
     }
@@ -861,7 +871,9 @@ fn loose_cmp(a: &Value, b: &Value) -> Option<Ordering> {
     None
 }
 
-fn contains_any(a: &Value, needles: &[Value]) -> bool {
+/// `contains`: for an array, whether any element [`loose_eq`]s any needle; otherwise whether
+/// the value's [`string_form`] contains any needle's string form as a substring.
+pub fn contains_any(a: &Value, needles: &[Value]) -> bool {
     match a {
         Value::Array(xs) => xs.iter().any(|x| needles.iter().any(|n| loose_eq(x, n))),
         _ => {

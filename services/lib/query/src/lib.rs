@@ -23,6 +23,11 @@
 //! [`evaluate_audience`] / [`evaluate_trait`]. [`validate_definitions_file`] does all of the
 //! checking for a YAML file of definitions. See the crate README for the decisions taken where
 //! the reference is silent.
+//!
+//! The evaluator's value semantics are public in [`eval`] so an incremental engine compares
+//! exactly as the reference does: [`eval::loose_eq`], [`eval::loose_cmp`],
+//! [`eval::contains_any`], [`eval::as_f64`], [`eval::as_ts`], [`eval::parse_ts`],
+//! [`eval::string_form`] and [`eval::lookup`].
 
 pub mod ast;
 pub mod check;
