@@ -7,12 +7,13 @@
 #
 # Parts: baseline (Kafka's own ProducerPerformance/ConsumerPerformance, 1 KB records),
 # runtime (exactly-once pass-through at 100 ms and 1 s commit intervals, latency, restore),
-# criterion (codec and query micro-benchmarks), and each service's own load generator.
+# criterion (codec and query micro-benchmarks), and each service's own load generator
+# (collector, validator, identity, compute, fanout).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
-parts="${BENCH_ONLY:-baseline runtime criterion collector validator}"
+parts="${BENCH_ONLY:-baseline runtime criterion collector validator identity compute fanout}"
 out="$root/.run/bench/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"
 log() { echo "bench.sh: $*" >&2; }
@@ -54,6 +55,22 @@ if want validator; then
   cargo bench -p corral-validator --bench validate 2>&1 | grep -E '^[a-zA-Z].*|time:' | tee "$out/validator-criterion.txt"
   VALIDATOR_BENCH_N="${VALIDATOR_BENCH_N:-100000}" cargo test -p corral-validator --release --test pipeline \
     -- --ignored --nocapture throughput 2>&1 | grep -E 'throughput' | tee "$out/validator-pipeline.txt"
+fi
+
+if want identity; then
+  log "identity: events/s through the router and coordinator vs the runtime pass-through, state per profile, merge latency"
+  cargo bench -p corral-identity --bench pipeline 2>&1 | grep -vE '^\s*(Compiling|Finished|Running)' | tee "$out/identity.txt"
+fi
+
+if want compute; then
+  log "compute: engine events/s with 10 and 100 definitions, state per profile (in process)"
+  cargo run --release -p corral-compute --bin compute-bench -- --events 200000 --profiles 20000 2>&1 \
+    | grep -vE '^\s*(Compiling|Finished|Running)' | tee "$out/compute.txt"
+fi
+
+if want fanout; then
+  log "fanout: delivery ceiling, limiter accuracy at 100/s and 500/s over 60 s, latency"
+  cargo bench -p corral-fanout --bench delivery 2>&1 | grep -vE '^\s*(Compiling|Finished|Running)' | tee "$out/fanout.txt"
 fi
 
 log "results in ${out#"$root"/}"

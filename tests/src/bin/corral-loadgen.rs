@@ -126,6 +126,9 @@ fn committed_consumer(topic: &str) -> BaseConsumer {
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
+        // Ask the broker for new data every 10 ms instead of parking the fetch up to 500 ms, so
+        // the figure is the pipeline's latency, not the reader's.
+        .set("fetch.wait.max.ms", "10")
         .create()
         .unwrap();
     c.subscribe(&[topic]).unwrap();
@@ -237,10 +240,8 @@ fn restore(args: &Args) {
     let stderr = child.stderr.take().unwrap();
     let mut restored: HashMap<String, (u64, f64)> = HashMap::new();
     use std::io::BufRead;
-    for line in std::io::BufReader::new(stderr)
-        .lines()
-        .map_while(Result::ok)
-    {
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    for line in lines.by_ref().map_while(Result::ok) {
         if line.contains("store partition restored") {
             let field = |name: &str| -> Option<String> {
                 let start = line.find(&format!("{name}="))? + name.len() + 1;
@@ -263,6 +264,8 @@ fn restore(args: &Args) {
             }
         }
     }
+    // Keep draining the child's log: a full pipe would block its logging, and with it its shutdown.
+    std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
