@@ -1,6 +1,6 @@
-//! Fanout benchmark (not part of the default run: does nothing unless CORRAL_FANOUT_BENCH=1).
+//! Fanout benchmark against the local broker and a local receiver (`make bench`, not `make test`):
 //!
-//! `CORRAL_FANOUT_BENCH=1 cargo test --release -p corral-fanout --test bench -- --nocapture`
+//! `cargo bench -p corral-fanout --bench delivery` (CORRAL_FANOUT_BENCH_SECS sets the limiter runs' length)
 //! - ceiling: deliveries/s to a local receiver with no rate limit;
 //! - limiter accuracy at 100/s and 500/s: achieved rate over CORRAL_FANOUT_BENCH_SECS (60);
 //! - latency p50/p99 from the membership record (its changed_at_ms) to the HTTP request.
@@ -88,16 +88,7 @@ fn start(name: &str, rate: u32) -> Run {
     }
 }
 
-fn enabled() -> bool {
-    std::env::var("CORRAL_FANOUT_BENCH").is_ok_and(|v| v == "1")
-}
-
-#[test]
-fn bench() {
-    if !enabled() {
-        eprintln!("fanout bench skipped: set CORRAL_FANOUT_BENCH=1");
-        return;
-    }
+fn main() {
     let secs: u64 = std::env::var("CORRAL_FANOUT_BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
