@@ -6,8 +6,9 @@
 //! leaves keep entries instead and fold them into a fresh `Agg` when evaluated, so both paths
 //! share the finalisation that must match the reference evaluator exactly.
 
-use crate::value::{as_f64, number};
+use crate::value::number;
 use corral_query::ast::{Reducer, ValueType};
+use corral_query::eval::as_f64;
 use corral_query::eval::string_form;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -21,12 +21,10 @@
 
 use crate::agg::Agg;
 use crate::state::{Entry, ExtId, LeafState, ProfileState, StoredEvent, StoredResult, TraitValue};
-use crate::value::{
-    as_ts_ms, contains_any, context_value, date_cmp, first_segment, loose_cmp, loose_eq,
-};
+use crate::value::{as_ts_ms, context_value, date_cmp, first_segment};
 use corral_query::ast::{PropKind, Reducer};
 use corral_query::check::{Catalogue, CheckContext, DefinitionKind, Target};
-use corral_query::eval::{literal_value, lookup, string_form};
+use corral_query::eval::{contains_any, literal_value, lookup, loose_cmp, loose_eq, string_form};
 use corral_query::plan::{
     plan, Bound, CompareOp, Leaf, LeafSource, Plan, PlanExpr, PlanRoot, PlanValue, StateKind,
     Window,
