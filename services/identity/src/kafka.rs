@@ -9,11 +9,11 @@ use std::time::Duration;
 use corral_runtime::definitions::{self, DefinitionEvent};
 use corral_runtime::topics::{CleanupPolicy, DesiredTopic, TopicAdmin};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
-use tracing::{info, warn};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tracing::{error, info, warn};
 
 use crate::metrics::Metrics;
 use crate::rules::{Rules, RulesStore, Settings, KIND};
@@ -75,11 +75,28 @@ pub fn ensure_topic_like(
     }
 }
 
+/// rdkafka reports every end of partition twice: as `PartitionEOF` from `poll` (which the
+/// follower uses to know it caught up) and as a "global error" logged at ERROR by the default
+/// context, i.e. an error line each time the replica catches up with a commit. The second is
+/// dropped here; real client errors are still logged.
+struct FollowerContext;
+
+impl ClientContext for FollowerContext {
+    fn error(&self, err: KafkaError, reason: &str) {
+        if err == KafkaError::Global(RDKafkaErrorCode::PartitionEOF) {
+            return;
+        }
+        error!(error = %err, reason, "librdkafka");
+    }
+}
+
+impl ConsumerContext for FollowerContext {}
+
 fn consumer(
     bootstrap: &str,
     extra: &BTreeMap<String, String>,
     group: &str,
-) -> Result<BaseConsumer, KafkaOpError> {
+) -> Result<BaseConsumer<FollowerContext>, KafkaOpError> {
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", bootstrap)
         .set("group.id", group)
@@ -89,12 +106,16 @@ fn consumer(
     for (k, v) in extra {
         cc.set(k, v);
     }
-    cc.create().map_err(kafka("creating a consumer"))
+    cc.create_with_context(FollowerContext)
+        .map_err(kafka("creating a consumer"))
 }
 
 /// Assigns every partition of `topic` from the beginning; `None` when the topic does not exist
 /// (the changelog follower waits for it; `definitions` goes through `corral_runtime::definitions`).
-fn assign_all(c: &BaseConsumer, topic: &str) -> Result<Option<i32>, KafkaOpError> {
+fn assign_all<C: ConsumerContext>(
+    c: &BaseConsumer<C>,
+    topic: &str,
+) -> Result<Option<i32>, KafkaOpError> {
     let md = c
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(kafka("fetching metadata"))?;
@@ -189,6 +210,10 @@ pub fn spawn_definitions_reader(
     Ok(Some(handle))
 }
 
+/// Changelog records applied under one lock at most (bounds the time readers wait while the
+/// replica loads).
+const MAX_VIEW_BATCH: usize = 10_000;
+
 /// Follows the graph store's changelog (all partitions, read_committed) into `view` until `stop`.
 /// The topic is created by the coordinator runtime; until it exists the follower retries.
 pub fn spawn_view_follower(
@@ -217,21 +242,37 @@ pub fn spawn_view_follower(
                     }
                     continue;
                 };
-                match c.poll(Duration::from_millis(200)) {
-                    Some(Ok(m)) => {
-                        if let Some(k) = m.key() {
-                            view.apply(k, m.payload());
+                let Some(first) = c.poll(Duration::from_millis(200)) else {
+                    continue;
+                };
+                // A transaction's records become readable together (at its commit marker) and
+                // normally arrive in one fetch: what is queued now is applied under one lock, so
+                // a reader does not see an identifier moved to a profile whose record is not
+                // applied yet (a merge or a rename half done).
+                let mut batch = Vec::new();
+                let mut ends = Vec::new();
+                let mut next = Some(first);
+                while let Some(polled) = next.take() {
+                    match polled {
+                        Ok(m) => {
+                            if let Some(k) = m.key() {
+                                batch.push((k.to_vec(), m.payload().map(<[u8]>::to_vec)));
+                            }
                         }
+                        Err(KafkaError::PartitionEOF(p)) => ends.push(p),
+                        Err(e) => warn!(error = %e, "identity view: reading the changelog"),
                     }
-                    Some(Err(KafkaError::PartitionEOF(p)))
-                        if at_end.insert(p) && at_end.len() as i32 == n && !view.is_caught_up() =>
-                    {
+                    if batch.len() < MAX_VIEW_BATCH {
+                        next = c.poll(Duration::ZERO);
+                    }
+                }
+                view.apply_batch(batch);
+                // Caught up only once what was read before the ends is applied.
+                for p in ends {
+                    if at_end.insert(p) && at_end.len() as i32 == n && !view.is_caught_up() {
                         info!(entries = view.len(), "identity view caught up");
                         view.set_caught_up();
                     }
-                    Some(Err(KafkaError::PartitionEOF(_))) => {}
-                    Some(Err(e)) => warn!(error = %e, "identity view: reading the changelog"),
-                    None => {}
                 }
             }
         })

@@ -9,8 +9,10 @@
 //! The domain is pure and tested without Kafka: [`ids`] (external-id extraction), [`rules`]
 //! (blocked values, limits, priorities, caps, merge protection), [`engine`] (flat matching,
 //! deterministic profile ids). [`store`] maps the graph onto a runtime store, [`processor`] is
-//! the runtime glue, [`view`] answers Profile API reads, [`kafka`] holds the Kafka edges.
+//! the runtime glue, [`view`] answers Profile API reads ([`client`] asks them), [`kafka`] holds
+//! the Kafka edges.
 
+pub mod client;
 pub mod engine;
 pub mod ids;
 pub mod kafka;

@@ -8,17 +8,23 @@
 //! - `GET /v1/spaces/{space}/collections/users/profiles/{id}/external_ids` where `{id}` is
 //!   `type:value` (`user_id:abc123`) or a profile id (`use_...`, merged-away ids forward);
 //! - `GET /v1/spaces/{space}/collections/users/profiles/{id}` for the profile summary.
+//!
+//! Answers: 200 with JSON; 404 `{"error": ...}` for an unknown id (or path); 400 `{"error": ...}`
+//! for an id that is neither `type:value` nor a profile id; 503 `{"error": ...}` until the replica
+//! has read the changelog to its end once (so a restarted instance never answers "unknown" for an
+//! id it simply has not loaded yet). [`crate::client`] is the matching client.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::Profile;
 use crate::ids::Ident;
@@ -30,16 +36,17 @@ pub struct IdentityView {
     caught_up: AtomicBool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExternalIdView {
     #[serde(rename = "type")]
     pub id_type: String,
     pub id: String,
-    pub collection: &'static str,
+    pub collection: String,
     pub first_seen_ms: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// `GET .../profiles/{id}`: the live profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProfileView {
     pub profile_id: String,
     pub created_at_ms: i64,
@@ -59,10 +66,79 @@ impl From<Profile> for ProfileView {
                 .map(|m| ExternalIdView {
                     id_type: m.id_type,
                     id: m.value,
-                    collection: "users",
+                    collection: "users".into(),
                     first_seen_ms: m.first_seen_ms,
                 })
                 .collect(),
+        }
+    }
+}
+
+/// `GET .../profiles/{id}/external_ids`, in the shape of Segment's Profile API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalIdsView {
+    /// The live profile (a retired id asked for forwards to its survivor).
+    pub profile_id: String,
+    pub data: Vec<ExternalIdView>,
+}
+
+impl From<ProfileView> for ExternalIdsView {
+    fn from(p: ProfileView) -> Self {
+        ExternalIdsView {
+            profile_id: p.profile_id,
+            data: p.external_ids,
+        }
+    }
+}
+
+/// What a request names: an external id or a profile id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProfileRef {
+    External(Ident),
+    Profile(String),
+}
+
+/// Profile ids are `use_` + base62 (see [`crate::engine::profile_id`]).
+const PROFILE_PREFIX: &str = "use_";
+
+impl ProfileRef {
+    /// `type:value` (the type is matched case-insensitively, since every stored type is
+    /// lower-case; the value is exact) or `use_...`. The error says what is wrong.
+    pub fn parse(id: &str) -> Result<ProfileRef, String> {
+        if id.trim().is_empty() {
+            return Err(
+                "the id is empty: give type:value (user_id:abc123) or a profile id (use_...)"
+                    .into(),
+            );
+        }
+        match id.split_once(':') {
+            Some((t, v)) => {
+                let t = t.trim();
+                if t.is_empty() {
+                    return Err(format!(
+                        "{id:?} has no id type before ':' (as in user_id:abc123)"
+                    ));
+                }
+                if v.trim().is_empty() {
+                    return Err(format!(
+                        "{id:?} has no value after ':' (as in user_id:abc123)"
+                    ));
+                }
+                Ok(ProfileRef::External(Ident::new(t.to_ascii_lowercase(), v)))
+            }
+            None => match id.strip_prefix(PROFILE_PREFIX) {
+                Some(rest)
+                    if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+                {
+                    Ok(ProfileRef::Profile(id.to_string()))
+                }
+                Some(_) => Err(format!(
+                    "{id:?} is not a profile id (use_ followed by letters and digits)"
+                )),
+                None => Err(format!(
+                    "{id:?} is neither type:value (user_id:abc123) nor a profile id (use_...)"
+                )),
+            },
         }
     }
 }
@@ -74,13 +150,20 @@ impl IdentityView {
 
     /// Applies one changelog record (`None` is a tombstone).
     pub fn apply(&self, key: &[u8], value: Option<&[u8]>) {
+        self.apply_batch([(key.to_vec(), value.map(<[u8]>::to_vec))]);
+    }
+
+    /// Applies changelog records in order under one lock: readers see all of them or none.
+    pub fn apply_batch(&self, records: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>) {
         let mut g = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        match value {
-            Some(v) => {
-                g.insert(key.to_vec(), v.to_vec());
-            }
-            None => {
-                g.remove(key);
+        for (k, v) in records {
+            match v {
+                Some(v) => {
+                    g.insert(k, v);
+                }
+                None => {
+                    g.remove(&k);
+                }
             }
         }
     }
@@ -119,16 +202,20 @@ impl IdentityView {
         None
     }
 
-    /// `type:value` or a profile id.
-    pub fn lookup(&self, space: &str, id: &str) -> Option<ProfileView> {
-        if id.starts_with("use_") {
-            if let Some(p) = self.profile(space, id) {
-                return Some(p);
+    /// The live profile of an external id or a (possibly retired) profile id.
+    pub fn resolve(&self, space: &str, what: &ProfileRef) -> Option<ProfileView> {
+        match what {
+            ProfileRef::Profile(pid) => self.profile(space, pid),
+            ProfileRef::External(ident) => {
+                let pid = self.profile_id_of(space, ident)?;
+                self.profile(space, &pid)
             }
         }
-        let (t, v) = id.split_once(':')?;
-        let pid = self.profile_id_of(space, &Ident::new(t, v))?;
-        self.profile(space, &pid)
+    }
+
+    /// `type:value` or a profile id; `Err` when `id` is neither.
+    pub fn lookup(&self, space: &str, id: &str) -> Result<Option<ProfileView>, String> {
+        Ok(self.resolve(space, &ProfileRef::parse(id)?))
     }
 
     /// Number of (identifier, profile, alias) entries held.
@@ -141,36 +228,55 @@ impl IdentityView {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody {
-    error: String,
+/// The body of every error answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
 }
 
-fn not_found(what: String) -> Response {
-    (StatusCode::NOT_FOUND, Json(ErrorBody { error: what })).into_response()
+fn error(status: StatusCode, what: String) -> Response {
+    (status, Json(ErrorBody { error: what })).into_response()
+}
+
+/// The profile `id` names in `space`, or the error's status and message.
+fn answer(
+    view: &IdentityView,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<ProfileView, (StatusCode, String)> {
+    // A malformed path (bad percent-encoding, not UTF-8) is the client's mistake, said in JSON.
+    let Path((space, id)) = path.map_err(|e| (StatusCode::BAD_REQUEST, e.body_text()))?;
+    let what = ProfileRef::parse(&id).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+    if !view.is_caught_up() {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "loading the identity graph; retry shortly".into(),
+        ));
+    }
+    view.resolve(&space, &what).ok_or_else(|| {
+        (
+            StatusCode::NOT_FOUND,
+            format!("no profile for {id} in space {space}"),
+        )
+    })
 }
 
 async fn external_ids(
     State(view): State<Arc<IdentityView>>,
-    Path((space, id)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
 ) -> Response {
-    match view.lookup(&space, &id) {
-        Some(p) => Json(serde_json::json!({
-            "profile_id": p.profile_id,
-            "data": p.external_ids,
-        }))
-        .into_response(),
-        None => not_found(format!("no profile for {id} in space {space}")),
+    match answer(&view, path) {
+        Ok(p) => Json(ExternalIdsView::from(p)).into_response(),
+        Err((status, what)) => error(status, what),
     }
 }
 
 async fn profile(
     State(view): State<Arc<IdentityView>>,
-    Path((space, id)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
 ) -> Response {
-    match view.lookup(&space, &id) {
-        Some(p) => Json(p).into_response(),
-        None => not_found(format!("no profile for {id} in space {space}")),
+    match answer(&view, path) {
+        Ok(p) => Json(p).into_response(),
+        Err((status, what)) => error(status, what),
     }
 }
 
@@ -186,6 +292,16 @@ async fn ready(State(view): State<Arc<IdentityView>>) -> Response {
     }
 }
 
+async fn unknown_endpoint(uri: axum::http::Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no endpoint {}; reads are /v1/spaces/{{space}}/collections/users/profiles/{{id}}[/external_ids]",
+            uri.path()
+        ),
+    )
+}
+
 /// The internal query interface (HTTP, JSON).
 pub fn router(view: Arc<IdentityView>) -> Router {
     Router::new()
@@ -198,6 +314,7 @@ pub fn router(view: Arc<IdentityView>) -> Router {
             get(profile),
         )
         .route("/readyz", get(ready))
+        .fallback(unknown_endpoint)
         .with_state(view)
 }
 
@@ -243,18 +360,63 @@ mod tests {
             )
             .unwrap();
         let v = view_of(&g);
-        let p = v.lookup("s", "anonymous_id:a1").unwrap();
+        v.set_caught_up();
+        let p = v.lookup("s", "anonymous_id:a1").unwrap().unwrap();
         assert_eq!(p.profile_id, second.profile_id());
         assert_eq!(p.external_ids.len(), 2);
         assert_eq!(
-            v.lookup("s", first.profile_id()).unwrap().profile_id,
+            v.lookup("s", first.profile_id())
+                .unwrap()
+                .unwrap()
+                .profile_id,
             second.profile_id()
         );
-        assert!(v.lookup("s", "user_id:nobody").is_none());
-        assert!(v.lookup("other", "anonymous_id:a1").is_none());
+        // Types match case-insensitively.
+        assert_eq!(
+            v.lookup("s", "Anonymous_ID:a1")
+                .unwrap()
+                .unwrap()
+                .profile_id,
+            second.profile_id()
+        );
+        assert_eq!(v.lookup("s", "user_id:nobody"), Ok(None));
+        assert_eq!(v.lookup("other", "anonymous_id:a1"), Ok(None));
+        assert_eq!(v.lookup("s", "use_0000000000000000000000"), Ok(None));
         // Tombstones remove.
         v.apply(&id_key("s", &Ident::new("anonymous_id", "a1")), None);
-        assert!(v.lookup("s", "anonymous_id:a1").is_none());
+        assert_eq!(v.lookup("s", "anonymous_id:a1"), Ok(None));
         let _ = g.alias("s", "x");
+    }
+
+    #[test]
+    fn ids_that_are_neither_type_value_nor_profile_ids_are_refused_with_a_reason() {
+        assert_eq!(
+            ProfileRef::parse("email:jane@example.com"),
+            Ok(ProfileRef::External(Ident::new(
+                "email",
+                "jane@example.com"
+            )))
+        );
+        // Only the first ':' separates; values may contain more.
+        assert_eq!(
+            ProfileRef::parse("ga_client_id:GA1.2:3"),
+            Ok(ProfileRef::External(Ident::new("ga_client_id", "GA1.2:3")))
+        );
+        assert_eq!(
+            ProfileRef::parse("use_3fQx9"),
+            Ok(ProfileRef::Profile("use_3fQx9".into()))
+        );
+        for (bad, says) in [
+            ("", "empty"),
+            ("  ", "empty"),
+            ("abc123", "neither type:value"),
+            (":abc", "no id type"),
+            ("user_id:", "no value"),
+            ("use_", "not a profile id"),
+            ("use_a-b", "not a profile id"),
+        ] {
+            let e = ProfileRef::parse(bad).unwrap_err();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
     }
 }
