@@ -3,13 +3,17 @@
 //! Order (ecosystem.md §1.6): the HTTP Basic username (password empty) wins; otherwise the body's
 //! `writeKey`; otherwise the request is rejected. A `Bearer` token (Segment OAuth) is not verified:
 //! the body's `writeKey` is used, as Segment does.
+//!
+//! Keys are held and compared as SHA-256 digests ([`KeyHash`], constant-time equality); the
+//! precedence of their origins is on [`WriteKeys`].
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
 
 use base64::Engine;
 
 use crate::error::IngestError;
+use crate::sources::{DefinedSource, KeyHash};
 
 /// Where a write key sends its messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,29 +24,141 @@ pub struct Source {
     pub key_id: String,
 }
 
-/// The configured write keys.
+/// The write keys the collector accepts, looked up by SHA-256 (no plaintext kept in memory).
+///
+/// Three layers, in order: the *fixed* keys (flags, environment, config file), then the keys of
+/// the sources in the `definitions` topic (updated live, see [`DefinedKeys`]), then the
+/// local-stack demo key, consulted only while nothing else is configured. A fixed key wins over
+/// a defined one with the same hash, so an operator's explicit configuration cannot be taken
+/// over by a record in the topic. Clones share the defined layer.
 #[derive(Debug, Clone, Default)]
 pub struct WriteKeys {
-    keys: HashMap<String, Arc<Source>>,
+    fixed: HashMap<KeyHash, Arc<Source>>,
+    defined: Arc<RwLock<DefinedKeys>>,
+    demo: Option<(KeyHash, Arc<Source>)>,
 }
 
 impl WriteKeys {
     pub fn new(entries: impl IntoIterator<Item = (String, Source)>) -> Self {
         WriteKeys {
-            keys: entries.into_iter().map(|(k, s)| (k, Arc::new(s))).collect(),
+            fixed: entries
+                .into_iter()
+                .map(|(k, s)| (KeyHash::of(&k), Arc::new(s)))
+                .collect(),
+            ..WriteKeys::default()
         }
     }
 
+    /// Only the demo key, and only while the definitions topic holds no source.
+    pub fn demo(key: &str, source: Source) -> Self {
+        WriteKeys {
+            demo: Some((KeyHash::of(key), Arc::new(source))),
+            ..WriteKeys::default()
+        }
+    }
+
+    /// Fixed keys (the demo key is not counted).
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.fixed.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.fixed.is_empty()
+    }
+
+    /// The live layer fed from the `definitions` topic.
+    pub fn defined(&self) -> &Arc<RwLock<DefinedKeys>> {
+        &self.defined
     }
 
     pub fn get(&self, key: &str) -> Option<Arc<Source>> {
-        self.keys.get(key).cloned()
+        let hash = KeyHash::of(key);
+        if let Some(s) = self.fixed.get(&hash) {
+            return Some(s.clone());
+        }
+        // A poisoned lock means a writer panicked mid-update: fail closed (401), not open.
+        let defined = self.defined.read().ok()?;
+        if let Some(s) = defined.get(&hash) {
+            return Some(s);
+        }
+        match &self.demo {
+            Some((h, s)) if defined.sources() == 0 && *h == hash => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether `hash` is a fixed key (shadows a defined one).
+    pub fn is_fixed(&self, hash: &KeyHash) -> bool {
+        self.fixed.contains_key(hash)
+    }
+}
+
+/// Write keys of the sources in the `definitions` topic, by definition key
+/// (`{space}/source/{id}`). When two sources carry the same key, the first definition key in
+/// order wins (deterministic on every collector).
+#[derive(Debug, Default)]
+pub struct DefinedKeys {
+    by_hash: HashMap<KeyHash, BTreeMap<String, Arc<Source>>>,
+    by_definition: HashMap<String, Vec<KeyHash>>,
+}
+
+impl DefinedKeys {
+    /// Replaces the keys of the source under `definition_key`.
+    pub fn upsert(&mut self, definition_key: &str, source: &DefinedSource) {
+        self.remove(definition_key);
+        let mut hashes = Vec::with_capacity(source.keys.len());
+        for (hash, key_id) in &source.keys {
+            let s = Arc::new(Source {
+                source_id: source.source_id.clone(),
+                space_id: source.space_id.clone(),
+                key_id: key_id.clone(),
+            });
+            self.by_hash
+                .entry(*hash)
+                .or_default()
+                .insert(definition_key.to_string(), s);
+            hashes.push(*hash);
+        }
+        self.by_definition
+            .insert(definition_key.to_string(), hashes);
+    }
+
+    /// Forgets the source under `definition_key` (deleted, or its new version is unreadable).
+    pub fn remove(&mut self, definition_key: &str) {
+        if let Some(hashes) = self.by_definition.remove(definition_key) {
+            for h in hashes {
+                if let Some(owners) = self.by_hash.get_mut(&h) {
+                    owners.remove(definition_key);
+                    if owners.is_empty() {
+                        self.by_hash.remove(&h);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn get(&self, hash: &KeyHash) -> Option<Arc<Source>> {
+        self.by_hash
+            .get(hash)
+            .and_then(|owners| owners.values().next().cloned())
+    }
+
+    /// Other definitions already holding `hash` (a conflict to warn about).
+    pub fn owners(&self, hash: &KeyHash) -> Vec<String> {
+        self.by_hash
+            .get(hash)
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Sources loaded (including ones with no keys).
+    pub fn sources(&self) -> usize {
+        self.by_definition.len()
+    }
+
+    /// Distinct key hashes loaded.
+    pub fn keys(&self) -> usize {
+        self.by_hash.len()
     }
 }
 
@@ -164,6 +280,81 @@ mod tests {
             resolve(&keys(), &none, Some("nope")).unwrap_err(),
             IngestError::InvalidWriteKey
         );
+    }
+
+    fn src(id: &str) -> Source {
+        Source {
+            source_id: id.into(),
+            space_id: "sp".into(),
+            key_id: id.into(),
+        }
+    }
+
+    fn defined(id: &str, keys: &[&str]) -> DefinedSource {
+        DefinedSource {
+            space_id: "acme".into(),
+            source_id: id.into(),
+            name: None,
+            keys: keys
+                .iter()
+                .map(|k| (KeyHash::of(k), format!("{id}-key")))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn defined_keys_follow_upserts_and_deletes() {
+        let keys = WriteKeys::new([("fixed".to_string(), src("cfg"))]);
+        let live = keys.clone();
+        assert!(keys.get("new").is_none());
+        live.defined()
+            .write()
+            .unwrap()
+            .upsert("acme/source/web", &defined("web", &["new", "fixed"]));
+        let s = keys.get("new").unwrap();
+        assert_eq!(
+            (s.source_id.as_str(), s.space_id.as_str(), s.key_id.as_str()),
+            ("web", "acme", "web-key")
+        );
+        // A fixed key wins over the same key in a definition.
+        assert_eq!(keys.get("fixed").unwrap().source_id, "cfg");
+        assert!(keys.is_fixed(&KeyHash::of("fixed")));
+        // A new version replaces the old keys (rotation).
+        live.defined()
+            .write()
+            .unwrap()
+            .upsert("acme/source/web", &defined("web", &["newer"]));
+        assert!(keys.get("new").is_none());
+        assert_eq!(keys.get("newer").unwrap().source_id, "web");
+        live.defined().write().unwrap().remove("acme/source/web");
+        assert!(keys.get("newer").is_none());
+        assert_eq!(keys.defined().read().unwrap().keys(), 0);
+    }
+
+    #[test]
+    fn shared_key_goes_to_the_first_definition_and_survives_one_delete() {
+        let keys = WriteKeys::default();
+        let mut d = keys.defined().write().unwrap();
+        d.upsert("acme/source/b", &defined("b", &["k"]));
+        d.upsert("acme/source/a", &defined("a", &["k"]));
+        assert_eq!(d.owners(&KeyHash::of("k")).len(), 2);
+        drop(d);
+        assert_eq!(keys.get("k").unwrap().source_id, "a");
+        keys.defined().write().unwrap().remove("acme/source/a");
+        assert_eq!(keys.get("k").unwrap().source_id, "b");
+    }
+
+    #[test]
+    fn demo_key_only_while_no_source_is_defined() {
+        let keys = WriteKeys::demo("corral-demo", src("demo"));
+        assert_eq!(keys.get("corral-demo").unwrap().source_id, "demo");
+        keys.defined()
+            .write()
+            .unwrap()
+            .upsert("acme/source/web", &defined("web", &[]));
+        assert!(keys.get("corral-demo").is_none());
+        keys.defined().write().unwrap().remove("acme/source/web");
+        assert!(keys.get("corral-demo").is_some());
     }
 
     #[test]

@@ -62,6 +62,13 @@ pub struct Args {
         value_name = "KEY=SOURCE[:SPACE]"
     )]
     pub write_keys: Vec<String>,
+    /// The definitions topic whose `source` records add write keys live
+    /// [default: <prefix>definitions].
+    #[arg(long, env = "CORRAL_COLLECTOR_DEFINITIONS_TOPIC")]
+    pub definitions_topic: Option<String>,
+    /// Accept only the configured write keys; do not follow the definitions topic.
+    #[arg(long, env = "CORRAL_COLLECTOR_NO_DEFINITIONS")]
+    pub no_definitions: bool,
     /// Peers whose X-Forwarded-For is believed (IP or CIDR; repeatable or comma-separated).
     #[arg(
         long = "trusted-proxy",
@@ -123,6 +130,7 @@ pub struct FileTopics {
     pub prefix: Option<String>,
     pub raw: Option<String>,
     pub dlq: Option<String>,
+    pub definitions: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,6 +165,8 @@ pub struct Config {
     pub kafka_properties: BTreeMap<String, String>,
     pub raw_topic: String,
     pub dlq_topic: String,
+    /// `None`: sources are not followed (`--no-definitions`).
+    pub definitions_topic: Option<String>,
     pub write_keys: WriteKeys,
     pub using_demo_key: bool,
     pub trusted_proxies: Vec<Cidr>,
@@ -221,6 +231,16 @@ impl Config {
             .or(file.topics.dlq)
             .unwrap_or_else(|| format!("{prefix}events.dlq"));
 
+        let definitions_topic = if args.no_definitions {
+            None
+        } else {
+            Some(
+                args.definitions_topic
+                    .or(file.topics.definitions)
+                    .unwrap_or_else(|| format!("{prefix}definitions")),
+            )
+        };
+
         let mut kafka_properties = file.kafka.properties;
         for p in &args.kafka {
             let (k, v) = p
@@ -252,11 +272,18 @@ impl Config {
                 .collect()
         } else {
             using_demo_key = true;
-            vec![parse_write_key(DEMO_WRITE_KEY)?]
+            Vec::new()
         };
-        if entries.is_empty() {
-            return Err(ConfigError::Invalid("no write keys configured".into()));
-        }
+        let write_keys = if using_demo_key {
+            let (k, s) = parse_write_key(DEMO_WRITE_KEY)?;
+            WriteKeys::demo(&k, s)
+        } else if entries.is_empty() && definitions_topic.is_none() {
+            return Err(ConfigError::Invalid(
+                "no write keys configured and --no-definitions given".into(),
+            ));
+        } else {
+            WriteKeys::new(entries)
+        };
 
         let trusted_proxies = args
             .trusted_proxies
@@ -306,7 +333,8 @@ impl Config {
             kafka_properties,
             raw_topic,
             dlq_topic,
-            write_keys: WriteKeys::new(entries),
+            definitions_topic,
+            write_keys,
             using_demo_key,
             trusted_proxies,
             limits,
@@ -333,6 +361,7 @@ mod tests {
         assert_eq!(c.kafka_bootstrap, "127.0.0.1:9092");
         assert_eq!(c.raw_topic, "corral.events.raw");
         assert_eq!(c.dlq_topic, "corral.events.dlq");
+        assert_eq!(c.definitions_topic.as_deref(), Some("corral.definitions"));
         let s = c.write_keys.get("corral-demo").unwrap();
         assert_eq!(
             (s.source_id.as_str(), s.space_id.as_str()),
@@ -361,15 +390,24 @@ mod tests {
         assert_eq!(c.dlq_topic, "dead");
         assert_eq!(c.write_keys.get("k1").unwrap().key_id, "web-2024");
         assert!(c.write_keys.get("corral-demo").is_none());
+        assert_eq!(c.definitions_topic.as_deref(), Some("x.definitions"));
         assert_eq!(c.limits.max_batch_messages, 10);
         assert_eq!(c.kafka_properties.get("linger.ms").unwrap(), "1");
         assert_eq!(c.kafka_properties.get("compression.type").unwrap(), "lz4");
 
-        let args = Args::parse_from(["c", "--write-key", "a=src", "--write-key", "b=src2:sp"]);
+        let args = Args::parse_from([
+            "c",
+            "--write-key",
+            "a=src",
+            "--write-key",
+            "b=src2:sp",
+            "--no-definitions",
+        ]);
         let c = Config::resolve(args, file).unwrap();
         assert_eq!(c.write_keys.len(), 2);
         assert_eq!(c.write_keys.get("a").unwrap().space_id, "default");
         assert_eq!(c.write_keys.get("b").unwrap().space_id, "sp");
+        assert_eq!(c.definitions_topic, None);
     }
 
     #[test]

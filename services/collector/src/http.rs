@@ -180,11 +180,12 @@ async fn ingest_request<S: Sink>(
     // A bad Basic key is rejected before the body is read.
     let header_cred =
         auth::header_credential(headers.get("authorization").and_then(|v| v.to_str().ok()))?;
-    if let auth::HeaderCredential::WriteKey(k) = &header_cred {
-        if app.keys.get(k).is_none() {
-            return Err(IngestError::InvalidWriteKey);
+    let header_source = match &header_cred {
+        auth::HeaderCredential::WriteKey(k) => {
+            Some(app.keys.get(k).ok_or(IngestError::InvalidWriteKey)?)
         }
-    }
+        auth::HeaderCredential::None => None,
+    };
     let limit = app.limits.max_request_bytes;
     let raw = read_body(body, headers, limit).await?;
     app.metrics.request_size.observe(raw.len() as f64);
@@ -196,7 +197,11 @@ async fn ingest_request<S: Sink>(
     let json = ingest::parse_body(&decoded)?;
     drop(decoded);
     let envelope = ingest::split(endpoint, json, &app.limits)?;
-    let source = auth::resolve(&app.keys, &header_cred, envelope.write_key.as_deref())?;
+    // The header's key was resolved above (one hash per request); else the body's.
+    let source = match header_source {
+        Some(s) => s,
+        None => auth::resolve(&app.keys, &header_cred, envelope.write_key.as_deref())?,
+    };
 
     let client_ip = peer.map(|p| {
         let xff = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());

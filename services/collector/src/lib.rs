@@ -3,13 +3,17 @@
 //! Layout (after vectordotdev/vector's sources): [`config`] (flags, env, file), [`error`] (typed
 //! errors and their HTTP answers), [`metrics`], the pure domain logic in [`auth`], [`ip`] and
 //! [`ingest`] (parsing, limits, batch merge, timestamps, dead letters), and the edges: [`http`]
-//! (axum) and [`sink`] (rdkafka). See `docs/collector.md`.
+//! (axum) and [`sink`] (rdkafka). [`sources`] is the `source` definition (file format, write-key
+//! hashing, the operations of `corralctl sources`); [`definitions`] follows the definitions topic
+//! so sources' keys work and stop working without a restart. See `docs/collector.md`.
 
 pub mod auth;
 pub mod config;
+pub mod definitions;
 pub mod error;
 pub mod http;
 pub mod ingest;
 pub mod ip;
 pub mod metrics;
 pub mod sink;
+pub mod sources;

@@ -4,12 +4,14 @@
 //! `corral.events.raw` on 127.0.0.1:9092 and accepts the write key `corral-demo`.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use corral_collector::config::{Args, Config};
+use corral_collector::definitions::{self, Follower};
 use corral_collector::http::{self, App};
 use corral_collector::metrics::Metrics;
 use corral_collector::sink::KafkaSink;
@@ -46,7 +48,7 @@ async fn shutdown_signal() {
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
     if cfg.using_demo_key {
-        tracing::warn!("no write keys configured: accepting the local-stack demo key corral-demo (source demo, space default)");
+        tracing::warn!("no write keys configured: accepting the local-stack demo key corral-demo (source demo, space default) while the definitions topic holds no source");
     }
     let reg = registry("collector");
     register_build_info(&reg, env!("CARGO_PKG_VERSION"))?;
@@ -67,22 +69,17 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
 
     // Readiness: probe Kafka until it answers and both topics exist, and again whenever a
     // client error marked it down. Requests are served either way (503 while Kafka is down).
+    // The same loop starts following the definitions topic once it exists, and holds readiness
+    // until its sources are loaded once (so a rolling restart never answers 401 for a key that
+    // the previous instance accepted).
     let probe_app = app.clone();
-    std::thread::Builder::new()
+    let follow_cfg = cfg.clone();
+    let follow_metrics = app.metrics.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let probe_stop = stop.clone();
+    let probe = std::thread::Builder::new()
         .name("kafka-probe".into())
-        .spawn(move || loop {
-            let health = probe_app.sink.health();
-            if !health.is_ready() {
-                match probe_app.sink.probe(Duration::from_secs(2)) {
-                    Ok(()) => {
-                        tracing::info!("Kafka reachable and topics present: ready");
-                        health.set_ready();
-                    }
-                    Err(why) => health.set_not_ready(why),
-                }
-            }
-            std::thread::sleep(Duration::from_secs(1));
-        })
+        .spawn(move || readiness_loop(&probe_app, &follow_cfg, &follow_metrics, &probe_stop))
         .context("starting the Kafka probe thread")?;
 
     let admin = admin_router(reg.clone(), health.clone());
@@ -119,5 +116,73 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || flush_app.sink.flush(Duration::from_secs(10)))
         .await
         .context("flushing")?;
+    stop.store(true, Ordering::SeqCst);
+    let _ = tokio::task::spawn_blocking(move || probe.join()).await;
     Ok(())
+}
+
+/// Probes Kafka, starts the definitions follower when its topic exists, and sets readiness:
+/// ready = Kafka answers, both topics exist, and (when the definitions topic exists) its
+/// sources were loaded once.
+fn readiness_loop(app: &App<KafkaSink>, cfg: &Config, metrics: &Metrics, stop: &AtomicBool) {
+    let health = app.sink.health().clone();
+    let gate = app.sink.ready_gate().clone();
+    let mut follower: Option<Follower> = None;
+    let mut announced_absent = false;
+    while !stop.load(Ordering::SeqCst) {
+        if let (Some(topic), None) = (&cfg.definitions_topic, &follower) {
+            match app.sink.topic_exists(topic, Duration::from_secs(2)) {
+                Ok(true) => {
+                    gate.store(false, Ordering::SeqCst);
+                    health.set_not_ready(format!("loading sources from {topic}"));
+                    match definitions::start(
+                        &cfg.kafka_bootstrap,
+                        &cfg.kafka_properties,
+                        topic,
+                        app.keys.clone(),
+                        metrics.clone(),
+                    ) {
+                        Ok(f) => {
+                            tracing::info!(topic, "following sources in the definitions topic");
+                            follower = Some(f);
+                        }
+                        Err(e) => {
+                            tracing::warn!(topic, error = %e, "cannot follow the definitions topic yet");
+                            gate.store(true, Ordering::SeqCst);
+                        }
+                    }
+                }
+                Ok(false) if !announced_absent => {
+                    announced_absent = true;
+                    tracing::warn!(topic, "definitions topic absent: accepting configured write keys only until it exists");
+                }
+                Ok(false) | Err(_) => {}
+            }
+        }
+        let loading = match &follower {
+            Some(f) if f.caught_up() => {
+                if !gate.swap(true, Ordering::SeqCst) {
+                    metrics.definitions_loaded.set(1);
+                }
+                false
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if !health.is_ready() && !loading {
+            match app.sink.probe(Duration::from_secs(2)) {
+                Ok(()) => {
+                    tracing::info!("Kafka reachable, topics present, sources loaded: ready");
+                    health.set_ready();
+                }
+                Err(why) => health.set_not_ready(why),
+            }
+        }
+        // Short sleeps while not ready, so readiness follows promptly.
+        let pause = if health.is_ready() { 1000 } else { 100 };
+        std::thread::sleep(Duration::from_millis(pause));
+    }
+    if let Some(f) = follower {
+        f.stop();
+    }
 }

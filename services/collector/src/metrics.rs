@@ -4,8 +4,8 @@
 //! error.
 
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
-    Registry,
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry,
 };
 
 #[derive(Clone)]
@@ -26,6 +26,15 @@ pub struct Metrics {
     pub produce_errors: IntCounterVec,
     /// `corral_collector_kafka_write_duration_seconds`: from enqueue to the last acknowledgement
     pub kafka_write_duration: Histogram,
+    /// `corral_collector_definition_records_total{outcome}`: records of the definitions topic;
+    /// outcome = applied | deleted | invalid | undecodable | ignored
+    pub definition_records: IntCounterVec,
+    /// `corral_collector_definition_sources`: sources loaded from the definitions topic
+    pub definition_sources: IntGauge,
+    /// `corral_collector_definition_write_keys`: distinct write keys loaded from it
+    pub definition_keys: IntGauge,
+    /// `corral_collector_definitions_loaded`: 1 once the topic was read to its end
+    pub definitions_loaded: IntGauge,
 }
 
 impl Metrics {
@@ -85,6 +94,29 @@ impl Metrics {
             )
             .buckets(latency_buckets),
         )?;
+        let definition_records = IntCounterVec::new(
+            Opts::new(
+                "collector_definition_records_total",
+                "Records read from the definitions topic, by outcome (applied, deleted, invalid, undecodable: source records; ignored: other kinds).",
+            ),
+            &["outcome"],
+        )?;
+        let definition_sources = IntGauge::with_opts(Opts::new(
+            "collector_definition_sources",
+            "Sources loaded from the definitions topic.",
+        ))?;
+        let definition_keys = IntGauge::with_opts(Opts::new(
+            "collector_definition_write_keys",
+            "Distinct write keys loaded from the definitions topic.",
+        ))?;
+        let definitions_loaded = IntGauge::with_opts(Opts::new(
+            "collector_definitions_loaded",
+            "1 once the definitions topic was read to its end (0 while loading or absent).",
+        ))?;
+        registry.register(Box::new(definition_records.clone()))?;
+        registry.register(Box::new(definition_sources.clone()))?;
+        registry.register(Box::new(definition_keys.clone()))?;
+        registry.register(Box::new(definitions_loaded.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(request_size.clone()))?;
@@ -102,6 +134,10 @@ impl Metrics {
             client_retries,
             produce_errors,
             kafka_write_duration,
+            definition_records,
+            definition_sources,
+            definition_keys,
+            definitions_loaded,
         })
     }
 }

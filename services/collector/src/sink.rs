@@ -1,6 +1,7 @@
 //! The Kafka edge: writes a request's records and waits until Kafka acknowledged every one.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -79,6 +80,9 @@ pub struct KafkaSink {
     raw_topic: String,
     dlq_topic: String,
     health: Arc<Health>,
+    /// False while something other than Kafka keeps the service unready (definitions loading):
+    /// a successful write then must not mark it ready.
+    ready_gate: Arc<AtomicBool>,
 }
 
 impl KafkaSink {
@@ -105,6 +109,7 @@ impl KafkaSink {
             raw_topic: cfg.raw_topic.clone(),
             dlq_topic: cfg.dlq_topic.clone(),
             health,
+            ready_gate: Arc::new(AtomicBool::new(true)),
         })
     }
 
@@ -130,6 +135,24 @@ impl KafkaSink {
 
     pub fn health(&self) -> &Arc<Health> {
         &self.health
+    }
+
+    /// See the field; the readiness loop in `main` holds it false while definitions load.
+    pub fn ready_gate(&self) -> &Arc<AtomicBool> {
+        &self.ready_gate
+    }
+
+    /// Whether `topic` exists (`Err`: the broker did not answer). Blocking.
+    pub fn topic_exists(&self, topic: &str, timeout: Duration) -> Result<bool, String> {
+        let md = self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| format!("Kafka metadata: {e}"))?;
+        Ok(md
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))
     }
 
     /// Waits for outstanding deliveries (shutdown).
@@ -181,7 +204,7 @@ impl Sink for KafkaSink {
         }
         match first_err {
             None => {
-                if !self.health.is_ready() {
+                if !self.health.is_ready() && self.ready_gate.load(Ordering::SeqCst) {
                     self.health.set_ready();
                 }
                 Ok(())

@@ -11,10 +11,12 @@
 //!   `audiences.rs` and `corral_compute::admin`).
 //! - `corralctl destinations validate|apply FILE` and `corralctl replay deliveries`: fanout
 //!   destinations (see `destinations.rs` and the `corral-fanout` crate).
+//! - `corralctl sources apply|list|delete`: sources and write keys (see `sources.rs`).
 
 mod audiences;
 mod destinations;
 mod plans;
+mod sources;
 mod tail;
 
 use std::collections::BTreeMap;
@@ -69,6 +71,11 @@ enum Command {
         #[command(subcommand)]
         action: audiences::AudiencesAction,
     },
+    /// Sources and their write keys in the definitions topic (collector).
+    Sources {
+        #[command(subcommand)]
+        action: sources::SourcesAction,
+    },
     /// Replay quarantined messages.
     Replay {
         #[command(subcommand)]
@@ -100,6 +107,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Tail(args) => tail::tail(&cli.bootstrap, args).map(|()| ExitCode::SUCCESS),
         Command::Plans { action } => plans::plans(&cli.bootstrap, action),
         Command::Audiences { action } => audiences::audiences(&cli.bootstrap, action),
+        Command::Sources { action } => sources::sources(&cli.bootstrap, action),
         Command::Replay { action } => destinations::replay(&cli.bootstrap, action),
         Command::Destinations { action } => destinations::destinations(&cli.bootstrap, action),
         Command::Topics {

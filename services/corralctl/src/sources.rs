@@ -1,0 +1,110 @@
+//! `corralctl sources apply|list|delete`: sources and their write keys in the `definitions`
+//! topic, followed live by the collector. The file format, hashing and operations live in
+//! `corral_collector::sources` (the same code the collector reads with and its tests call).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use corral_collector::sources::{self, DefinitionsTopic, SourcesError};
+
+#[derive(Args)]
+pub struct Where {
+    #[arg(long, env = "CORRAL_TOPIC_PREFIX", default_value = "corral.")]
+    prefix: String,
+    /// Full name of the definitions topic (default: prefix + `definitions`).
+    #[arg(long)]
+    topic: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum SourcesAction {
+    /// Validate FILE (refused on any error; `env:NAME` keys read from the environment) and
+    /// write every changed source as a new version, storing only SHA-256 hashes of its keys.
+    Apply {
+        file: PathBuf,
+        #[command(flatten)]
+        at: Where,
+        /// Recorded as `updated_by`.
+        #[arg(long, env = "USER")]
+        by: Option<String>,
+    },
+    /// Current sources with their versions and write-key ids (never the keys).
+    List {
+        /// Only this space (default: every space).
+        #[arg(long, env = "CORRAL_SPACE")]
+        space: Option<String>,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Delete a source (tombstone): collectors stop accepting its write keys.
+    Delete {
+        source: String,
+        #[arg(long, env = "CORRAL_SPACE", default_value = "default")]
+        space: String,
+        #[command(flatten)]
+        at: Where,
+    },
+}
+
+fn topic(bootstrap: &str, w: Where) -> DefinitionsTopic {
+    DefinitionsTopic {
+        bootstrap: bootstrap.to_string(),
+        kafka: BTreeMap::new(),
+        topic: w
+            .topic
+            .unwrap_or_else(|| format!("{}definitions", w.prefix)),
+    }
+}
+
+pub fn sources(bootstrap: &str, action: SourcesAction) -> anyhow::Result<ExitCode> {
+    match action {
+        SourcesAction::Apply { file, at, by } => {
+            match sources::apply_file(&topic(bootstrap, at), &file, by) {
+                Ok(lines) => {
+                    for l in lines {
+                        println!("{l}");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e @ (SourcesError::Invalid { .. } | SourcesError::Parse { .. })) => {
+                    println!("{e}");
+                    println!("nothing applied");
+                    Ok(ExitCode::from(1))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        SourcesAction::List { space, at } => {
+            for s in sources::list(&topic(bootstrap, at), space.as_deref())? {
+                let keys = match &s.key_ids {
+                    Some(ids) => ids.join(","),
+                    None => "(unreadable body)".into(),
+                };
+                println!(
+                    "{:<12} {:<24} v{:<4} {:<24} keys={}",
+                    s.space_id,
+                    s.id,
+                    s.version,
+                    s.name.as_deref().unwrap_or("-"),
+                    keys
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SourcesAction::Delete { source, space, at } => {
+            match sources::delete(&topic(bootstrap, at), &space, &source) {
+                Ok(()) => {
+                    println!("deleted source {source} in space {space}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e @ SourcesError::NotFound { .. }) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::from(1))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
