@@ -11,10 +11,13 @@
 //!   `audiences.rs` and `corral_compute::admin`).
 //! - `corralctl destinations validate|apply FILE` and `corralctl replay deliveries`: fanout
 //!   destinations (see `destinations.rs` and the `corral-fanout` crate).
+//! - `corralctl identity lookup TYPE:VALUE` and `corralctl identity show PROFILE_ID`: profiles
+//!   from identity's query interface (see `identity.rs` and `corral_identity::client`).
 //! - `corralctl sources apply|list|delete`: sources and write keys (see `sources.rs`).
 
 mod audiences;
 mod destinations;
+mod identity;
 mod plans;
 mod sources;
 mod tail;
@@ -76,6 +79,8 @@ enum Command {
         #[command(subcommand)]
         action: sources::SourcesAction,
     },
+    /// Profiles from identity's query interface: the profile of an external id, a profile's ids.
+    Identity(identity::IdentityArgs),
     /// Replay quarantined messages.
     Replay {
         #[command(subcommand)]
@@ -108,6 +113,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Plans { action } => plans::plans(&cli.bootstrap, action),
         Command::Audiences { action } => audiences::audiences(&cli.bootstrap, action),
         Command::Sources { action } => sources::sources(&cli.bootstrap, action),
+        Command::Identity(args) => identity::identity(args),
         Command::Replay { action } => destinations::replay(&cli.bootstrap, action),
         Command::Destinations { action } => destinations::destinations(&cli.bootstrap, action),
         Command::Topics {
