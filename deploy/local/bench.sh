@@ -18,6 +18,8 @@ out="$root/.run/bench/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"
 log() { echo "bench.sh: $*" >&2; }
 want() { [[ " $parts " == *" $1 "* ]]; }
+# Criterion's progress lines end in carriage returns; keep each benchmark's name and time.
+criterion_summary() { tr '\r' '\n' | grep -vE '^(Benchmarking|Gnuplot|\s*$|\s*(Compiling|Finished|Running))' | grep -E '^[[:alnum:]_/ -]+$|time:'; }
 
 {
   echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -40,8 +42,8 @@ fi
 
 if want criterion; then
   log "criterion: codec and query"
-  cargo bench -p corral-codec 2>&1 | grep -E '^[a-zA-Z].*|time:' | tee "$out/criterion-codec.txt"
-  cargo bench -p corral-query 2>&1 | grep -E '^[a-zA-Z].*|time:' | tee "$out/criterion-query.txt"
+  cargo bench -p corral-codec 2>&1 | criterion_summary | tee "$out/criterion-codec.txt"
+  cargo bench -p corral-query 2>&1 | criterion_summary | tee "$out/criterion-query.txt"
 fi
 
 if want collector; then
@@ -52,7 +54,7 @@ fi
 
 if want validator; then
   log "validator: validation per event (criterion) and pipeline throughput"
-  cargo bench -p corral-validator --bench validate 2>&1 | grep -E '^[a-zA-Z].*|time:' | tee "$out/validator-criterion.txt"
+  cargo bench -p corral-validator --bench validate 2>&1 | criterion_summary | tee "$out/validator-criterion.txt"
   VALIDATOR_BENCH_N="${VALIDATOR_BENCH_N:-100000}" cargo test -p corral-validator --release --test pipeline \
     -- --ignored --nocapture throughput 2>&1 | grep -E 'throughput' | tee "$out/validator-pipeline.txt"
 fi

@@ -820,7 +820,9 @@ fn build_engine(setup: &ThreadSetup) -> Result<Engine, RuntimeError> {
     rc.set("group.id", format!("{}-restore", cfg.application_id))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // Restores switch partitions often; a parked fetch (default up to 500 ms) would delay each switch.
+        .set("fetch.wait.max.ms", "20");
     let restore_consumer: BaseConsumer = rc.create().map_err(kafka("create restore consumer"))?;
 
     let dir = cfg
