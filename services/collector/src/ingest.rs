@@ -82,7 +82,7 @@ pub fn split(endpoint: Endpoint, body: Json, limits: &Limits) -> Result<Envelope
     };
     match endpoint {
         Endpoint::Single(t) => {
-            let size = json_size(&Json::Object(map.clone()));
+            let size = json_size(&map);
             if size > limits.max_message_bytes {
                 return Err(IngestError::MessageTooLarge {
                     index: 0,
@@ -142,7 +142,7 @@ pub fn split(endpoint: Endpoint, body: Json, limits: &Limits) -> Result<Envelope
 }
 
 /// Size of the compact JSON text of `v`, without allocating it.
-pub fn json_size(v: &Json) -> usize {
+pub fn json_size(v: &(impl serde::Serialize + ?Sized)) -> usize {
     struct Count(usize);
     impl Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -402,6 +402,12 @@ pub fn normalize(
             DeadReason::MissingPreviousId,
             "an alias call needs a previousId".to_string(),
         )),
+        // from_segment_json refuses a non-string messageId; checked here so that the message
+        // can be moved into it (no copy kept for an error path).
+        Some(_) if !matches!(map.get("messageId"), Some(Json::String(_))) => Some((
+            DeadReason::InvalidMessage,
+            "messageId must be a string".to_string(),
+        )),
         Some(_) => None,
     };
     if let Some((reason, error)) = check {
@@ -409,8 +415,7 @@ pub fn normalize(
         return dead(reason, error, message_id, message_type, payload);
     }
 
-    let json = Json::Object(map);
-    match SegmentMessage::from_segment_json(rcpt.space_id, json.clone()) {
+    match SegmentMessage::from_segment_json(rcpt.space_id, Json::Object(map)) {
         Ok(mut msg) => {
             msg.source_id = Some(rcpt.source_id.to_string());
             msg.write_key_id = Some(rcpt.key_id.to_string());
@@ -419,7 +424,13 @@ pub fn normalize(
             Normalized::Accepted(Box::new(msg))
         }
         Err(e) => {
-            let payload = serde_json::to_vec(&json).unwrap_or_default();
+            // Unreachable after the checks above (type and messageId are what it refuses); the
+            // message was moved, so the dead letter carries what identifies it.
+            let payload = serde_json::to_vec(&serde_json::json!({
+                "messageId": message_id,
+                "type": message_type.map(|t| t.as_str()),
+            }))
+            .unwrap_or_default();
             dead(
                 DeadReason::InvalidMessage,
                 e.to_string(),
