@@ -55,11 +55,25 @@ fn kafka(during: &'static str) -> impl FnOnce(KafkaError) -> RuntimeError {
     move |source| RuntimeError::Kafka { during, source }
 }
 
+/// The readers ask for end-of-partition events to know when they caught up; librdkafka also
+/// reports them as client errors, which the default context would log at ERROR level.
+struct QuietEof;
+
+impl rdkafka::ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!(%error, reason, "librdkafka error in the definitions reader");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietEof {}
+
 fn reader(
     bootstrap: &str,
     kafka_cfg: &BTreeMap<String, String>,
     topic: &str,
-) -> Result<(BaseConsumer, i32), RuntimeError> {
+) -> Result<(BaseConsumer<QuietEof>, i32), RuntimeError> {
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", bootstrap)
         // Never joins the group (partitions are assigned by hand); librdkafka still wants an id.
@@ -70,8 +84,8 @@ fn reader(
     for (k, v) in kafka_cfg {
         cc.set(k, v);
     }
-    let c: BaseConsumer = cc
-        .create()
+    let c: BaseConsumer<QuietEof> = cc
+        .create_with_context(QuietEof)
         .map_err(kafka("creating the definitions reader"))?;
     let md = c
         .fetch_metadata(Some(topic), Duration::from_secs(10))
