@@ -419,4 +419,30 @@ mod tests {
             assert!(e.contains(says), "{bad:?}: {e}");
         }
     }
+
+    #[test]
+    fn answers_wait_for_the_load_then_say_400_404_or_the_profile() {
+        let rules = Rules::default();
+        let mut g = MemGraph::default();
+        g.resolve(&rules, "s", &[Ident::new("user_id", "u1")], 1)
+            .unwrap();
+        let v = view_of(&g);
+        let ask = |id: &str| answer(&v, Ok(Path(("s".to_string(), id.to_string()))));
+        // Malformed ids are refused even while loading; known ones are not "unknown" yet.
+        assert_eq!(ask("u1").unwrap_err().0, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            ask("user_id:u1").unwrap_err().0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        v.set_caught_up();
+        assert_eq!(ask("user_id:u1").unwrap().external_ids.len(), 1);
+        let (status, msg) = ask("user_id:u2").unwrap_err();
+        assert_eq!(
+            (status, msg.as_str()),
+            (
+                StatusCode::NOT_FOUND,
+                "no profile for user_id:u2 in space s"
+            )
+        );
+    }
 }
