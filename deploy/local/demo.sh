@@ -58,6 +58,7 @@ fi
 say "Load the examples: tracking plan, audiences and computed traits, destinations"
 "$ctl" plans apply examples/tracking-plan.yaml
 "$ctl" audiences apply examples/definitions.yaml | tail -n 4
+deploy/local/kafka.sh topics-cli --create --if-not-exists --topic corral.destinations.demo --partitions 6 >/dev/null
 "$ctl" destinations apply deploy/local/demo-destinations.yaml
 sleep "${DEMO_SETTLE_SECONDS:-2}" # the services pick definitions up from the compacted topic
 

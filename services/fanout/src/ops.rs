@@ -73,6 +73,30 @@ fn now_ms() -> i64 {
 }
 
 /// Writes every destination of `path` whose body changed to the definitions topic.
+/// Fanout writes to a Kafka destination inside its transaction, and the broker does not create
+/// topics: a destination whose topic is missing would fail every commit. Refuse it up front.
+fn check_kafka_targets(bootstrap: &str, file: &DestinationsFile) -> Result<(), OpsError> {
+    let topics: Vec<(&str, &str)> = file
+        .destinations
+        .iter()
+        .filter(|d| d.dest_type == crate::destination::DestinationType::Kafka)
+        .filter_map(|d| Some((d.key.as_str(), d.topic.as_deref()?)))
+        .collect();
+    if topics.is_empty() {
+        return Ok(());
+    }
+    let admin = corral_runtime::topics::TopicAdmin::connect(bootstrap, &BTreeMap::new())?;
+    for (key, topic) in topics {
+        if admin.partitions(topic)?.is_none() {
+            return Err(OpsError::Invalid(format!(
+                "destination {key} writes to Kafka topic {topic}, which does not exist; create it first \
+                 (fanout produces inside its transaction, so a missing topic would fail every commit)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub fn apply_destinations(
     bootstrap: &str,
     definitions_topic: &str,
@@ -81,6 +105,7 @@ pub fn apply_destinations(
 ) -> Result<Vec<Applied>, OpsError> {
     let file = load_file(path)?;
     let cfg = BTreeMap::new();
+    check_kafka_targets(bootstrap, &file)?;
     let current = read_all(bootstrap, &cfg, definitions_topic, Duration::from_secs(30))?;
     let mut out = Vec::new();
     for spec in &file.destinations {

@@ -594,6 +594,16 @@ fn destinations_from_the_definitions_topic_and_replay_of_dead_letters() {
             version: 1
         }]
     );
+    // A Kafka destination whose topic does not exist would fail every transaction: refused.
+    let missing = s.dir.path().join("missing.yaml");
+    let absent_topic = s.topic("no.such.topic");
+    std::fs::write(
+        &missing,
+        format!("destinations:\n  - key: feed\n    type: kafka\n    topic: {absent_topic}\n    connections: [{{audience: a, mode: identify}}]\n"),
+    )
+    .unwrap();
+    let err = apply_destinations(&bootstrap(), &definitions, &missing, None).unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
     let svc = s.spawn_with(&[], &[]);
     s.membership(&[change("p1", "a", true, T0, ids("u1", &[]))]);
     let dlq = read_committed(&s.topic("deliveries.dlq"), 1, Duration::from_secs(60));
