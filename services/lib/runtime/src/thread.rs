@@ -25,7 +25,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
+};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
@@ -73,6 +75,13 @@ impl ProducerContext for DeliveryTracker {
                     }
                 }
             }
+            // Purged on purpose before an abort: the abort already says why.
+            Err((
+                KafkaError::MessageProduction(
+                    RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight,
+                ),
+                _,
+            )) => {}
             // The transaction becomes abortable; commit_transaction reports it.
             Err((e, msg)) => warn!(topic = msg.topic(), error = %e, "record not delivered"),
         }
@@ -548,6 +557,14 @@ impl Engine {
     fn abort(&mut self) {
         if self.txn_open {
             let producer = &self.producer;
+            // abort_transaction waits until every outstanding message is gone, but with
+            // rust-rdkafka's event API their delivery reports are only served by polling (its
+            // commit_transaction flushes first; abort does not). Purge and serve them here, or an
+            // abort with records in flight hangs for the whole timeout.
+            producer.purge(PurgeConfig::default().queue().inflight());
+            if let Err(e) = producer.flush(Duration::from_secs(5)) {
+                debug!(error = %e, "serving delivery reports before the abort");
+            }
             if let Err((action, e)) = self.txn_call("abort_transaction", || {
                 producer.abort_transaction(TXN_CALL_TIMEOUT)
             }) {
