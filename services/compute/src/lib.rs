@@ -3,13 +3,16 @@
 //! Real-time computed traits and audiences. The pure incremental engine ([`engine`]) keeps the
 //! smallest per-profile state per planned leaf ([`state`], [`agg`]) and re-evaluates on every
 //! event, identify, merge and timer, returning a change only where a result differs. The
-//! service wiring on the stream runtime lives in the binary. See docs/compute.md.
+//! service wiring on the stream runtime lives in the binary; [`query`] is the read-only profile
+//! interface (`--query`) and [`client`] its client. See docs/compute.md.
 
 pub mod admin;
 pub mod agg;
 pub mod backfill;
+pub mod client;
 pub mod engine;
 pub mod metrics;
+pub mod query;
 pub mod service;
 pub mod state;
 pub mod value;

@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::Parser;
 use corral_compute::backfill::{Backfiller, ReaderMetrics};
 use corral_compute::metrics::Metrics;
+use corral_compute::query::{self, spawn_follower, ProfilesView, QueryState};
 use corral_compute::service::{
     Clock, ComputeProcessor, Definitions, FileOffsetClock, Topics, WallClock, STORES,
 };
@@ -19,7 +20,7 @@ use corral_compute::EngineConfig;
 use corral_runtime::definitions::{follow, DefinitionEvent};
 use corral_runtime::topics::{CleanupPolicy, DesiredTopic, TopicAdmin};
 use corral_runtime::{RuntimeConfig, StoreSpec, StreamRuntime};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 #[derive(Parser, Debug)]
 #[command(name = "corral-compute", version, about = "Corral's compute service")]
@@ -66,6 +67,9 @@ struct Args {
     allowed_lateness_hours: i64,
     #[arg(long, env = "CORRAL_ADMIN_ADDR")]
     admin: Option<SocketAddr>,
+    /// Read-only profile queries (HTTP JSON, `corralctl profile show`); none when absent.
+    #[arg(long, env = "CORRAL_COMPUTE_QUERY_ADDR")]
+    query: Option<SocketAddr>,
     /// Test-only crash injection, e.g. `after_commit@3`.
     #[arg(long, env = "CORRAL_FAULT")]
     fault: Option<String>,
@@ -114,6 +118,7 @@ fn main() -> anyhow::Result<()> {
     cfg.admin_addr = args.admin;
     cfg.fault = args.fault.as_deref().map(str::parse).transpose()?;
     let kafka_extra = cfg.kafka.clone();
+    let profiles_changelog = cfg.changelog_topic(STORES[0]);
 
     // The merge hand-over topic is compute's own: same partitioning as events.resolved.
     let admin =
@@ -191,6 +196,26 @@ fn main() -> anyhow::Result<()> {
     };
     let (active, rejected) = defs.counts();
     info!(active, rejected, input = %topics.resolved, "computing");
+    let mut edges = Vec::new();
+    if let Some(addr) = args.query {
+        let view = ProfilesView::new();
+        edges.push(
+            spawn_follower(
+                &args.bootstrap,
+                &kafka_extra,
+                profiles_changelog,
+                &format!("{}-query-{}", args.app, args.instance),
+                view.clone(),
+                reader_stop.clone(),
+            )
+            .context("starting the profiles view")?,
+        );
+        let state = QueryState {
+            view,
+            definitions: defs.clone(),
+        };
+        edges.push(spawn_query_server(addr, state, reader_stop.clone())?);
+    }
     let backfiller = Backfiller::new(
         &args.bootstrap,
         &kafka_extra,
@@ -208,5 +233,54 @@ fn main() -> anyhow::Result<()> {
     });
     reader_stop.store(true, Ordering::SeqCst);
     let _ = reader.join();
+    for e in edges {
+        let _ = e.join();
+    }
     result.context("compute stopped")
+}
+
+/// Serves [`query::router`] on its own single-threaded tokio runtime until `stop`.
+fn spawn_query_server(
+    addr: SocketAddr,
+    state: QueryState,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+    listener.set_nonblocking(true)?;
+    std::thread::Builder::new()
+        .name("query".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    error!(error = %e, "cannot start the query runtime");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        error!(error = %e, "query listener");
+                        return;
+                    }
+                };
+                info!(%addr, "serving profile queries");
+                let stopped = async move {
+                    while !stop.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                };
+                if let Err(e) = axum::serve(listener, query::router(state))
+                    .with_graceful_shutdown(stopped)
+                    .await
+                {
+                    error!(error = %e, "query server failed");
+                }
+            });
+        })
+        .context("starting the query server")
 }

@@ -13,12 +13,15 @@
 //!   destinations (see `destinations.rs` and the `corral-fanout` crate).
 //! - `corralctl identity lookup TYPE:VALUE` and `corralctl identity show PROFILE_ID`: profiles
 //!   from identity's query interface (see `identity.rs` and `corral_identity::client`).
+//! - `corralctl profile show TYPE:VALUE`: traits, computed traits, audiences and external ids
+//!   from identity's and compute's query interfaces (see `profile.rs`).
 //! - `corralctl sources apply|list|delete`: sources and write keys (see `sources.rs`).
 
 mod audiences;
 mod destinations;
 mod identity;
 mod plans;
+mod profile;
 mod sources;
 mod tail;
 
@@ -81,6 +84,8 @@ enum Command {
     },
     /// Profiles from identity's query interface: the profile of an external id, a profile's ids.
     Identity(identity::IdentityArgs),
+    /// A profile's traits, computed traits, audiences and external ids (identity + compute).
+    Profile(profile::ProfileArgs),
     /// Replay quarantined messages.
     Replay {
         #[command(subcommand)]
@@ -114,6 +119,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Audiences { action } => audiences::audiences(&cli.bootstrap, action),
         Command::Sources { action } => sources::sources(&cli.bootstrap, action),
         Command::Identity(args) => identity::identity(args),
+        Command::Profile(args) => profile::profile(args),
         Command::Replay { action } => destinations::replay(&cli.bootstrap, action),
         Command::Destinations { action } => destinations::destinations(&cli.bootstrap, action),
         Command::Topics {
