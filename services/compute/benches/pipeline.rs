@@ -1,0 +1,411 @@
+//! Compute through the real broker (`deploy/local`), the two figures the compute issue asks for
+//! that the in-process `compute-bench` cannot give:
+//!
+//! - latency: events enter `events.resolved` at a fixed rate (default 5 000/s for 15 s) with the
+//!   example definitions; each profile's first event (`Product Viewed` above $100) makes it enter
+//!   `viewed_expensive_not_bought`, its second changes nothing. The figure is the time from the
+//!   producer's send to the membership change being readable with `read_committed` (reader with
+//!   `fetch.wait.max.ms=10`), matched by the change's trigger message id; commit interval 100 ms.
+//! - backfill: N events (default 100 000, 5 per profile) are processed live, then an audience over
+//!   them with `include_historical_data: true` is applied (`corral_compute::admin::apply_text`);
+//!   the figure is the time from the apply until every profile's `entered` is committed.
+//!
+//! `cargo bench -p corral-compute --bench pipeline`; `COMPUTE_BENCH_RATE`,
+//! `COMPUTE_BENCH_SECONDS`, `COMPUTE_BENCH_BACKFILL_EVENTS` scale it. Bounded: every wait has a
+//! deadline; loopback only.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use corral_codec::{
+    AvroRecord, ExternalId, MembershipChange, MessageType, ResolvedEvent, SegmentMessage,
+};
+use corral_compute::admin::{self, DefinitionsTopic};
+use corral_runtime::topics::CleanupPolicy;
+use corral_tests::{assign_from_beginning, bootstrap, create_topic, produce, unique, Service};
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_corral-compute");
+const EXAMPLES: &str = include_str!("../../../examples/definitions.yaml");
+const SPACE: &str = "bench";
+const PARTITIONS: i32 = 3;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Topics and a running compute for one figure.
+struct Stack {
+    resolved: String,
+    membership: String,
+    defs: DefinitionsTopic,
+    _state: tempfile::TempDir,
+    svc: Service,
+}
+
+impl Stack {
+    /// Creates the topics, applies `definitions` and starts compute.
+    fn start(name: &str, definitions: &str) -> Stack {
+        let app = unique(name);
+        let t = |n: &str| format!("{app}.{n}");
+        for n in [
+            "events.resolved",
+            "profiles.merges",
+            "audiences.membership",
+            "traits.changes",
+        ] {
+            create_topic(&t(n), PARTITIONS, CleanupPolicy::Delete);
+        }
+        create_topic(&t("events.dlq"), 1, CleanupPolicy::Delete);
+        create_topic(&t("definitions"), 1, CleanupPolicy::Compact);
+        let defs = DefinitionsTopic {
+            bootstrap: bootstrap(),
+            kafka: BTreeMap::new(),
+            topic: t("definitions"),
+            space: SPACE.into(),
+        };
+        admin::apply_text(&defs, definitions, "bench.yaml", Some("bench".into())).unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let args: Vec<String> = [
+            ("--bootstrap", bootstrap()),
+            ("--app", app.clone()),
+            ("--instance", "0".into()),
+            ("--resolved-topic", t("events.resolved")),
+            ("--merges-topic", t("profiles.merges")),
+            ("--merge-state-topic", t("compute.merge-state")),
+            ("--backfill-topic", t("compute.backfill")),
+            ("--membership-topic", t("audiences.membership")),
+            ("--traits-topic", t("traits.changes")),
+            ("--definitions-topic", t("definitions")),
+            ("--dlq-topic", t("events.dlq")),
+            ("--state-dir", state.path().to_str().unwrap().to_string()),
+            ("--commit-interval-ms", "100".into()),
+        ]
+        .into_iter()
+        .flat_map(|(k, v)| [k.to_string(), v])
+        .collect();
+        let svc = Service::spawn("compute", BIN, &args, &[]);
+        Stack {
+            resolved: t("events.resolved"),
+            membership: t("audiences.membership"),
+            defs,
+            _state: state,
+            svc,
+        }
+    }
+}
+
+fn iso(ms: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+        .unwrap()
+        .to_rfc3339()
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn event(profile: &str, id: &str, name: &str, props: Value, at: i64) -> (Vec<u8>, Vec<u8>) {
+    let mut m = SegmentMessage::new(SPACE, MessageType::Track, id);
+    m.user_id = Some(profile.to_string());
+    m.event = Some(name.into());
+    m.properties = Some(props);
+    m.timestamp = Some(iso(at));
+    let ev = ResolvedEvent {
+        message: m,
+        profile_id: profile.to_string(),
+        external_ids: vec![ExternalId {
+            id_type: "user_id".into(),
+            id: profile.to_string(),
+            collection: Some("users".into()),
+        }],
+        resolved_at_ms: at,
+    };
+    (profile.as_bytes().to_vec(), ev.encode().unwrap())
+}
+
+/// A committed-only reader of the membership topic that does not add its own wait.
+fn membership_reader(topic: &str) -> BaseConsumer {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", unique("bench-reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .unwrap();
+    assign_from_beginning(&c, topic);
+    c
+}
+
+/// Polls `c` until `done` says so or the deadline passes; calls `f` per change with the
+/// instant it was read.
+fn read_changes(
+    c: &BaseConsumer,
+    deadline: Instant,
+    mut f: impl FnMut(MembershipChange, Instant) -> bool,
+) -> bool {
+    while Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(20)) {
+            let at = Instant::now();
+            if let Some(v) = m.payload() {
+                if let Ok(ch) = MembershipChange::decode(v) {
+                    if f(ch, at) {
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+    false
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn latency() {
+    let rate: u64 = env_or("COMPUTE_BENCH_RATE", 5000);
+    let seconds: u64 = env_or("COMPUTE_BENCH_SECONDS", 15);
+    let stack = Stack::start("compute-bench-lat", EXAMPLES);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("enable.idempotence", "true")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "1")
+        .create()
+        .unwrap();
+    let send = |p: &BaseProducer, rec: &(Vec<u8>, Vec<u8>)| {
+        let mut r = BaseRecord::to(&stack.resolved).key(&rec.0).payload(&rec.1);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match p.send(r) {
+                Ok(()) => break,
+                Err((e, back)) => {
+                    assert!(Instant::now() < deadline, "producer queue stuck: {e}");
+                    r = back;
+                    p.poll(Duration::from_millis(1));
+                }
+            }
+        }
+        p.poll(Duration::ZERO);
+    };
+
+    // The reader runs on its own thread; sent ids and their send instants reach it by channel.
+    let (tx, rx) = mpsc::channel::<(String, Instant)>();
+    let topic = stack.membership.clone();
+    let expected_total = (rate * seconds).div_ceil(2) as usize; // each profile's first event
+    let reader = std::thread::spawn(move || {
+        let c = membership_reader(&topic);
+        let mut sent: HashMap<String, Instant> = HashMap::new();
+        let mut lat: Vec<f64> = Vec::new();
+        let mut pending: HashMap<String, Instant> = HashMap::new(); // read before their send arrived
+        let deadline = Instant::now() + Duration::from_secs(seconds + 180);
+        read_changes(&c, deadline, |ch, at| {
+            for (id, t) in rx.try_iter() {
+                if let Some(read) = pending.remove(&id) {
+                    lat.push(read.duration_since(t).as_secs_f64() * 1000.0);
+                } else {
+                    sent.insert(id, t);
+                }
+            }
+            if ch.audience_key == "viewed_expensive_not_bought" {
+                if let Some(id) = ch.trigger_message_id {
+                    match sent.remove(&id) {
+                        Some(t) => lat.push(at.duration_since(t).as_secs_f64() * 1000.0),
+                        None => {
+                            pending.insert(id, at);
+                        }
+                    }
+                }
+            }
+            lat.len() >= expected_total
+        });
+        lat
+    });
+
+    // Warm-up: one event, wait for compute to be up (definitions loaded, partitions assigned).
+    let t0 = now_ms();
+    let warm = event(
+        "warm",
+        "warm-0",
+        "Product Viewed",
+        json!({"price": 150}),
+        t0,
+    );
+    send(&producer, &warm);
+    producer.flush(Duration::from_secs(10)).unwrap();
+    // Its latency includes start-up, so it is not measured (the reader never learns its id).
+    let c = membership_reader(&stack.membership);
+    assert!(
+        read_changes(&c, Instant::now() + Duration::from_secs(120), |ch, _| ch
+            .trigger_message_id
+            .as_deref()
+            == Some("warm-0")),
+        "compute did not start within 120 s"
+    );
+    drop(c);
+
+    // Fixed rate: event i is due at start + i / rate; profile i/2 sees a qualifying first event
+    // (enters) and a second one that changes nothing.
+    let total = rate * seconds;
+    let start = Instant::now();
+    for i in 0..total {
+        let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
+        loop {
+            let now = Instant::now();
+            if now >= due {
+                break;
+            }
+            producer.poll(Duration::ZERO);
+            std::thread::sleep((due - now).min(Duration::from_micros(500)));
+        }
+        let id = format!("e{i}");
+        let profile = format!("p{}", i / 2);
+        let rec = event(
+            &profile,
+            &id,
+            "Product Viewed",
+            json!({"price": 150}),
+            now_ms(),
+        );
+        if i % 2 == 0 {
+            tx.send((id, Instant::now())).unwrap();
+        }
+        send(&producer, &rec);
+    }
+    let send_secs = start.elapsed().as_secs_f64();
+    producer.flush(Duration::from_secs(30)).unwrap();
+    drop(tx);
+    let mut lat = reader.join().unwrap();
+    lat.sort_by(f64::total_cmp);
+    let measured = lat.len();
+    let changes = total.div_ceil(2);
+    println!(
+        "compute latency rate={rate} seconds={seconds} sent_in_s={send_secs:.1} changes={measured}/{changes} p50_ms={:.1} p99_ms={:.1} max_ms={:.1}",
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN),
+    );
+    assert!(stack.svc.terminate().success());
+}
+
+const BACKFILL_BEFORE: &str = r#"
+audiences:
+  - key: signed_up
+    include_historical_data: true
+    query: event('Signed Up').count() >= 1
+"#;
+
+const BACKFILL_AFTER: &str = r#"
+audiences:
+  - key: signed_up
+    include_historical_data: true
+    query: event('Signed Up').count() >= 1
+  - key: five_orders
+    include_historical_data: true
+    query: event('Order Completed').count() >= 5
+"#;
+
+fn backfill() {
+    let n: usize = env_or("COMPUTE_BENCH_BACKFILL_EVENTS", 100_000);
+    let per_profile = 5;
+    let profiles = n / per_profile;
+    let mut stack = Stack::start("compute-bench-backfill", BACKFILL_BEFORE);
+
+    // History: processed live (so the partitions have history behind the new audience's cut).
+    let base = now_ms() - 3_600_000;
+    let history: Vec<_> = (0..n)
+        .map(|i| {
+            let p = i % profiles;
+            event(
+                &format!("p{p}"),
+                &format!("h{i}"),
+                "Order Completed",
+                json!({"revenue": 10}),
+                base + i as i64,
+            )
+        })
+        .collect();
+    for chunk in history.chunks(10_000) {
+        produce(&stack.resolved, chunk.to_vec());
+    }
+    // A marker last: once its entry is committed, every earlier event has been processed
+    // (one instance, in-order per partition; the marker is on every partition).
+    let c = membership_reader(&stack.membership);
+    let markers: Vec<_> = (0..30)
+        .map(|i| {
+            event(
+                &format!("m{i}"),
+                &format!("m{i}"),
+                "Signed Up",
+                json!({}),
+                base + n as i64,
+            )
+        })
+        .collect();
+    produce(&stack.resolved, markers);
+    let mut seen = 0;
+    assert!(
+        read_changes(&c, Instant::now() + Duration::from_secs(300), |ch, _| {
+            if ch.audience_key == "signed_up" {
+                seen += 1;
+            }
+            seen >= 30
+        }),
+        "history not processed within 300 s"
+    );
+    assert!(stack.svc.is_running());
+
+    let applied_at = Instant::now();
+    admin::apply_text(
+        &stack.defs,
+        BACKFILL_AFTER,
+        "after.yaml",
+        Some("bench".into()),
+    )
+    .unwrap();
+    let apply_secs = applied_at.elapsed().as_secs_f64();
+    let mut entered = 0;
+    let done = read_changes(&c, Instant::now() + Duration::from_secs(600), |ch, _| {
+        if ch.audience_key == "five_orders" {
+            entered += 1;
+        }
+        entered >= profiles
+    });
+    let secs = applied_at.elapsed().as_secs_f64();
+    assert!(
+        done,
+        "backfill: only {entered} of {profiles} entries within 600 s"
+    );
+    println!(
+        "compute backfill events={n} profiles={profiles} seconds={secs:.2} events_per_s={:.0} (apply call {apply_secs:.2} s)",
+        n as f64 / secs
+    );
+    assert!(stack.svc.terminate().success());
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument picks one figure.
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+    let want = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
+    if want("latency") {
+        latency();
+    }
+    if want("backfill") {
+        backfill();
+    }
+}
