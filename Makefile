@@ -44,7 +44,9 @@ run: up ## the main job: start everything, load the examples, stream a demo and 
 test: deps ## every test: unit, property, and end-to-end against the real local Kafka
 	@deploy/local/kafka.sh start
 	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace --no-fail-fast
+	@mkdir -p .run
+	@status=0; $(CARGO) test --workspace --no-fail-fast 2>&1 | tee .run/test.log || status=$$?; \
+	  deploy/local/test-summary.sh .run/test.log; exit $$status
 
 test-fuzz: ## run the query parser's fuzz target briefly (FUZZ_SECONDS, default 60)
 	services/lib/query/fuzz/run.sh
