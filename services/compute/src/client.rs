@@ -1,20 +1,18 @@
 //! A client of compute's query interface ([`crate::query::router`]), for `corralctl profile
 //! show` and the tests.
 //!
-//! Plain HTTP/1.1 over [`std::net::TcpStream`], one request per connection, the same pattern as
-//! `corral_identity::client` (internal interface, small JSON answers, blocking callers).
+//! The transport is [`corral_telemetry::http_client`] (plain blocking HTTP/1.1, one request per
+//! connection, shared with `corral_identity::client`); this module maps its answers and errors
+//! to compute's.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
+
+use corral_telemetry::http_client::{self, encode_segment, HttpClientError};
 
 use crate::query::{ErrorBody, ProfileAnswer};
 
 /// Where `deploy/local/services.sh` serves compute's query interface.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9114";
-
-/// Bigger answers are refused (a profile's traits and results are a few kilobytes).
-const MAX_RESPONSE_BYTES: u64 = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -102,48 +100,9 @@ impl QueryClient {
         Ok(self.get("/readyz")?.0 == 200)
     }
 
-    fn connect(&self) -> Result<TcpStream, ClientError> {
-        let addrs: Vec<SocketAddr> = self
-            .addr
-            .to_socket_addrs()
-            .map_err(|_| ClientError::Address(self.addr.clone()))?
-            .collect();
-        let mut last = None;
-        for a in addrs {
-            match TcpStream::connect_timeout(&a, self.timeout) {
-                Ok(s) => return Ok(s),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(ClientError::Connect {
-            addr: self.addr.clone(),
-            source: last.unwrap_or_else(|| std::io::ErrorKind::NotFound.into()),
-        })
-    }
-
     /// One GET; the status and the body.
     fn get(&self, path: &str) -> Result<(u16, Vec<u8>), ClientError> {
-        let io = |source| ClientError::Io {
-            addr: self.addr.clone(),
-            source,
-        };
-        let mut s = self.connect()?;
-        s.set_read_timeout(Some(self.timeout)).map_err(io)?;
-        s.set_write_timeout(Some(self.timeout)).map_err(io)?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
-            self.addr
-        )
-        .map_err(io)?;
-        let mut raw = Vec::new();
-        s.take(MAX_RESPONSE_BYTES + 1)
-            .read_to_end(&mut raw)
-            .map_err(io)?;
-        if raw.len() as u64 > MAX_RESPONSE_BYTES {
-            return Err(self.malformed(format!("answer larger than {MAX_RESPONSE_BYTES} bytes")));
-        }
-        parse_response(&raw).map_err(|what| self.malformed(what))
+        http_client::get(&self.addr, path, self.timeout).map_err(ClientError::from)
     }
 
     fn malformed(&self, what: String) -> ClientError {
@@ -154,56 +113,14 @@ impl QueryClient {
     }
 }
 
-/// Percent-encodes everything but unreserved characters and `:` `@`.
-fn encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~:@".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
+impl From<HttpClientError> for ClientError {
+    fn from(e: HttpClientError) -> Self {
+        match e {
+            HttpClientError::Address(a) => ClientError::Address(a),
+            HttpClientError::Connect { addr, source } => ClientError::Connect { addr, source },
+            HttpClientError::Io { addr, source } => ClientError::Io { addr, source },
+            HttpClientError::Malformed { addr, what } => ClientError::Malformed { addr, what },
         }
-    }
-    out
-}
-
-/// Status and body of a complete `Connection: close` response. The server (axum with JSON
-/// bodies) sends a content-length; chunked answers are refused rather than misread.
-fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of headers")?;
-    let head = std::str::from_utf8(&raw[..split]).map_err(|_| "headers are not UTF-8")?;
-    let body = &raw[split + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let mut length = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding") && !value.eq_ignore_ascii_case("identity")
-        {
-            return Err(format!("unsupported transfer-encoding {value:?}"));
-        } else if name.eq_ignore_ascii_case("content-length") {
-            length = Some(
-                value
-                    .parse::<usize>()
-                    .map_err(|_| format!("bad content-length {value:?}"))?,
-            );
-        }
-    }
-    match length {
-        Some(n) if body.len() < n => Err(format!("body cut short ({} of {n} bytes)", body.len())),
-        Some(n) => Ok((status, body[..n].to_vec())),
-        None => Ok((status, body.to_vec())),
     }
 }
 
@@ -213,20 +130,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn segments_and_responses() {
-        assert_eq!(encode_segment("use_a b/c"), "use_a%20b%2Fc");
-        let r = b"HTTP/1.1 404 Not Found\r\ncontent-length: 13\r\n\r\n{\"error\":\"x\"}";
-        assert_eq!(
-            parse_response(r).unwrap(),
-            (404, b"{\"error\":\"x\"}".to_vec())
-        );
-        assert!(
-            parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nshort")
-                .unwrap_err()
-                .contains("cut short")
-        );
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").is_err());
-        assert!(parse_response(b"garbage").is_err());
+    fn addresses_accept_a_scheme_and_refuse_nonsense() {
         assert_eq!(
             QueryClient::new("http://127.0.0.1:9114/").addr(),
             "127.0.0.1:9114"

@@ -2,8 +2,8 @@
 //!
 //! [`ProfilesView`] is a read replica of the `profiles` store, filled from the store's compacted
 //! changelog (`{prefix}{app}.profiles-changelog`, read_committed, all partitions) by
-//! [`spawn_follower`], so it only shows committed state and any instance can answer for any
-//! profile. It keeps the stored bytes and decodes a profile (with [`ProfileState`], the store's
+//! [`spawn_follower`] (on `corral_runtime::follow`), so it only shows committed state and any
+//! instance can answer for any profile. It keeps the stored bytes and decodes a profile (with [`ProfileState`], the store's
 //! own type) only when asked. [`router`] serves it over HTTP:
 //!
 //! - `GET /v1/spaces/{space}/profiles/{profile_id}`: [`ProfileAnswer`] (custom traits, computed
@@ -18,10 +18,9 @@
 //! Memory: the replica holds every profile's stored state (see docs/compute.md, "State");
 //! enable it on the instances that should answer, not necessarily on all.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -30,27 +29,20 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use corral_query::Target;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
-use rdkafka::ClientContext;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use corral_runtime::follow::{follow_topic, Replica};
+use corral_runtime::RuntimeError;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tracing::{error, info, warn};
+use tracing::warn;
 
 use crate::service::Definitions;
 use crate::state::ProfileState;
-
-/// What a changelog read applies under one lock at most.
-const MAX_BATCH: usize = 10_000;
 
 /// A read replica of the `profiles` store.
 #[derive(Default)]
 pub struct ProfilesView {
     /// Profile id → stored state bytes.
-    entries: RwLock<HashMap<Vec<u8>, Vec<u8>>>,
-    caught_up: AtomicBool,
+    replica: Replica,
 }
 
 /// One external id of a profile.
@@ -122,30 +114,25 @@ impl ProfilesView {
     /// Applies changelog records in order under one lock (`None` is a tombstone): readers see
     /// a transaction's writes all or none when they arrive in one batch.
     pub fn apply_batch(&self, records: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>) {
-        let mut g = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        for (k, v) in records {
-            match v {
-                Some(v) => {
-                    g.insert(k, v);
-                }
-                None => {
-                    g.remove(&k);
-                }
-            }
-        }
+        self.replica.apply_batch(records);
     }
 
     pub fn set_caught_up(&self) {
-        self.caught_up.store(true, Ordering::SeqCst);
+        self.replica.set_caught_up();
     }
 
     pub fn is_caught_up(&self) -> bool {
-        self.caught_up.load(Ordering::SeqCst)
+        self.replica.is_caught_up()
+    }
+
+    /// The flag [`ProfilesView::is_caught_up`] reads, for the follower to set.
+    pub fn caught_up_flag(&self) -> Arc<AtomicBool> {
+        self.replica.caught_up_flag()
     }
 
     /// Number of profiles held.
     pub fn len(&self) -> usize {
-        self.entries.read().map(|g| g.len()).unwrap_or(0)
+        self.replica.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -158,13 +145,7 @@ impl ProfilesView {
         space: &str,
         profile_id: &str,
     ) -> Result<Option<ProfileState>, serde_json::Error> {
-        let bytes = self
-            .entries
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(profile_id.as_bytes())
-            .cloned();
-        let Some(bytes) = bytes else {
+        let Some(bytes) = self.replica.get(profile_id.as_bytes()) else {
             return Ok(None);
         };
         let st = ProfileState::decode(&bytes)?;
@@ -274,35 +255,17 @@ pub fn router(state: QueryState) -> Router {
         .with_state(state)
 }
 
-/// librdkafka reports a partition's end both as a message error (what the follower uses to
-/// know it caught up) and as a "global error" the default context logs at ERROR, i.e. a line
-/// each time the replica catches up with a commit. The second is dropped here; real client
-/// errors are still logged.
-struct FollowerContext;
-
-impl ClientContext for FollowerContext {
-    fn error(&self, err: KafkaError, reason: &str) {
-        if err == KafkaError::Global(RDKafkaErrorCode::PartitionEOF) {
-            return;
-        }
-        error!(error = %err, reason, "librdkafka");
-    }
-}
-
-impl ConsumerContext for FollowerContext {}
-
 /// Why the follower could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum FollowerError {
-    #[error("creating the changelog consumer: {0}")]
-    Kafka(#[from] KafkaError),
-    #[error("starting the changelog follower thread: {0}")]
-    Thread(#[from] std::io::Error),
+    #[error("starting the changelog follower: {0}")]
+    Follow(#[from] RuntimeError),
 }
 
 /// Follows `changelog` (every partition, from the beginning, read_committed) into `view` until
 /// `stop`; marks the view caught up once every partition has been read to its end. Waits for
-/// the topic to exist (the runtime creates it).
+/// the topic to exist (the runtime creates it). Each poll's records are applied under one lock,
+/// so a merge (one profile deleted, the survivor written) is not seen half done.
 pub fn spawn_follower(
     bootstrap: &str,
     extra: &BTreeMap<String, String>,
@@ -311,86 +274,16 @@ pub fn spawn_follower(
     view: Arc<ProfilesView>,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, FollowerError> {
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true");
-    for (k, v) in extra {
-        cc.set(k, v);
-    }
-    let c: BaseConsumer<FollowerContext> = cc.create_with_context(FollowerContext)?;
-    Ok(std::thread::Builder::new()
-        .name("compute-view".into())
-        .spawn(move || {
-            let mut partitions = None;
-            let mut at_end = HashSet::new();
-            while !stop.load(Ordering::SeqCst) {
-                let Some(n) = partitions else {
-                    match assign_all(&c, &changelog) {
-                        Ok(Some(n)) => partitions = Some(n),
-                        Ok(None) => std::thread::sleep(Duration::from_millis(500)),
-                        Err(e) => {
-                            warn!(error = %e, "compute view: waiting for the changelog");
-                            std::thread::sleep(Duration::from_secs(1));
-                        }
-                    }
-                    continue;
-                };
-                let Some(first) = c.poll(Duration::from_millis(200)) else {
-                    continue;
-                };
-                // A transaction's records become readable together and normally arrive in one
-                // fetch: what is queued now is applied under one lock, so a merge (one profile
-                // deleted, the survivor written) is not seen half done.
-                let mut batch = Vec::new();
-                let mut ends = Vec::new();
-                let mut next = Some(first);
-                while let Some(polled) = next.take() {
-                    match polled {
-                        Ok(m) => {
-                            if let Some(k) = m.key() {
-                                batch.push((k.to_vec(), m.payload().map(<[u8]>::to_vec)));
-                            }
-                        }
-                        Err(KafkaError::PartitionEOF(p)) => ends.push(p),
-                        Err(e) => warn!(error = %e, "compute view: reading the changelog"),
-                    }
-                    if batch.len() < MAX_BATCH {
-                        next = c.poll(Duration::ZERO);
-                    }
-                }
-                view.apply_batch(batch);
-                // Caught up only once what was read before the ends is applied.
-                for p in ends {
-                    if at_end.insert(p) && at_end.len() as i32 == n && !view.is_caught_up() {
-                        info!(profiles = view.len(), "compute view caught up");
-                        view.set_caught_up();
-                    }
-                }
-            }
-        })?)
-}
-
-/// Assigns every partition of `topic` from the beginning; `None` when it does not exist yet.
-fn assign_all(c: &BaseConsumer<FollowerContext>, topic: &str) -> Result<Option<i32>, KafkaError> {
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let n = md
-        .topics()
-        .first()
-        .filter(|t| t.error().is_none())
-        .map(|t| t.partitions().len() as i32)
-        .unwrap_or(0);
-    if n == 0 {
-        return Ok(None);
-    }
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..n {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-    }
-    c.assign(&tpl)?;
-    Ok(Some(n))
+    let caught_up = view.caught_up_flag();
+    Ok(follow_topic(
+        bootstrap,
+        extra,
+        &changelog,
+        group,
+        caught_up,
+        stop,
+        move |batch| view.replica.apply_records(batch),
+    )?)
 }
 
 #[cfg(test)]

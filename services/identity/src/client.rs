@@ -1,24 +1,20 @@
 //! A client of the identity query interface ([`crate::view::router`]): `corralctl identity` and
 //! the tests use it, and so can the Profile API to come.
 //!
-//! Plain HTTP/1.1 over [`std::net::TcpStream`], one request per connection: the interface is
-//! internal, answers small JSON documents, and callers are CLIs and tests for which a blocking
-//! call with timeouts is simpler than an async stack.
+//! The transport is [`corral_telemetry::http_client`] (plain blocking HTTP/1.1, one request per
+//! connection, shared with `corral_compute::client`): the interface is internal, answers small
+//! JSON documents, and callers are CLIs and tests for which a blocking call with timeouts is
+//! simpler than an async stack. This module maps its answers and errors to identity's.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+use corral_telemetry::http_client::{self, encode_segment, HttpClientError};
 use serde::de::DeserializeOwned;
 
 use crate::view::{ErrorBody, ExternalIdsView, ProfileView};
 
 /// Where `deploy/local/services.sh` serves identity's query interface.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9113";
-
-/// Bigger answers are refused: a profile holds at most `max_identifiers` (1,000 by default)
-/// external ids, a few hundred kilobytes of JSON.
-const MAX_RESPONSE_BYTES: u64 = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -111,54 +107,26 @@ impl QueryClient {
         })
     }
 
-    fn connect(&self) -> Result<TcpStream, ClientError> {
-        let addrs: Vec<SocketAddr> = self
-            .addr
-            .to_socket_addrs()
-            .map_err(|_| ClientError::Address(self.addr.clone()))?
-            .collect();
-        let mut last = None;
-        for a in addrs {
-            match TcpStream::connect_timeout(&a, self.timeout) {
-                Ok(s) => return Ok(s),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(ClientError::Connect {
-            addr: self.addr.clone(),
-            source: last.unwrap_or_else(|| std::io::ErrorKind::NotFound.into()),
-        })
-    }
-
     /// One GET; the status and the (de-chunked) body.
     fn get(&self, path: &str) -> Result<(u16, Vec<u8>), ClientError> {
-        let io = |source| ClientError::Io {
-            addr: self.addr.clone(),
-            source,
-        };
-        let mut s = self.connect()?;
-        s.set_read_timeout(Some(self.timeout)).map_err(io)?;
-        s.set_write_timeout(Some(self.timeout)).map_err(io)?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
-            self.addr
-        )
-        .map_err(io)?;
-        let mut raw = Vec::new();
-        s.take(MAX_RESPONSE_BYTES + 1)
-            .read_to_end(&mut raw)
-            .map_err(io)?;
-        if raw.len() as u64 > MAX_RESPONSE_BYTES {
-            return Err(self.malformed(format!("answer larger than {MAX_RESPONSE_BYTES} bytes")));
-        }
-        parse_response(&raw).map_err(|what| self.malformed(what))
+        http_client::get(&self.addr, path, self.timeout).map_err(ClientError::from)
     }
 
     fn malformed(&self, what: String) -> ClientError {
         ClientError::Malformed {
             addr: self.addr.clone(),
             what,
+        }
+    }
+}
+
+impl From<HttpClientError> for ClientError {
+    fn from(e: HttpClientError) -> Self {
+        match e {
+            HttpClientError::Address(a) => ClientError::Address(a),
+            HttpClientError::Connect { addr, source } => ClientError::Connect { addr, source },
+            HttpClientError::Io { addr, source } => ClientError::Io { addr, source },
+            HttpClientError::Malformed { addr, what } => ClientError::Malformed { addr, what },
         }
     }
 }
@@ -171,83 +139,6 @@ pub fn profile_path(space: &str, id: &str, external_ids: bool) -> String {
         encode_segment(id),
         if external_ids { "/external_ids" } else { "" }
     )
-}
-
-/// Percent-encodes everything but unreserved characters and `:` `@` (both legal in a path
-/// segment and common in ids: `email:jane@example.com`).
-fn encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~:@".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// Status and body of a complete `Connection: close` response.
-fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of headers")?;
-    let head = std::str::from_utf8(&raw[..split]).map_err(|_| "headers are not UTF-8")?;
-    let body = &raw[split + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let mut chunked = false;
-    let mut length = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.eq_ignore_ascii_case("chunked");
-        } else if name.eq_ignore_ascii_case("content-length") {
-            length = Some(
-                value
-                    .parse::<usize>()
-                    .map_err(|_| format!("bad content-length {value:?}"))?,
-            );
-        }
-    }
-    if chunked {
-        return dechunk(body).map(|b| (status, b));
-    }
-    match length {
-        Some(n) if body.len() < n => Err(format!("body cut short ({} of {n} bytes)", body.len())),
-        Some(n) => Ok((status, body[..n].to_vec())),
-        None => Ok((status, body.to_vec())),
-    }
-}
-
-fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let eol = rest
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("chunk size line without end")?;
-        let size_text = std::str::from_utf8(&rest[..eol]).map_err(|_| "bad chunk size")?;
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
-        rest = &rest[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        let chunk = rest.get(..size).ok_or("chunk cut short")?;
-        out.extend_from_slice(chunk);
-        rest = rest.get(size + 2..).ok_or("chunk without end")?;
-    }
 }
 
 #[cfg(test)]
@@ -265,27 +156,6 @@ mod tests {
             profile_path("s", "custom:a/b?c#d%", true),
             "/v1/spaces/s/collections/users/profiles/custom:a%2Fb%3Fc%23d%25/external_ids"
         );
-        assert_eq!(encode_segment("é"), "%C3%A9");
-    }
-
-    #[test]
-    fn responses_with_length_chunks_or_neither() {
-        let r = b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 13\r\n\r\n{\"error\":\"x\"}";
-        assert_eq!(
-            parse_response(r).unwrap(),
-            (404, b"{\"error\":\"x\"}".to_vec())
-        );
-        let r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=1\r\nde\r\n0\r\n\r\n";
-        assert_eq!(parse_response(r).unwrap(), (200, b"abcde".to_vec()));
-        let r = b"HTTP/1.1 200 OK\r\n\r\nall";
-        assert_eq!(parse_response(r).unwrap(), (200, b"all".to_vec()));
-        assert!(
-            parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nshort")
-                .unwrap_err()
-                .contains("cut short")
-        );
-        assert!(parse_response(b"garbage").is_err());
-        assert!(parse_response(b"HTTP/1.1 2x OK\r\n\r\n").is_err());
     }
 
     #[test]

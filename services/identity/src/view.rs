@@ -14,9 +14,8 @@
 //! has read the changelog to its end once (so a restarted instance never answers "unknown" for an
 //! id it simply has not loaded yet). [`crate::client`] is the matching client.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -24,6 +23,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use corral_runtime::follow::{ChangelogRecord, Replica};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::Profile;
@@ -32,8 +32,7 @@ use crate::store::{alias_key, decode_profile, id_key, profile_key};
 
 #[derive(Default)]
 pub struct IdentityView {
-    entries: RwLock<HashMap<Vec<u8>, Vec<u8>>>,
-    caught_up: AtomicBool,
+    replica: Replica,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,33 +154,29 @@ impl IdentityView {
 
     /// Applies changelog records in order under one lock: readers see all of them or none.
     pub fn apply_batch(&self, records: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>) {
-        let mut g = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        for (k, v) in records {
-            match v {
-                Some(v) => {
-                    g.insert(k, v);
-                }
-                None => {
-                    g.remove(&k);
-                }
-            }
-        }
+        self.replica.apply_batch(records);
     }
 
     pub fn set_caught_up(&self) {
-        self.caught_up.store(true, Ordering::SeqCst);
+        self.replica.set_caught_up();
     }
 
     pub fn is_caught_up(&self) -> bool {
-        self.caught_up.load(Ordering::SeqCst)
+        self.replica.is_caught_up()
+    }
+
+    /// The flag [`IdentityView::is_caught_up`] reads, for the follower to set.
+    pub fn caught_up_flag(&self) -> Arc<AtomicBool> {
+        self.replica.caught_up_flag()
     }
 
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.entries
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .cloned()
+        self.replica.get(key)
+    }
+
+    /// Applies one `corral_runtime::follow::follow_topic` batch under one lock.
+    pub fn apply_records(&self, batch: Vec<ChangelogRecord>) {
+        self.replica.apply_records(batch);
     }
 
     /// The live profile id an identifier belongs to.
@@ -220,7 +215,7 @@ impl IdentityView {
 
     /// Number of (identifier, profile, alias) entries held.
     pub fn len(&self) -> usize {
-        self.entries.read().map(|g| g.len()).unwrap_or(0)
+        self.replica.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -31,6 +31,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::error::RuntimeError;
+use crate::follow::QuietEof;
 
 /// The Kafka key of a definition.
 pub fn definition_key(space_id: &str, kind: &str, key: &str) -> String {
@@ -54,25 +55,6 @@ pub enum DefinitionEvent<'a> {
 fn kafka(during: &'static str) -> impl FnOnce(KafkaError) -> RuntimeError {
     move |source| RuntimeError::Kafka { during, source }
 }
-
-/// The readers ask for end-of-partition events to know when they caught up; librdkafka also
-/// reports them as client errors, which the default context would log at ERROR level.
-struct QuietEof;
-
-impl rdkafka::ClientContext for QuietEof {
-    fn error(&self, error: KafkaError, reason: &str) {
-        let eof = matches!(
-            error,
-            KafkaError::PartitionEOF(_)
-                | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
-        );
-        if !eof {
-            tracing::error!(%error, reason, "librdkafka error in the definitions reader");
-        }
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for QuietEof {}
 
 fn reader(
     bootstrap: &str,

@@ -19,6 +19,9 @@
 //! - `/metrics`, `/healthz`, `/readyz` on the admin port; SIGTERM finishes the batch, commits and
 //!   closes.
 //!
+//! Around it: [`definitions`] reads and follows the compacted `definitions` topic, and
+//! [`follow`] follows a store's changelog into a service's in-memory read replica.
+//!
 //! Guarantee: killing an instance at any moment never loses an input's effect and never applies
 //! it twice, in state or in output read with `read_committed`.
 
@@ -26,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod definitions;
 pub mod error;
+pub mod follow;
 pub mod metrics;
 pub mod processor;
 pub mod store;

@@ -4,6 +4,11 @@
 //!
 //! Metric names follow Prometheus conventions: base units, `_total` on counters, bounded labels
 //! (never a user, profile or message id).
+//!
+//! [`http_client`] is the matching side: a std-only blocking GET client for the services' internal
+//! query interfaces.
+
+pub mod http_client;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
