@@ -20,7 +20,7 @@ use corral_compute::EngineConfig;
 use corral_runtime::definitions::{follow, DefinitionEvent};
 use corral_runtime::topics::{CleanupPolicy, DesiredTopic, TopicAdmin};
 use corral_runtime::{RuntimeConfig, StoreSpec, StreamRuntime};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 #[derive(Parser, Debug)]
 #[command(name = "corral-compute", version, about = "Corral's compute service")]
@@ -214,7 +214,12 @@ fn main() -> anyhow::Result<()> {
             view,
             definitions: defs.clone(),
         };
-        edges.push(spawn_query_server(addr, state, reader_stop.clone())?);
+        edges.push(corral_telemetry::serve_in_thread(
+            "query",
+            addr,
+            query::router(state),
+            reader_stop.clone(),
+        )?);
     }
     let backfiller = Backfiller::new(
         &args.bootstrap,
@@ -237,50 +242,4 @@ fn main() -> anyhow::Result<()> {
         let _ = e.join();
     }
     result.context("compute stopped")
-}
-
-/// Serves [`query::router`] on its own single-threaded tokio runtime until `stop`.
-fn spawn_query_server(
-    addr: SocketAddr,
-    state: QueryState,
-    stop: Arc<AtomicBool>,
-) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
-    listener.set_nonblocking(true)?;
-    std::thread::Builder::new()
-        .name("query".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    error!(error = %e, "cannot start the query runtime");
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        error!(error = %e, "query listener");
-                        return;
-                    }
-                };
-                info!(%addr, "serving profile queries");
-                let stopped = async move {
-                    while !stop.load(Ordering::SeqCst) {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                };
-                if let Err(e) = axum::serve(listener, query::router(state))
-                    .with_graceful_shutdown(stopped)
-                    .await
-                {
-                    error!(error = %e, "query server failed");
-                }
-            });
-        })
-        .context("starting the query server")
 }

@@ -253,25 +253,12 @@ impl DestinationsFile {
     }
 }
 
-/// Parses durations like `250ms`, `90s`, `15m`, `4h`, `1d`.
+/// Parses durations like `250ms`, `90s`, `15m`, `4h`, `1d` (the runtime's one format).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("duration `{s}` has no unit (ms, s, m, h, d)"))?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("duration `{s}` is not a number and a unit"))?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        "d" => n * 86_400_000,
-        _ => return Err(format!("duration `{s}`: unknown unit `{unit}`")),
-    };
-    Ok(Duration::from_millis(ms))
+    let ms = corral_runtime::config::parse_duration_ms(s)?;
+    u64::try_from(ms)
+        .map(Duration::from_millis)
+        .map_err(|_| format!("duration `{s}` is negative"))
 }
 
 impl DestinationSpec {

@@ -29,28 +29,10 @@ pub use engine::{profile_id, resolve, Graph, MemGraph, MergeKind, Outcome, Profi
 pub use ids::{extract, Extracted, Ident};
 pub use rules::{Rules, RulesStore, Settings};
 
+/// Durations in flags and settings share the runtime's one format.
+pub use corral_runtime::config::parse_duration_ms;
+
 /// Wall-clock epoch milliseconds.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-/// Parses a duration such as `90s`, `30m`, `24h`, `7d`, `52w` into milliseconds.
-pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: i64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 24h, 7d or 52w"))?;
-    let mult = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        "w" => 7 * 86_400_000,
-        _ => return Err(format!("{s:?}: the unit must be ms, s, m, h, d or w")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too long"))
 }

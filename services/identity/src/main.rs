@@ -153,7 +153,12 @@ fn main() -> anyhow::Result<()> {
             )
             .context("starting the identity view")?,
         );
-        edges.push(spawn_query_server(addr, view, stop_edges.clone())?);
+        edges.push(corral_telemetry::serve_in_thread(
+            "query",
+            addr,
+            view::router(view),
+            stop_edges.clone(),
+        )?);
     }
     if let Some(r) = reader {
         edges.push(r);
@@ -192,49 +197,4 @@ fn main() -> anyhow::Result<()> {
     }
     result.context("coordinator stopped")?;
     router_result.context("router stopped")
-}
-
-fn spawn_query_server(
-    addr: SocketAddr,
-    view: Arc<IdentityView>,
-    stop: Arc<AtomicBool>,
-) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
-    listener.set_nonblocking(true)?;
-    std::thread::Builder::new()
-        .name("query".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    error!(error = %e, "cannot start the query runtime");
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        error!(error = %e, "query listener");
-                        return;
-                    }
-                };
-                info!(%addr, "serving Profile API reads");
-                let stopped = async move {
-                    while !stop.load(Ordering::SeqCst) {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                };
-                if let Err(e) = axum::serve(listener, view::router(view))
-                    .with_graceful_shutdown(stopped)
-                    .await
-                {
-                    error!(error = %e, "query server failed");
-                }
-            });
-        })
-        .context("starting the query server")
 }

@@ -23,29 +23,12 @@ pub use plan::{CompiledPlan, PlanFile};
 pub use processor::{Outputs, ValidatorProcessor};
 pub use registry::{PlanSet, PlanStore};
 
+/// Durations in flags and plans share the runtime's one format.
+pub use corral_runtime::config::parse_duration_ms;
+
 /// Wall-clock epoch milliseconds.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-/// Parses a duration such as `90s`, `30m`, `24h`, `7d` into milliseconds.
-pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: i64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 24h or 7d"))?;
-    let mult = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(format!("{s:?}: the unit must be ms, s, m, h or d")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too long"))
 }
 
 /// `--since`: an RFC 3339 time, or a duration before `now_ms` (`24h`).

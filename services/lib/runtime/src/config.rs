@@ -10,6 +10,28 @@ use serde::Deserialize;
 
 use crate::error::RuntimeError;
 
+/// Parses a duration such as `250ms`, `90s`, `30m`, `24h`, `7d` or `52w` into milliseconds: the one
+/// format for every duration in Corral's flags and definition files.
+pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 24h, 7d or 52w"))?;
+    let mult = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        "w" => 7 * 86_400_000,
+        _ => return Err(format!("{s:?}: the unit must be ms, s, m, h, d or w")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
 /// A state store the processor uses. Its changelog topic is `{topic_prefix}{application_id}.{name}-changelog`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -178,6 +200,17 @@ mod tests {
         c.commit_interval = Duration::from_millis(100);
         c.kafka.insert("transactional.id".into(), "x".into());
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn durations_have_one_format() {
+        assert_eq!(parse_duration_ms("250ms"), Ok(250));
+        assert_eq!(parse_duration_ms(" 24h "), Ok(86_400_000));
+        assert_eq!(parse_duration_ms("2w"), Ok(14 * 86_400_000));
+        assert!(parse_duration_ms("24").unwrap_err().contains("unit"));
+        assert!(parse_duration_ms("soon").is_err());
+        assert!(parse_duration_ms("5y").is_err());
+        assert!(parse_duration_ms("99999999999999999w").is_err());
     }
 
     #[test]

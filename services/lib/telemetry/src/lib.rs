@@ -137,6 +137,53 @@ pub async fn serve_admin(
         .map_err(TelemetryError::Serve)
 }
 
+/// Serves `router` on `addr` from a thread of its own with a single-threaded tokio runtime, until
+/// `stop` turns true: for a stream-thread service's small HTTP interfaces (Profile API reads).
+/// Binding happens before the thread starts, so a taken port is an error here, not a log line.
+pub fn serve_in_thread(
+    name: &str,
+    addr: SocketAddr,
+    router: Router,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, TelemetryError> {
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|source| TelemetryError::Bind { addr, source })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| TelemetryError::Bind { addr, source })?;
+    let thread_name = name.to_string();
+    std::thread::Builder::new()
+        .name(thread_name.clone())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(server = %thread_name, error = %e, "cannot start the HTTP runtime");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(server = %thread_name, error = %e, "HTTP listener");
+                        return;
+                    }
+                };
+                tracing::info!(server = %thread_name, %addr, "serving HTTP");
+                let stopped = async move {
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                };
+                if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stopped).await {
+                    tracing::error!(server = %thread_name, error = %e, "HTTP server failed");
+                }
+            });
+        })
+        .map_err(TelemetryError::Serve)
+}
+
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     let mut buf = Vec::new();
     let families = state.registry.gather();
