@@ -144,7 +144,7 @@ impl ProfilesView {
         &self,
         space: &str,
         profile_id: &str,
-    ) -> Result<Option<ProfileState>, serde_json::Error> {
+    ) -> Result<Option<ProfileState>, crate::state::StateDecodeError> {
         let Some(bytes) = self.replica.get(profile_id.as_bytes()) else {
             return Ok(None);
         };

@@ -123,13 +123,113 @@ impl ProfileState {
         self.external_ids.dedup();
     }
 
-    /// Serialised size in bytes (the `state bytes` metric and benchmark).
+    /// The stored form: a format byte, then MessagePack with the fields' short names (a third
+    /// smaller than JSON, and integers stay integers). Its length is the `state bytes` metric.
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        let mut out = vec![FORMAT_MSGPACK];
+        // Writing into a Vec cannot fail, and every field type serialises.
+        if rmp_serde::encode::write_named(&mut out, self).is_err() {
+            out.truncate(1);
+        }
+        out
     }
 
-    /// Decodes a stored state.
-    pub fn decode(bytes: &[u8]) -> Result<ProfileState, serde_json::Error> {
-        serde_json::from_slice(bytes)
+    /// Decodes a stored state: MessagePack, or the JSON of earlier versions.
+    pub fn decode(bytes: &[u8]) -> Result<ProfileState, StateDecodeError> {
+        match bytes.first() {
+            Some(&FORMAT_MSGPACK) => Ok(rmp_serde::from_slice(&bytes[1..])?),
+            Some(b'{') => Ok(serde_json::from_slice(bytes)?),
+            _ => Err(StateDecodeError::UnknownFormat),
+        }
+    }
+}
+
+/// First byte of a MessagePack-encoded state (JSON states start with `{`).
+const FORMAT_MSGPACK: u8 = 1;
+
+/// A stored state that does not decode.
+#[derive(Debug, thiserror::Error)]
+pub enum StateDecodeError {
+    /// MessagePack body invalid.
+    #[error("profile state does not decode as MessagePack: {0}")]
+    MessagePack(#[from] rmp_serde::decode::Error),
+    /// Legacy JSON body invalid.
+    #[error("profile state does not decode as JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Neither format.
+    #[error("profile state has an unknown format byte (written by a newer version?)")]
+    UnknownFormat,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sample() -> ProfileState {
+        let mut st = ProfileState {
+            space_id: "sp".into(),
+            now_ms: 1_736_000_000_000,
+            wake_ms: Some(1_736_000_000_001),
+            ..Default::default()
+        };
+        st.add_ids([ExtId {
+            id_type: "email".into(),
+            id: "a@example.com".into(),
+            collection: None,
+        }]);
+        st.traits.insert(
+            "plan".into(),
+            TraitValue {
+                v: json!("pro"),
+                t: 5,
+            },
+        );
+        st.leaves.insert(
+            "00ff".into(),
+            LeafState::Entries(vec![
+                Entry { t: 1, v: Some(json!(2.5)) },
+                Entry { t: 2, v: None },
+            ]),
+        );
+        st.leaves.insert(
+            "01ff".into(),
+            LeafState::Events(vec![StoredEvent {
+                t: 3,
+                p: json!({"product_id": "p1", "n": 7, "f": 1.0, "x": null, "l": [1, "a"]})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+                c: Map::new(),
+            }]),
+        );
+        st.results.insert("aud".into(), StoredResult { ver: 2, v: json!(true) });
+        st.results.insert("avg".into(), StoredResult { ver: 1, v: json!(351.0) });
+        st
+    }
+
+    #[test]
+    fn round_trips_and_keeps_integers_apart_from_floats() {
+        let st = sample();
+        let bytes = st.encode();
+        let back = ProfileState::decode(&bytes).unwrap();
+        assert_eq!(back, st);
+        assert_eq!(back.results["avg"].v, json!(351.0));
+        assert!(back.results["avg"].v.is_f64());
+        assert!(bytes.len() < serde_json::to_vec(&st).unwrap().len());
+    }
+
+    #[test]
+    fn reads_states_written_as_json() {
+        let st = sample();
+        let json = serde_json::to_vec(&st).unwrap();
+        assert_eq!(ProfileState::decode(&json).unwrap(), st);
+    }
+
+    #[test]
+    fn rejects_garbage_with_a_reason() {
+        let e = ProfileState::decode(b"\x07abc").unwrap_err();
+        assert!(e.to_string().contains("unknown format"), "{e}");
+        assert!(ProfileState::decode(&[FORMAT_MSGPACK, 0xc1]).is_err());
     }
 }

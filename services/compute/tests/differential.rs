@@ -535,7 +535,7 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
                         step,
                         now,
                         st.wake_ms,
-                        String::from_utf8_lossy(&st.encode())
+                        serde_json::to_string(&st).unwrap_or_default()
                     );
                 }
             }

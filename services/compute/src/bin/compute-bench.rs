@@ -129,6 +129,16 @@ fn run(defs: usize, events: usize, profiles: usize) {
             .copied()
             .unwrap_or(0)
     };
+    // COMPUTE_BENCH_DUMP=1: show what a p99-sized state holds (as JSON), to see what to shrink.
+    if std::env::var_os("COMPUTE_BENCH_DUMP").is_some() {
+        if let Some(st) = store
+            .values()
+            .find(|b| b.len() >= q(0.99))
+            .and_then(|b| ProfileState::decode(b).ok())
+        {
+            eprintln!("p99 state: {}", serde_json::to_string(&st).unwrap_or_default());
+        }
+    }
     // Timers: re-evaluate every profile 31 days later (the window exits).
     let later = start_ms + events as i64 * 6_000 + 31 * 86_400_000;
     let t2 = Instant::now();
