@@ -188,7 +188,10 @@ mod tests {
         st.leaves.insert(
             "00ff".into(),
             LeafState::Entries(vec![
-                Entry { t: 1, v: Some(json!(2.5)) },
+                Entry {
+                    t: 1,
+                    v: Some(json!(2.5)),
+                },
                 Entry { t: 2, v: None },
             ]),
         );
@@ -203,8 +206,20 @@ mod tests {
                 c: Map::new(),
             }]),
         );
-        st.results.insert("aud".into(), StoredResult { ver: 2, v: json!(true) });
-        st.results.insert("avg".into(), StoredResult { ver: 1, v: json!(351.0) });
+        st.results.insert(
+            "aud".into(),
+            StoredResult {
+                ver: 2,
+                v: json!(true),
+            },
+        );
+        st.results.insert(
+            "avg".into(),
+            StoredResult {
+                ver: 1,
+                v: json!(351.0),
+            },
+        );
         st
     }
 

@@ -136,7 +136,10 @@ fn run(defs: usize, events: usize, profiles: usize) {
             .find(|b| b.len() >= q(0.99))
             .and_then(|b| ProfileState::decode(b).ok())
         {
-            eprintln!("p99 state: {}", serde_json::to_string(&st).unwrap_or_default());
+            eprintln!(
+                "p99 state: {}",
+                serde_json::to_string(&st).unwrap_or_default()
+            );
         }
     }
     // Timers: re-evaluate every profile 31 days later (the window exits).
