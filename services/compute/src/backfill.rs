@@ -1,35 +1,31 @@
-//! Backfill (`include_historical_data: true`): history replayed for new leaves only.
+//! Backfill (`include_historical_data: true`): history replayed for new leaves only, inside the
+//! task that owns the partition.
 //!
 //! Per task (partition of `events.resolved`), the `backfill` store records for each leaf the
 //! task has seen a [`LeafReg`]: the *cut* (the next live offset when the task first ran with
 //! the leaf: live processing counts offsets `>= cut`), whether it needs history, whether the
-//! backfill is done, and the next source offset it accepts (`applied`, so a reader restarted
-//! after a crash cannot count an event twice). All of it is written inside the runtime's
-//! transaction, so the cut and the progress are exactly-once like the profile state.
+//! backfill is done, and the next source offset it accepts (`applied`). All of it is written
+//! inside the runtime's transaction together with the profile states the history changed, so
+//! the registration *is* the exactly-once progress: a crash repeats nothing and loses nothing.
 //!
-//! A [`Backfiller`] reader thread per (space, partition, leaf set) reads that partition of
-//! `events.resolved` from `applied` up to the cut and forwards the events those leaves read to
-//! the internal topic `{prefix}compute.backfill` on the *same* partition (co-partitioned, so
-//! the owning task applies them in its transaction), then a done marker. Until the marker,
-//! definitions using the leaves are held (no output); then the task re-evaluates every profile
-//! once, so the first computation emits `entered` for every member, as if the definition had
-//! existed from the start.
+//! The task reads its own partition of `events.resolved` with a [`HistoryReader`] (a plain
+//! assigned consumer, read_committed, no group commits) from `applied` up to the cut during its
+//! punctuation, a bounded slice at a time (see `service`). [`peek`] filters events by space,
+//! type and name before the full decode. Until every pending leaf reaches its cut, definitions
+//! using them are held (no output); then the task re-evaluates every profile once, so the first
+//! computation emits `entered` for every member, as if the definition had existed from the
+//! start.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use corral_codec::{AvroRecord, MessageType, ResolvedEvent};
-use prometheus::{IntCounter, IntGauge};
+use corral_codec::{AvroRecord, MessageType, ResolvedEvent, SegmentMessage};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
 
 /// One leaf's backfill state in one task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,7 +36,7 @@ pub struct LeafReg {
     pub hist: bool,
     /// History applied up to the cut.
     pub done: bool,
-    /// Next source offset accepted from the backfill topic.
+    /// Next source offset the backfill applies (everything below it is in the state).
     pub applied: i64,
 }
 
@@ -48,6 +44,22 @@ impl LeafReg {
     /// Still waiting for history.
     pub fn pending(&self) -> bool {
         self.hist && !self.done
+    }
+
+    /// Whether the history event at `offset` is still to be applied to this leaf.
+    pub fn wants(&self, offset: i64) -> bool {
+        self.pending() && offset >= self.applied && offset < self.cut
+    }
+
+    /// Records that the history was read up to `at` (exclusive); returns whether it is done.
+    pub fn advance(&mut self, at: i64) -> bool {
+        if self.pending() {
+            self.applied = self.applied.max(at.min(self.cut));
+            if self.applied >= self.cut {
+                self.done = true;
+            }
+        }
+        self.done
     }
 }
 
@@ -66,272 +78,256 @@ pub fn parse_reg_key(k: &[u8]) -> Option<(String, String)> {
 /// Store key of the task's next live offset.
 pub const POS_KEY: &[u8] = b"pos";
 
-/// Header of a record on the backfill topic (followed by `\n` and, for data, the
-/// `ResolvedEvent` bytes).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Header {
-    /// Space.
-    pub s: String,
-    /// Leaves the reader fills.
-    pub l: Vec<String>,
-    /// Source offset of the event (data records).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub o: Option<i64>,
-    /// The reader reached this offset (done marker).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub end: Option<i64>,
+/// What [`peek`] reads of an `events.resolved` record without decoding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peek<'a> {
+    /// `message.space_id`.
+    pub space: &'a str,
+    /// The event name the engine matches (`Page Viewed` / `Screen Viewed` for page / screen);
+    /// `None` for other call types, which leaves never read.
+    pub name: Option<&'a str>,
 }
 
-/// Frames a backfill record.
-pub fn frame(h: &Header, event: &[u8]) -> Vec<u8> {
-    let mut v = serde_json::to_vec(h).unwrap_or_default();
-    v.push(b'\n');
-    v.extend_from_slice(event);
-    v
+/// The writer fingerprint of the current `events.resolved` schema (bytes 2..10 of a record).
+pub fn current_fingerprint() -> Option<[u8; 8]> {
+    let ev = ResolvedEvent {
+        message: SegmentMessage::new("", MessageType::Track, ""),
+        profile_id: String::new(),
+        external_ids: Vec::new(),
+        resolved_at_ms: 0,
+    };
+    let b = ev.encode().ok()?;
+    b.get(2..10)?.try_into().ok()
 }
 
-/// Splits a backfill record.
-pub fn unframe(bytes: &[u8]) -> Result<(Header, &[u8]), String> {
-    let i = bytes
-        .iter()
-        .position(|b| *b == b'\n')
-        .ok_or("no header line")?;
-    let h: Header = serde_json::from_slice(&bytes[..i]).map_err(|e| e.to_string())?;
-    Ok((h, &bytes[i + 1..]))
+/// Reads the space, the call type and the event name of an `events.resolved` record written
+/// with the current schema (`fingerprint`), without the full decode (properties, context and
+/// ids are what cost). `None` when the bytes are not in that layout: decode them fully then.
+pub fn peek<'a>(bytes: &'a [u8], fingerprint: &[u8; 8]) -> Option<Peek<'a>> {
+    if bytes.get(..2)? != [0xC3, 0x01] || bytes.get(2..10)? != fingerprint {
+        return None;
+    }
+    let mut r = Cursor { b: bytes, pos: 10 };
+    let _space = r.string()?;
+    let space = r.string()?;
+    let kind = r.long()?;
+    let _message_id = r.string()?;
+    for _ in 0..4 {
+        // userId, anonymousId, groupId, previousId
+        r.opt_string()?;
+    }
+    let event = r.opt_string()?;
+    let name = match MessageType::ALL.get(usize::try_from(kind).ok()?)? {
+        MessageType::Track => Some(event.unwrap_or_default()),
+        MessageType::Page => Some("Page Viewed"),
+        MessageType::Screen => Some("Screen Viewed"),
+        _ => None,
+    };
+    Some(Peek { space, name })
 }
 
-/// A reader to run.
+struct Cursor<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn long(&mut self) -> Option<i64> {
+        let mut n: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = *self.b.get(self.pos)?;
+            self.pos += 1;
+            n |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(((n >> 1) as i64) ^ -((n & 1) as i64));
+            }
+        }
+        None
+    }
+
+    fn string(&mut self) -> Option<&'a str> {
+        let n = usize::try_from(self.long()?).ok()?;
+        let end = self.pos.checked_add(n)?;
+        let s = std::str::from_utf8(self.b.get(self.pos..end)?).ok()?;
+        self.pos = end;
+        Some(s)
+    }
+
+    fn opt_string(&mut self) -> Option<Option<&'a str>> {
+        match self.long()? {
+            0 => Some(None),
+            1 => self.string().map(Some),
+            _ => None,
+        }
+    }
+}
+
+/// How history readers connect.
 #[derive(Debug, Clone)]
-pub struct Request {
-    /// Space.
-    pub space: String,
-    /// Partition of `events.resolved` (and of the backfill topic).
-    pub partition: i32,
-    /// Leaves to fill.
-    pub leaves: BTreeSet<String>,
-    /// Event names they read.
-    pub names: BTreeSet<String>,
-    /// Read from here (lowest `applied`).
-    pub from: i64,
-    /// Up to here (highest cut, exclusive).
+pub struct HistorySource {
+    /// Kafka bootstrap servers.
+    pub bootstrap: String,
+    /// Extra librdkafka settings (security etc.).
+    pub kafka: BTreeMap<String, String>,
+    /// `events.resolved`.
+    pub topic: String,
+    /// Wall-clock budget of history work per punctuation round, shared by the tasks of a
+    /// stream thread that have history pending (live events of those partitions wait at most
+    /// about this long, plus the re-evaluation when a backfill completes).
+    pub budget: Duration,
+    /// At most this many history records read per task and punctuation (bounds the memory of
+    /// the per-call profile cache).
+    pub max_records: usize,
+}
+
+/// A task's reader of its `events.resolved` partition up to a cut.
+pub struct HistoryReader {
+    consumer: BaseConsumer,
+    /// Next offset to read (everything below was delivered, or is not readable committed data).
+    pub at: i64,
+    /// Stop here (exclusive).
     pub end: i64,
 }
 
-/// Reader metrics.
-#[derive(Clone)]
-pub struct ReaderMetrics {
-    /// Events read from `events.resolved` by readers.
-    pub read: IntCounter,
-    /// Offsets still to read, over all running readers.
-    pub remaining: IntGauge,
-}
-
-/// Starts and tracks backfill reader threads (one per request key, shared by the process).
-pub struct Backfiller {
-    bootstrap: String,
-    kafka: BTreeMap<String, String>,
-    resolved: String,
-    backfill: String,
-    metrics: ReaderMetrics,
-    stop: Arc<AtomicBool>,
-    /// key -> finished at (None: running).
-    runs: Mutex<HashMap<String, Option<Instant>>>,
-}
-
-/// How long a finished reader's key is not restarted (its done marker is on its way).
-const RESTART_AFTER: Duration = Duration::from_secs(60);
-
-impl Backfiller {
-    /// A backfiller.
-    pub fn new(
-        bootstrap: &str,
-        kafka: &BTreeMap<String, String>,
-        resolved: &str,
-        backfill: &str,
-        metrics: ReaderMetrics,
-        stop: Arc<AtomicBool>,
-    ) -> Arc<Backfiller> {
-        Arc::new(Backfiller {
-            bootstrap: bootstrap.into(),
-            kafka: kafka.clone(),
-            resolved: resolved.into(),
-            backfill: backfill.into(),
-            metrics,
-            stop,
-            runs: Mutex::new(HashMap::new()),
+impl HistoryReader {
+    /// Assigns `partition` of the source topic from `from`.
+    pub fn open(
+        src: &HistorySource,
+        partition: i32,
+        from: i64,
+        end: i64,
+    ) -> Result<HistoryReader, KafkaError> {
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", &src.bootstrap)
+            .set("group.id", "corral-compute-backfill")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", "50");
+        for (k, v) in &src.kafka {
+            cc.set(k, v);
+        }
+        let consumer: BaseConsumer = cc.create()?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&src.topic, partition, Offset::Offset(from))?;
+        consumer.assign(&tpl)?;
+        Ok(HistoryReader {
+            consumer,
+            at: from,
+            end,
         })
     }
 
-    /// Starts a reader for `req` unless one runs (or finished recently) for the same key.
-    pub fn request(self: &Arc<Self>, req: Request) {
-        let key = format!(
-            "{}|{}|{}",
-            req.space,
-            req.partition,
-            req.leaves.iter().cloned().collect::<Vec<_>>().join(",")
-        );
-        {
-            let Ok(mut runs) = self.runs.lock() else {
-                return;
-            };
-            match runs.get(&key) {
-                Some(None) => return,
-                Some(Some(t)) if t.elapsed() < RESTART_AFTER => return,
-                _ => {}
-            }
-            runs.insert(key.clone(), None);
-        }
-        let me = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("backfill-{}", req.partition))
-            .spawn(move || {
-                info!(space = %req.space, partition = req.partition, from = req.from, end = req.end, leaves = req.leaves.len(), "backfill reader started");
-                match me.read(&req) {
-                    Ok(n) => info!(partition = req.partition, forwarded = n, "backfill reader done"),
-                    Err(e) => warn!(partition = req.partition, error = %e, "backfill reader failed; it restarts on a later punctuation"),
-                }
-                if let Ok(mut runs) = me.runs.lock() {
-                    runs.insert(key, Some(Instant::now()));
-                }
-            });
-        if let Err(e) = spawned {
-            warn!(error = %e, "cannot start a backfill reader");
-        }
+    /// Whether every offset below `end` was read.
+    pub fn finished(&self) -> bool {
+        self.at >= self.end
     }
 
-    fn read(&self, req: &Request) -> Result<u64, KafkaError> {
-        let mut cc = ClientConfig::new();
-        cc.set("bootstrap.servers", &self.bootstrap)
-            .set("group.id", "corral-compute-backfill")
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .set("enable.partition.eof", "true");
-        let mut pc = ClientConfig::new();
-        pc.set("bootstrap.servers", &self.bootstrap)
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "20");
-        for (k, v) in &self.kafka {
-            cc.set(k, v);
-            pc.set(k, v);
-        }
-        let c: BaseConsumer = cc.create()?;
-        let p: BaseProducer = pc.create()?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.resolved, req.partition, Offset::Offset(req.from))?;
-        c.assign(&tpl)?;
-        let leaves: Vec<String> = req.leaves.iter().cloned().collect();
-        let mut forwarded = 0u64;
-        let mut at = req.from;
-        let total = (req.end - req.from).max(0);
-        self.metrics.remaining.add(total);
-        let mut reported = total;
-        let report = |at: i64, reported: &mut i64| {
-            let left = (req.end - at).max(0);
-            self.metrics.remaining.sub(*reported - left);
-            *reported = left;
-        };
-        let result = loop {
-            if self.stop.load(Ordering::SeqCst) {
-                break Err(KafkaError::Canceled);
+    /// Delivers `(offset, payload)` of the records below `end`, in offset order, until `end`,
+    /// `deadline` or `max` records; returns how many records were read.
+    pub fn read(
+        &mut self,
+        deadline: Instant,
+        max: usize,
+        mut f: impl FnMut(i64, &[u8]),
+    ) -> Result<usize, KafkaError> {
+        let mut n = 0;
+        while !self.finished() && n < max {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
             }
-            if at >= req.end {
-                break Ok(());
-            }
-            match c.poll(Duration::from_millis(200)) {
+            match self.consumer.poll(left.min(Duration::from_millis(100))) {
                 Some(Ok(m)) => {
-                    at = m.offset() + 1;
-                    if m.offset() >= req.end {
-                        break Ok(());
+                    if m.offset() >= self.end {
+                        self.at = self.end;
+                        break;
                     }
-                    self.metrics.read.inc();
-                    let Some(v) = m.payload() else { continue };
-                    // Undecodable or foreign events were dead-lettered by the live path.
-                    let Ok(ev) = ResolvedEvent::decode(v) else {
-                        continue;
-                    };
-                    let name = match ev.message.message_type {
-                        MessageType::Track => ev.message.event.as_deref().unwrap_or_default(),
-                        MessageType::Page => "Page Viewed",
-                        MessageType::Screen => "Screen Viewed",
-                        _ => continue,
-                    };
-                    if ev.message.space_id != req.space || !req.names.contains(name) {
-                        continue;
-                    }
-                    let h = Header {
-                        s: req.space.clone(),
-                        l: leaves.clone(),
-                        o: Some(m.offset()),
-                        end: None,
-                    };
-                    send(&p, &self.backfill, req.partition, m.key(), frame(&h, v))?;
-                    forwarded += 1;
-                    if forwarded.is_multiple_of(1000) {
-                        report(at, &mut reported);
+                    self.at = m.offset() + 1;
+                    n += 1;
+                    if let Some(v) = m.payload() {
+                        f(m.offset(), v);
                     }
                 }
-                // End of the readable log: every committed offset below the cut was read.
-                Some(Err(KafkaError::PartitionEOF(_))) => break Ok(()),
-                Some(Err(e)) => break Err(e),
+                // End of the readable log: every committed offset below the cut was read (the
+                // cut is the offset after a record the live path already read committed).
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    self.at = self.end;
+                }
+                Some(Err(e)) => return Err(e),
                 None => {}
             }
-        };
-        report(req.end, &mut reported);
-        result?;
-        let h = Header {
-            s: req.space.clone(),
-            l: leaves,
-            o: None,
-            end: Some(req.end),
-        };
-        send(&p, &self.backfill, req.partition, None, frame(&h, &[]))?;
-        p.flush(Duration::from_secs(60))?;
-        Ok(forwarded)
-    }
-}
-
-fn send(
-    p: &BaseProducer,
-    topic: &str,
-    partition: i32,
-    key: Option<&[u8]>,
-    value: Vec<u8>,
-) -> Result<(), KafkaError> {
-    loop {
-        let mut r: BaseRecord<'_, [u8], [u8]> =
-            BaseRecord::to(topic).partition(partition).payload(&value);
-        if let Some(k) = key {
-            r = r.key(k);
         }
-        match p.send(r) {
-            Ok(()) => {
-                p.poll(Duration::ZERO);
-                return Ok(());
-            }
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                p.poll(Duration::from_millis(50));
-            }
-            Err((e, _)) => return Err(e),
-        }
+        Ok(n)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use corral_codec::ExternalId;
+
+    fn record(space: &str, kind: MessageType, event: Option<&str>) -> Vec<u8> {
+        let mut m = SegmentMessage::new(space, kind, "mid-1");
+        m.user_id = Some("u1".into());
+        m.anonymous_id = Some("a1".into());
+        m.event = event.map(String::from);
+        m.properties = Some(serde_json::json!({"revenue": 10}));
+        ResolvedEvent {
+            message: m,
+            profile_id: "use_1".into(),
+            external_ids: vec![ExternalId {
+                id_type: "user_id".into(),
+                id: "u1".into(),
+                collection: None,
+            }],
+            resolved_at_ms: 5,
+        }
+        .encode()
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
 
     #[test]
-    fn frames_round_trip() {
-        let h = Header {
-            s: "sp".into(),
-            l: vec!["a".into()],
-            o: Some(7),
-            end: None,
+    fn peeks_space_and_name() {
+        let fp = current_fingerprint().unwrap_or_else(|| panic!("no fingerprint"));
+        let t = record("sp", MessageType::Track, Some("Order Completed"));
+        assert_eq!(
+            peek(&t, &fp),
+            Some(Peek {
+                space: "sp",
+                name: Some("Order Completed")
+            })
+        );
+        let p = record("sp2", MessageType::Page, None);
+        assert_eq!(peek(&p, &fp).and_then(|p| p.name), Some("Page Viewed"));
+        let i = record("sp", MessageType::Identify, None);
+        assert_eq!(peek(&i, &fp).map(|p| p.name), Some(None));
+        // Another layout, truncated or garbage: no answer (the caller decodes fully).
+        assert_eq!(peek(&t[..12], &fp), None);
+        assert_eq!(peek(b"xx", &fp), None);
+        let mut other = t.clone();
+        other[3] ^= 1;
+        assert_eq!(peek(&other, &fp), None);
+    }
+
+    #[test]
+    fn registration_advances_to_its_cut() {
+        let mut r = LeafReg {
+            cut: 10,
+            hist: true,
+            done: false,
+            applied: 0,
         };
-        let b = frame(&h, b"x\ny");
-        let (h2, rest) = unframe(&b).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(h2, h);
-        assert_eq!(rest, b"x\ny");
+        assert!(r.wants(0) && r.wants(9) && !r.wants(10));
+        assert!(!r.advance(4));
+        assert!(!r.wants(3) && r.wants(4));
+        assert!(!r.advance(2), "never goes back");
+        assert_eq!(r.applied, 4);
+        assert!(r.advance(25));
+        assert_eq!(r.applied, 10);
+        assert!(!r.wants(5));
         assert_eq!(
             parse_reg_key(&reg_key("s", "l/1")),
             Some(("s".into(), "l/1".into()))

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use corral_compute::backfill::{Backfiller, ReaderMetrics};
+use corral_compute::backfill::HistorySource;
 use corral_compute::metrics::Metrics;
 use corral_compute::query::{self, spawn_follower, ProfilesView, QueryState};
 use corral_compute::service::{
@@ -42,9 +42,17 @@ struct Args {
     /// Internal: merged-away state handed to the survivor's partition.
     #[arg(long, env = "CORRAL_TOPIC_MERGE_STATE")]
     merge_state_topic: Option<String>,
-    /// Internal: historical events for definitions being backfilled.
-    #[arg(long, env = "CORRAL_TOPIC_BACKFILL")]
+    /// Ignored: the `compute.backfill` topic is no longer used (history is read from
+    /// events.resolved by the owning task); accepted so existing deployments keep starting.
+    #[arg(long, env = "CORRAL_TOPIC_BACKFILL", hide = true)]
     backfill_topic: Option<String>,
+    /// Backfill: wall-clock budget of history work per punctuation round, shared by the
+    /// partitions with history pending (their live events wait at most about this long).
+    #[arg(long, env = "CORRAL_BACKFILL_BUDGET_MS", default_value_t = 400)]
+    backfill_budget_ms: u64,
+    /// Backfill: at most this many history records per partition and punctuation.
+    #[arg(long, env = "CORRAL_BACKFILL_MAX_RECORDS", default_value_t = 500_000)]
+    backfill_max_records: usize,
     #[arg(long, env = "CORRAL_TOPIC_MEMBERSHIP")]
     membership_topic: Option<String>,
     #[arg(long, env = "CORRAL_TOPIC_TRAITS")]
@@ -90,7 +98,6 @@ fn main() -> anyhow::Result<()> {
         resolved: topic(&args.resolved_topic, "events.resolved"),
         merges: topic(&args.merges_topic, "profiles.merges"),
         merge_state: topic(&args.merge_state_topic, "compute.merge-state"),
-        backfill: topic(&args.backfill_topic, "compute.backfill"),
         membership: topic(&args.membership_topic, "audiences.membership"),
         traits: topic(&args.traits_topic, "traits.changes"),
     });
@@ -102,7 +109,6 @@ fn main() -> anyhow::Result<()> {
         topics.resolved.clone(),
         topics.merges.clone(),
         topics.merge_state.clone(),
-        topics.backfill.clone(),
     ];
     cfg.dlq_topic = topic(&args.dlq_topic, "events.dlq");
     cfg.stores = STORES
@@ -132,16 +138,17 @@ fn main() -> anyhow::Result<()> {
                 topics.resolved
             )
         })?;
-    for internal in [&topics.merge_state, &topics.backfill] {
-        admin
-            .create(&DesiredTopic {
-                name: internal.clone(),
-                partitions,
-                replication_factor: 1,
-                cleanup_policy: CleanupPolicy::Delete,
-                retention_ms: Some(7 * 86_400_000),
-            })
-            .with_context(|| format!("creating {internal}"))?;
+    admin
+        .create(&DesiredTopic {
+            name: topics.merge_state.clone(),
+            partitions,
+            replication_factor: 1,
+            cleanup_policy: CleanupPolicy::Delete,
+            retention_ms: Some(7 * 86_400_000),
+        })
+        .with_context(|| format!("creating {}", topics.merge_state))?;
+    if args.backfill_topic.is_some() {
+        warn!("--backfill-topic is ignored: backfill reads events.resolved directly");
     }
 
     let runtime = StreamRuntime::new(cfg).context("configuring the runtime")?;
@@ -221,20 +228,16 @@ fn main() -> anyhow::Result<()> {
             reader_stop.clone(),
         )?);
     }
-    let backfiller = Backfiller::new(
-        &args.bootstrap,
-        &kafka_extra,
-        &topics.resolved,
-        &topics.backfill,
-        ReaderMetrics {
-            read: metrics.backfill_read.clone(),
-            remaining: metrics.backfill_remaining.clone(),
-        },
-        reader_stop.clone(),
-    );
+    let history = Arc::new(HistorySource {
+        bootstrap: args.bootstrap.clone(),
+        kafka: kafka_extra.clone(),
+        topic: topics.resolved.clone(),
+        budget: Duration::from_millis(args.backfill_budget_ms.max(1)),
+        max_records: args.backfill_max_records.max(1),
+    });
     let result = runtime.run(move || {
         ComputeProcessor::new(topics.clone(), defs.clone(), clock.clone(), metrics.clone())
-            .with_backfiller(backfiller.clone())
+            .with_history(history.clone())
     });
     reader_stop.store(true, Ordering::SeqCst);
     let _ = reader.join();

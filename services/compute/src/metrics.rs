@@ -2,7 +2,8 @@
 //! audience keys are the active definitions, change is entered/exited.
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// Compute's metrics.
@@ -29,10 +30,16 @@ pub struct Metrics {
     pub definitions_rejected: IntGauge,
     /// Historical events applied to backfilling leaves.
     pub backfill_applied: IntCounter,
-    /// Events read from `events.resolved` by backfill readers.
+    /// History records read from `events.resolved` by backfilling tasks.
     pub backfill_read: IntCounter,
-    /// Offsets backfill readers still have to read.
+    /// Offsets backfilling tasks still have to read (up to their cuts).
     pub backfill_remaining: IntGauge,
+    /// Tasks of this instance reading history.
+    pub backfill_tasks_active: IntGauge,
+    /// When this instance last went from no backfilling task to one (Unix seconds).
+    pub backfill_started: Gauge,
+    /// When a task of this instance last completed its backfill (Unix seconds).
+    pub backfill_completed: Gauge,
     /// Per definition: this instance's partitions where its backfill is not done.
     pub backfill_pending: IntGaugeVec,
 }
@@ -86,11 +93,23 @@ impl Metrics {
             )?,
             backfill_read: IntCounter::new(
                 "compute_backfill_read_total",
-                "Events read from events.resolved by backfill readers.",
+                "History records read from events.resolved by backfilling tasks.",
             )?,
             backfill_remaining: IntGauge::new(
                 "compute_backfill_remaining_events",
-                "Offsets of events.resolved backfill readers still have to read.",
+                "Offsets of events.resolved backfilling tasks still have to read.",
+            )?,
+            backfill_tasks_active: IntGauge::new(
+                "compute_backfill_tasks_active",
+                "Tasks (partitions) of this instance reading history.",
+            )?,
+            backfill_started: Gauge::new(
+                "compute_backfill_started_timestamp_seconds",
+                "When this instance last went from no backfilling task to one (Unix time).",
+            )?,
+            backfill_completed: Gauge::new(
+                "compute_backfill_completed_timestamp_seconds",
+                "When a task of this instance last completed its backfill (Unix time).",
             )?,
             backfill_pending: IntGaugeVec::new(
                 Opts::new(
@@ -104,6 +123,9 @@ impl Metrics {
         registry.register(Box::new(m.backfill_read.clone()))?;
         registry.register(Box::new(m.backfill_remaining.clone()))?;
         registry.register(Box::new(m.backfill_pending.clone()))?;
+        registry.register(Box::new(m.backfill_tasks_active.clone()))?;
+        registry.register(Box::new(m.backfill_started.clone()))?;
+        registry.register(Box::new(m.backfill_completed.clone()))?;
         registry.register(Box::new(m.events.clone()))?;
         registry.register(Box::new(m.evaluations.clone()))?;
         registry.register(Box::new(m.membership_changes.clone()))?;

@@ -13,9 +13,13 @@
 //! Definitions come from the `definitions` topic through [`Definitions`], shared by every
 //! task; when they change, each task re-evaluates all of its profiles once (first computation
 //! emits `entered` for every member; an edit emits only the differences).
+//!
+//! Backfill (see `backfill`): a task with leaves waiting for history reads its own partition
+//! of `events.resolved` up to the cut during its punctuation, a bounded slice per call, and
+//! applies it with the registrations' progress in the same transaction.
 
 use crate::admin::DefinitionBody;
-use crate::backfill::{self, Backfiller, Header, LeafReg, Request};
+use crate::backfill::{self, HistoryReader, HistorySource, LeafReg};
 use crate::engine::{Change, ChangeKind, DefinitionSpec, Engine, EngineConfig, InEvent};
 use crate::metrics::Metrics;
 use crate::state::{ExtId, ProfileState};
@@ -28,7 +32,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
-use tracing::info;
+use std::time::Instant;
+use tracing::{info, warn};
 
 /// Where "now" comes from: the wall clock in production, a settable one in tests.
 pub trait Clock: Send + Sync {
@@ -72,8 +77,6 @@ pub struct Topics {
     pub merges: String,
     /// Internal state hand-over for merges.
     pub merge_state: String,
-    /// Internal: historical events for leaves being backfilled (see `backfill`).
-    pub backfill: String,
     /// `audiences.membership`.
     pub membership: String,
     /// `traits.changes`.
@@ -221,8 +224,10 @@ pub struct ComputeProcessor {
     /// The definitions this call runs with (one snapshot per call, so the backfill cut and
     /// the engine that counts live events agree).
     snap: (Arc<Engines>, u64),
-    /// Backfill readers (None: backfill disabled, e.g. in unit tests).
-    backfiller: Option<Arc<Backfiller>>,
+    /// Where history is read from (None: no backfill reading, e.g. in unit tests).
+    history: Option<Arc<HistorySource>>,
+    /// The current `events.resolved` writer fingerprint (for `backfill::peek`).
+    fingerprint: Option<[u8; 8]>,
     /// Per partition: leaf registrations (cache of the `backfill` store) and held definitions.
     tasks: HashMap<i32, TaskBackfill>,
 }
@@ -233,6 +238,26 @@ struct TaskBackfill {
     generation: u64,
     regs: BTreeMap<(String, String), LeafReg>,
     held: BTreeMap<String, Arc<BTreeSet<String>>>,
+    /// Reader of this partition's history (positioned at the lowest pending `applied`).
+    reader: Option<HistoryReader>,
+    /// This backfill's progress in this process (log and metrics).
+    run: Option<Run>,
+    /// This task's share of the remaining-events gauge.
+    remaining: i64,
+}
+
+/// A task's backfill since this process started reading it.
+struct Run {
+    started: Instant,
+    read: u64,
+    applied: u64,
+}
+
+/// A profile's state while a history slice is applied (loaded once per slice).
+struct Slot {
+    st: ProfileState,
+    old_wake: Option<i64>,
+    dirty: bool,
 }
 
 const PROFILES: usize = 0;
@@ -296,14 +321,15 @@ impl ComputeProcessor {
             metrics,
             cursors: HashMap::new(),
             snap: (Arc::default(), u64::MAX),
-            backfiller: None,
+            history: None,
+            fingerprint: backfill::current_fingerprint(),
             tasks: HashMap::new(),
         }
     }
 
-    /// With backfill readers.
-    pub fn with_backfiller(mut self, b: Arc<Backfiller>) -> Self {
-        self.backfiller = Some(b);
+    /// Reads history for `include_historical_data` from this source.
+    pub fn with_history(mut self, src: Arc<HistorySource>) -> Self {
+        self.history = Some(src);
         self
     }
 
@@ -556,12 +582,16 @@ impl ComputeProcessor {
     /// Forgets a task's backfill cache (reloaded from the store on next use) and its share of
     /// the pending gauge.
     fn drop_task(&mut self, part: i32) {
-        if let Some(t) = self.tasks.remove(&part) {
+        if let Some(mut t) = self.tasks.remove(&part) {
             for held in t.held.values() {
                 for d in held.iter() {
                     self.metrics.backfill_pending.with_label_values(&[d]).dec();
                 }
             }
+            if t.run.take().is_some() {
+                self.metrics.backfill_tasks_active.dec();
+            }
+            self.report_remaining(&mut t, 0);
         }
     }
 
@@ -637,7 +667,6 @@ impl ComputeProcessor {
         self.set_held(&mut task);
         task.generation = generation;
         self.tasks.insert(part, task);
-        self.request_readers(part);
         Ok(())
     }
 
@@ -677,136 +706,294 @@ impl ComputeProcessor {
         released
     }
 
-    /// Asks for a reader per (space, pending leaf set) of this task (no-op when one runs).
-    fn request_readers(&self, part: i32) {
-        let (Some(bf), Some(task)) = (&self.backfiller, self.tasks.get(&part)) else {
-            return;
-        };
-        let mut by_space: BTreeMap<&str, Vec<(&String, &LeafReg)>> = BTreeMap::new();
-        for ((space, leaf), reg) in &task.regs {
-            if reg.pending() {
-                by_space.entry(space).or_default().push((leaf, reg));
-            }
-        }
-        for (space, regs) in by_space {
-            let Some(engine) = self.snap.0.get(space) else {
-                continue;
-            };
-            let leaves: BTreeSet<String> = regs.iter().map(|(l, _)| (*l).clone()).collect();
-            bf.request(Request {
-                space: space.to_string(),
-                partition: part,
-                names: engine.event_names(&leaves),
-                from: regs.iter().map(|(_, r)| r.applied).min().unwrap_or(0),
-                end: regs.iter().map(|(_, r)| r.cut).max().unwrap_or(0),
-                leaves,
-            });
-        }
-    }
-
-    /// A record from a backfill reader: a historical event for some leaves, or the end.
-    fn on_backfill(
+    /// Reads and applies a slice of this task's history (bounded by the source's budget,
+    /// shared by the tasks with history pending, and its record cap), writing the states it
+    /// changed and every pending registration's progress in the open transaction. Returns
+    /// whether definitions were released (every profile must then be re-evaluated).
+    ///
+    /// The reader's position is in memory only: it always equals the lowest pending `applied`
+    /// of the committed-or-open state, because this call either writes all its effects or
+    /// returns a fatal error (the runtime aborts, `on_abort` drops the reader, and the next
+    /// call reopens it from the restored registrations).
+    fn run_history(
         &mut self,
         ctx: &mut ProcessContext<'_>,
-        bytes: &[u8],
-    ) -> Result<(), ProcessError> {
+        now: i64,
+    ) -> Result<bool, ProcessError> {
         let part = ctx.partition();
-        let (h, event): (Header, &[u8]) =
-            backfill::unframe(bytes).map_err(|e| ProcessError::bad_input("undecodable", e))?;
-        let Some(mut task) = self.tasks.remove(&part) else {
-            return Ok(());
+        let Some(src) = self.history.clone() else {
+            return Ok(false);
         };
-        let r = self.apply_backfill(ctx, &mut task, &h, event);
+        let busy = self
+            .tasks
+            .values()
+            .filter(|t| t.regs.values().any(LeafReg::pending))
+            .count()
+            .max(1);
+        let Some(mut task) = self.tasks.remove(&part) else {
+            return Ok(false);
+        };
+        let r = self.history_slice(ctx, &mut task, &src, busy, now);
         self.tasks.insert(part, task);
-        if r? {
-            // Released definitions: evaluate every profile at the next punctuation (the
-            // first computation emits `entered` for every member, an edit the differences).
-            self.cursors.remove(&part);
-        }
-        Ok(())
+        r
     }
 
-    fn apply_backfill(
+    fn history_slice(
         &self,
         ctx: &mut ProcessContext<'_>,
         task: &mut TaskBackfill,
-        h: &Header,
-        event: &[u8],
+        src: &HistorySource,
+        busy: usize,
+        now: i64,
     ) -> Result<bool, ProcessError> {
-        let put = |ctx: &mut ProcessContext<'_>, space: &str, leaf: &str, reg: &LeafReg| {
-            serde_json::to_vec(reg)
-                .map(|v| ctx.put(BACKFILL, backfill::reg_key(space, leaf), v))
-                .map_err(|e| ProcessError::Fatal(format!("encoding: {e}")))
+        let part = ctx.partition();
+        let pending: Vec<((String, String), LeafReg)> = task
+            .regs
+            .iter()
+            .filter(|(_, r)| r.pending())
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        if pending.is_empty() {
+            task.reader = None;
+            self.report_remaining(task, 0);
+            return Ok(false);
+        }
+        let from = pending.iter().map(|(_, r)| r.applied).min().unwrap_or(0);
+        let end = pending.iter().map(|(_, r)| r.cut).max().unwrap_or(0);
+        if task.reader.as_ref().is_none_or(|r| r.at != from) {
+            task.reader = None;
+            match HistoryReader::open(src, part, from, end) {
+                Ok(r) => task.reader = Some(r),
+                Err(e) => {
+                    warn!(partition = part, error = %e, "cannot open the backfill reader; retrying at the next punctuation");
+                    return Ok(false);
+                }
+            }
+        }
+        let Some(reader) = task.reader.as_mut() else {
+            return Ok(false);
         };
-        if let Some(end) = h.end {
-            for leaf in &h.l {
-                if let Some(reg) = task.regs.get_mut(&(h.s.clone(), leaf.clone())) {
-                    if reg.pending() && end >= reg.cut {
-                        reg.done = true;
-                        put(ctx, &h.s, leaf, reg)?;
+        reader.end = end;
+        if task.run.is_none() {
+            if self.metrics.backfill_tasks_active.get() == 0 {
+                self.metrics
+                    .backfill_started
+                    .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+            }
+            self.metrics.backfill_tasks_active.inc();
+            info!(
+                partition = part,
+                from,
+                end,
+                leaves = pending.len(),
+                "backfill started"
+            );
+            task.run = Some(Run {
+                started: Instant::now(),
+                read: 0,
+                applied: 0,
+            });
+        }
+
+        // Per space: engine, pending leaves and the names they read (the cheap filter).
+        let mut spaces: BTreeMap<&str, (Arc<Engine>, BTreeSet<String>)> = BTreeMap::new();
+        for ((space, leaf), _) in &pending {
+            if let Some(e) = self.snap.0.get(space) {
+                spaces
+                    .entry(space.as_str())
+                    .or_insert_with(|| (e.clone(), BTreeSet::new()))
+                    .1
+                    .insert(leaf.clone());
+            }
+        }
+        let names: BTreeMap<&str, BTreeSet<String>> = spaces
+            .iter()
+            .map(|(s, (e, leaves))| (*s, e.event_names(leaves)))
+            .collect();
+        // The leaves an offset still goes to change only at registration boundaries.
+        let mut bounds: Vec<i64> = pending
+            .iter()
+            .flat_map(|(_, r)| [r.applied, r.cut])
+            .collect();
+        bounds.sort_unstable();
+        bounds.dedup();
+        let mut only_cache: HashMap<(String, usize), Arc<BTreeSet<String>>> = HashMap::new();
+
+        let mut cache: HashMap<String, Slot> = HashMap::new();
+        let mut applied = 0u64;
+        let mut failure: Option<ProcessError> = None;
+        let deadline = Instant::now() + src.budget / busy as u32;
+        let fp = self.fingerprint;
+        let read = reader.read(deadline, src.max_records, |offset, bytes| {
+            if failure.is_some() {
+                return;
+            }
+            // Cheap filter first; undecodable events were dead-lettered by the live path.
+            if let Some(p) = fp.as_ref().and_then(|fp| backfill::peek(bytes, fp)) {
+                let wanted = p
+                    .name
+                    .is_some_and(|n| names.get(p.space).is_some_and(|set| set.contains(n)));
+                if !wanted {
+                    return;
+                }
+            }
+            let Ok(ev) = ResolvedEvent::decode(bytes) else {
+                return;
+            };
+            let m = &ev.message;
+            let name = match m.message_type {
+                MessageType::Track => m.event.as_deref().unwrap_or_default(),
+                MessageType::Page => "Page Viewed",
+                MessageType::Screen => "Screen Viewed",
+                _ => return,
+            };
+            let Some((engine, _)) = spaces.get(m.space_id.as_str()) else {
+                return;
+            };
+            if !names
+                .get(m.space_id.as_str())
+                .is_some_and(|n| n.contains(name))
+                || ev.profile_id.is_empty()
+            {
+                return;
+            }
+            let b = bounds.partition_point(|x| *x <= offset);
+            let only = only_cache
+                .entry((m.space_id.clone(), b))
+                .or_insert_with(|| {
+                    Arc::new(
+                        pending
+                            .iter()
+                            .filter(|((s, _), r)| *s == m.space_id && r.wants(offset))
+                            .map(|((_, l), _)| l.clone())
+                            .collect(),
+                    )
+                })
+                .clone();
+            if only.is_empty() {
+                return;
+            }
+            let slot = match cache.get_mut(&ev.profile_id) {
+                Some(s) => s,
+                None => match Self::load(ctx, &ev.profile_id) {
+                    Ok(st) => {
+                        let st = st.unwrap_or_default();
+                        let old_wake = st.wake_ms;
+                        cache.entry(ev.profile_id.clone()).or_insert(Slot {
+                            st,
+                            old_wake,
+                            dirty: false,
+                        })
                     }
+                    Err(e) => {
+                        failure = Some(e);
+                        return;
+                    }
+                },
+            };
+            let st = &mut slot.st;
+            let empty = Map::new();
+            fn obj<'v>(
+                v: &'v Option<Value>,
+                empty: &'v Map<String, Value>,
+            ) -> &'v Map<String, Value> {
+                match v {
+                    Some(Value::Object(o)) => o,
+                    _ => empty,
                 }
             }
-            let released = self.set_held(task);
-            if released {
-                info!(space = %h.s, partition = ctx.partition(), "backfill complete");
-            }
-            return Ok(released);
-        }
-        let Some(o) = h.o else { return Ok(false) };
-        let mut only = BTreeSet::new();
-        for leaf in &h.l {
-            if let Some(reg) = task.regs.get_mut(&(h.s.clone(), leaf.clone())) {
-                if reg.pending() && o < reg.cut && o >= reg.applied {
-                    reg.applied = o + 1;
-                    put(ctx, &h.s, leaf, reg)?;
-                    only.insert(leaf.clone());
+            let applies = engine.backfill_event(
+                st,
+                &InEvent {
+                    name,
+                    ts_ms: event_time_ms(m, now),
+                    properties: obj(&m.properties, &empty),
+                    context: obj(&m.context, &empty),
+                    source_id: m.source_id.as_deref(),
+                },
+                &only,
+                now,
+            );
+            if applies {
+                if st.space_id.is_empty() {
+                    st.space_id = m.space_id.clone();
                 }
+                st.add_ids(ext_ids(&ev.external_ids));
+                slot.dirty = true;
+                applied += 1;
+            }
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let (n, reader_failed) = match read {
+            Ok(n) => (n, false),
+            Err(e) => {
+                // What was delivered before the error is applied and recorded below; the rest
+                // is read again by a new reader from the recorded progress.
+                warn!(partition = part, error = %e, "backfill read failed; reopening at the next punctuation");
+                (0, true)
+            }
+        };
+        let at = reader.at;
+        let reader_end = reader.end;
+        if reader_failed {
+            task.reader = None;
+        }
+        for (profile, slot) in &cache {
+            if slot.dirty {
+                self.save(ctx, profile, &slot.st, slot.old_wake);
             }
         }
-        if only.is_empty() {
+        let mut completed = false;
+        for ((space, leaf), reg) in task.regs.iter_mut() {
+            if !reg.pending() {
+                continue;
+            }
+            let before = reg.clone();
+            completed |= reg.advance(at);
+            if *reg != before {
+                let v = serde_json::to_vec(&*reg)
+                    .map_err(|e| ProcessError::Fatal(format!("encoding: {e}")))?;
+                ctx.put(BACKFILL, backfill::reg_key(space, leaf), v);
+            }
+        }
+        self.metrics.backfill_read.inc_by(n as u64);
+        self.metrics.backfill_applied.inc_by(applied);
+        self.report_remaining(task, (reader_end - at).max(0));
+        if let Some(run) = task.run.as_mut() {
+            run.read += n as u64;
+            run.applied += applied;
+        }
+        if !completed {
             return Ok(false);
         }
-        let Some(engine) = self.snap.0.get(&h.s).cloned() else {
-            return Ok(false);
-        };
-        let ev = ResolvedEvent::decode(event)
-            .map_err(|e| ProcessError::bad_input("undecodable", e.to_string()))?;
-        let m = &ev.message;
-        let name = match m.message_type {
-            MessageType::Page => "Page Viewed",
-            MessageType::Screen => "Screen Viewed",
-            _ => m.event.as_deref().unwrap_or_default(),
-        };
-        let now = self.clock.now_ms();
-        let mut st = Self::load(ctx, &ev.profile_id)?.unwrap_or_default();
-        let old_wake = st.wake_ms;
-        if st.space_id.is_empty() {
-            st.space_id = m.space_id.clone();
+        let released = self.set_held(task);
+        if !task.regs.values().any(LeafReg::pending) {
+            task.reader = None;
+            if let Some(run) = task.run.take() {
+                let secs = run.started.elapsed().as_secs_f64();
+                self.metrics.backfill_tasks_active.dec();
+                self.metrics
+                    .backfill_completed
+                    .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+                info!(
+                    partition = part,
+                    read = run.read,
+                    applied = run.applied,
+                    seconds = secs,
+                    events_per_s = (run.read as f64 / secs.max(1e-9)) as u64,
+                    "backfill complete"
+                );
+            }
         }
-        st.add_ids(ext_ids(&ev.external_ids));
-        let as_map = |v: &Option<Value>| match v {
-            Some(Value::Object(o)) => o.clone(),
-            _ => Map::new(),
-        };
-        let (props, context) = (as_map(&m.properties), as_map(&m.context));
-        let applied = engine.backfill_event(
-            &mut st,
-            &InEvent {
-                name,
-                ts_ms: event_time_ms(m, now),
-                properties: &props,
-                context: &context,
-                source_id: m.source_id.as_deref(),
-            },
-            &only,
-            now,
-        );
-        if applied {
-            self.metrics.backfill_applied.inc();
-            self.save(ctx, &ev.profile_id, &st, old_wake);
-        }
-        Ok(false)
+        Ok(released)
+    }
+
+    /// Sets this task's share of the remaining-events gauge.
+    fn report_remaining(&self, task: &mut TaskBackfill, left: i64) {
+        self.metrics.backfill_remaining.add(left - task.remaining);
+        task.remaining = left;
     }
 
     fn reevaluate(
@@ -857,8 +1044,6 @@ impl Processor for ComputeProcessor {
         };
         if record.topic == self.topics.resolved {
             self.on_event(ctx, v)
-        } else if record.topic == self.topics.backfill {
-            self.on_backfill(ctx, v)
         } else if record.topic == self.topics.merges {
             self.on_merge(ctx, v)
         } else if record.topic == self.topics.merge_state {
@@ -905,7 +1090,11 @@ impl Processor for ComputeProcessor {
         let part = ctx.partition();
         self.snap = self.defs.snapshot();
         self.sync_backfill(ctx)?;
-        self.request_readers(part);
+        if self.run_history(ctx, now)? {
+            // Released definitions: evaluate every profile below, in this transaction (the
+            // first computation emits `entered` for every member, an edit the differences).
+            self.cursors.remove(&part);
+        }
         let generation = self.snap.1;
         let now_bucket = (now.max(0) / BUCKET_MS) as u64;
         let cursor = self.cursors.get(&part).copied();

@@ -2,7 +2,8 @@
 //! library function, `corral_compute::admin::apply_text`) with created / changed / unchanged,
 //! list and delete; and backfill: an audience created after the history with
 //! `include_historical_data: true` ends with the same members as one defined before the first
-//! event, while one without historical data counts only later events.
+//! event, while one without historical data counts only later events; the same with compute
+//! killed (SIGKILL) in the middle of the backfill and restarted.
 //! `COMPUTE_BACKFILL_PROFILES` (default 200) scales the history (e.g. 20000 for ~100k events).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -97,13 +98,56 @@ fn members(m: &BTreeMap<(String, String), Vec<String>>, audience: &str) -> BTree
         .collect()
 }
 
+/// A free loopback address for compute's admin endpoint.
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// The value of an unlabelled metric on compute's `/metrics` (None while it does not answer).
+fn metric(addr: &str, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    // `name value` or `name{const labels} value`.
+    body.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        if !rest.starts_with([' ', '{']) {
+            return None;
+        }
+        rest.split_whitespace().last()?.parse().ok()
+    })
+}
+
 #[test]
 fn apply_and_backfill() {
+    scenario(false);
+}
+
+/// SIGKILL while history is being applied: the restarted process resumes from the committed
+/// progress; the result is the same, every member entered exactly once.
+#[test]
+fn backfill_survives_kill9() {
+    scenario(true);
+}
+
+fn scenario(crash: bool) {
     let profiles: usize = std::env::var("COMPUTE_BACKFILL_PROFILES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
-    let app = unique("compute-life");
+    let app = unique(if crash {
+        "compute-life-crash"
+    } else {
+        "compute-life"
+    });
     let t = |n: &str| format!("{app}.{n}");
     let (resolved, merges, membership, traits, defs, dlq) = (
         t("events.resolved"),
@@ -143,7 +187,7 @@ fn apply_and_backfill() {
     );
 
     let state = tempfile::tempdir().unwrap();
-    let args: Vec<String> = [
+    let mut args: Vec<String> = [
         "--bootstrap",
         &bootstrap(),
         "--app",
@@ -156,8 +200,6 @@ fn apply_and_backfill() {
         &merges,
         "--merge-state-topic",
         &t("compute.merge-state"),
-        "--backfill-topic",
-        &t("compute.backfill"),
         "--membership-topic",
         &membership,
         "--traits-topic",
@@ -174,7 +216,17 @@ fn apply_and_backfill() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let svc = Service::spawn("compute", BIN, &args, &[]);
+    if crash {
+        // Small history slices, so the kill lands in the middle of the backfill.
+        args.extend(["--backfill-max-records".to_string(), "10".to_string()]);
+    }
+    let with_admin = |addr: &str| {
+        let mut a = args.clone();
+        a.extend(["--admin".to_string(), addr.to_string()]);
+        a
+    };
+    let admin_addr = free_addr();
+    let mut svc = Service::spawn("compute", BIN, &with_admin(&admin_addr), &[]);
 
     // History: every profile orders 3 times; the last quarter's profiles once only.
     let base = chrono::Utc::now().timestamp_millis() - 3_600_000;
@@ -199,6 +251,26 @@ fn apply_and_backfill() {
         profiles - quarter
     );
 
+    // The crash: SIGKILL once a few history slices were read (some progress committed, most
+    // of the history not yet; compute starts reading as soon as it sees the first new
+    // definition, while `apply_text` still publishes).
+    let killer = crash.then(|| {
+        let (addr, pid) = (admin_addr.clone(), svc.child.id());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while metric(&addr, "corral_compute_backfill_read_total").unwrap_or(0.0) < 60.0 {
+                if Instant::now() > deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        })
+    });
     // New definitions after the history: one backfilled, one not; the first is unchanged.
     let r = admin::apply_text(&at, AFTER, "after.yaml", Some("test".into())).unwrap();
     assert_eq!(
@@ -225,6 +297,15 @@ fn apply_and_backfill() {
         .map(|d| (d.key, d.version))
         .collect();
     assert_eq!(listed.len(), 3);
+
+    let mut restarted_admin = None;
+    if let Some(killer) = killer {
+        assert!(killer.join().unwrap(), "backfill did not start");
+        svc.kill9();
+        let addr = free_addr();
+        svc = Service::spawn("compute", BIN, &with_admin(&addr), &[]);
+        restarted_admin = Some(addr);
+    }
 
     // Wait for the backfilled audience to catch up with the history before new events.
     let caught_up = memberships(&membership, 2 * (profiles - quarter));
@@ -263,6 +344,11 @@ fn apply_and_backfill() {
     // Each member entered exactly once (held during backfill, no flapping).
     for ((a, p), ch) in &out {
         assert_eq!(ch, &vec!["entered".to_string()], "{a} {p}");
+    }
+    if let Some(addr) = &restarted_admin {
+        // The kill landed mid-backfill: the restarted process applied the rest.
+        let applied = metric(addr, "corral_compute_backfill_applied_total").unwrap_or(0.0);
+        assert!(applied > 0.0, "the backfill had finished before the kill");
     }
 
     // Delete: a tombstone; the definition disappears from the list.
