@@ -46,6 +46,15 @@ struct Args {
     /// Test-only crash injection, e.g. `after_commit@3` (also `CORRAL_FAULT`).
     #[arg(long, env = "CORRAL_FAULT")]
     fault: Option<String>,
+    /// librdkafka settings for the runtime's clients, `key=value`, repeatable (benchmark knobs).
+    #[arg(long = "kafka", value_parser = parse_kafka_setting)]
+    kafka: Vec<(String, String)>,
+}
+
+fn parse_kafka_setting(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{s}` is not key=value"))
 }
 
 fn counter(
@@ -132,6 +141,7 @@ fn main() -> anyhow::Result<()> {
     cfg.session_timeout = Duration::from_millis(args.session_timeout_ms);
     cfg.admin_addr = args.admin;
     cfg.fault = args.fault.as_deref().map(str::parse).transpose()?;
+    cfg.kafka.extend(args.kafka.iter().cloned());
     if !args.passthrough {
         cfg.stores = vec![StoreSpec {
             name: "counts".into(),
