@@ -751,7 +751,9 @@ pub(crate) fn restore_store(
     let mut next = start;
     let mut applied = 0u64;
     loop {
-        match consumer.poll(Duration::from_millis(100)) {
+        // Asking for the position costs a lock and an allocation in librdkafka; ask only when
+        // a batch is full or nothing more came, not per record.
+        let check_position = match consumer.poll(Duration::from_millis(20)) {
             Some(Ok(msg)) => {
                 if let Some(key) = msg.key() {
                     batch.push((key.to_vec(), msg.payload().map(<[u8]>::to_vec)));
@@ -763,10 +765,19 @@ pub(crate) fn restore_store(
                     restored_counter.inc_by(batch.len() as u64);
                     batch.clear();
                     remaining.set(high.saturating_sub(next));
+                    true
+                } else {
+                    next >= high
                 }
             }
-            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
-            Some(Err(e)) => warn!(topic, partition, error = %e, "restore consumer error"),
+            Some(Err(KafkaError::PartitionEOF(_))) | None => true,
+            Some(Err(e)) => {
+                warn!(topic, partition, error = %e, "restore consumer error");
+                true
+            }
+        };
+        if !check_position {
+            continue;
         }
         // Judge completion by position, not the last record: transaction markers occupy offsets.
         let position = consumer
