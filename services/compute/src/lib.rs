@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod agg;
 pub mod backfill;
+pub mod bench_defs;
 pub mod client;
 pub mod engine;
 pub mod metrics;

@@ -5,54 +5,12 @@
 //! `cargo run --release -p corral-compute --bin compute-bench -- --events 200000`
 
 use corral_compute::{DefinitionSpec, Engine, EngineConfig, InEvent, ProfileState};
-use corral_query::check::{DefinitionKind, Target};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::time::Instant;
 
-const EXAMPLES: &str = include_str!("../../../../examples/definitions.yaml");
-
 fn specs(n: usize) -> Vec<DefinitionSpec> {
-    let defs = match corral_query::load_definitions_str(EXAMPLES, "examples") {
-        Ok(d) => d,
-        Err(_) => return Vec::new(),
-    };
-    let base: Vec<DefinitionSpec> = defs
-        .definitions
-        .iter()
-        .filter(|d| d.kind == DefinitionKind::Users)
-        .map(|d| DefinitionSpec {
-            key: d.key.clone(),
-            name: Some(d.name.clone()),
-            target: d.target,
-            kind: d.kind,
-            version: 1,
-            query: d.text.clone(),
-            include_historical_data: false,
-        })
-        .collect();
-    let mut out: Vec<DefinitionSpec> = base.iter().take(n).cloned().collect();
-    // Beyond the examples: variations with distinct thresholds and windows (distinct leaves).
-    let mut i = 0;
-    while out.len() < n {
-        let q = match i % 4 {
-            0 => format!("event('Order Completed').within({} days).count() >= {}", 1 + i % 60, 1 + i % 3),
-            1 => format!("event('Product Viewed').where(property('price') > {}).count() >= 1", i * 3),
-            2 => format!("event('Session Started').within({} days).count() > {}", 1 + i % 90, i % 5),
-            _ => format!("event('Feature Used').where(property('feature_name') = 'f{}').count() >= 1 AND trait('plan') = 'trial'", i % 10),
-        };
-        out.push(DefinitionSpec {
-            key: format!("gen_{i}"),
-            name: None,
-            target: Target::Audience,
-            kind: DefinitionKind::Users,
-            version: 1,
-            query: q,
-            include_historical_data: false,
-        });
-        i += 1;
-    }
-    out
+    corral_compute::bench_defs::definitions(n)
 }
 
 fn arg(name: &str, default: usize) -> usize {
