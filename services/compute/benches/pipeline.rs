@@ -8,7 +8,10 @@
 //!   `fetch.wait.max.ms=10`), matched by the change's trigger message id; commit interval 100 ms.
 //! - backfill: N events (default 100 000, 5 per profile) are processed live, then an audience over
 //!   them with `include_historical_data: true` is applied (`corral_compute::admin::apply_text`);
-//!   the figure is the time from the apply until every profile's `entered` is committed.
+//!   two figures: the backfill rate proper (history events applied / time from compute's first
+//!   history read, its `corral_compute_backfill_started_timestamp_seconds`, until the last done
+//!   state is committed, i.e. the last `entered` is readable) and end to end (the apply call
+//!   until every profile's `entered` is committed).
 //!
 //! `cargo bench -p corral-compute --bench pipeline`; `COMPUTE_BENCH_RATE`,
 //! `COMPUTE_BENCH_SECONDS`, `COMPUTE_BENCH_BACKFILL_EVENTS` scale it. Bounded: every wait has a
@@ -53,8 +56,8 @@ struct Stack {
 }
 
 impl Stack {
-    /// Creates the topics, applies `definitions` and starts compute.
-    fn start(name: &str, definitions: &str) -> Stack {
+    /// Creates the topics, applies `definitions` and starts compute (with `extra` flags).
+    fn start(name: &str, definitions: &str, extra: &[(&str, String)]) -> Stack {
         let app = unique(name);
         let t = |n: &str| format!("{app}.{n}");
         for n in [
@@ -82,7 +85,6 @@ impl Stack {
             ("--resolved-topic", t("events.resolved")),
             ("--merges-topic", t("profiles.merges")),
             ("--merge-state-topic", t("compute.merge-state")),
-            ("--backfill-topic", t("compute.backfill")),
             ("--membership-topic", t("audiences.membership")),
             ("--traits-topic", t("traits.changes")),
             ("--definitions-topic", t("definitions")),
@@ -91,6 +93,7 @@ impl Stack {
             ("--commit-interval-ms", "100".into()),
         ]
         .into_iter()
+        .chain(extra.iter().map(|(k, v)| (*k, v.clone())))
         .flat_map(|(k, v)| [k.to_string(), v])
         .collect();
         let svc = Service::spawn("compute", BIN, &args, &[]);
@@ -180,7 +183,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn latency() {
     let rate: u64 = env_or("COMPUTE_BENCH_RATE", 5000);
     let seconds: u64 = env_or("COMPUTE_BENCH_SECONDS", 15);
-    let stack = Stack::start("compute-bench-lat", EXAMPLES);
+    let stack = Stack::start("compute-bench-lat", EXAMPLES, &[]);
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .set("enable.idempotence", "true")
@@ -324,7 +327,16 @@ fn backfill() {
     let n: usize = env_or("COMPUTE_BENCH_BACKFILL_EVENTS", 100_000);
     let per_profile = 5;
     let profiles = n / per_profile;
-    let mut stack = Stack::start("compute-bench-backfill", BACKFILL_BEFORE);
+    let admin_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let load_before = loadavg();
+    let mut stack = Stack::start(
+        "compute-bench-backfill",
+        BACKFILL_BEFORE,
+        &[("--admin", admin_addr.clone())],
+    );
 
     // History: processed live (so the partitions have history behind the new audience's cut).
     let base = now_ms() - 3_600_000;
@@ -380,10 +392,12 @@ fn backfill() {
     .unwrap();
     let apply_secs = applied_at.elapsed().as_secs_f64();
     let mut entered = 0;
+    let mut all_entered_unix_ms = 0;
     let done = read_changes(&c, Instant::now() + Duration::from_secs(600), |ch, _| {
         if ch.audience_key == "five_orders" {
             entered += 1;
         }
+        all_entered_unix_ms = now_ms();
         entered >= profiles
     });
     let secs = applied_at.elapsed().as_secs_f64();
@@ -391,11 +405,53 @@ fn backfill() {
         done,
         "backfill: only {entered} of {profiles} entries within 600 s"
     );
+    // The rate proper, from compute's metrics (same machine, same wall clock): from its first
+    // history read to the last partition's done state written, and to it committed (the last
+    // `entered` is readable: the done state, the re-evaluation and its output are one
+    // transaction).
+    let m = |name: &str| metric(&admin_addr, name).unwrap_or(f64::NAN);
+    let applied = m("corral_compute_backfill_applied_total");
+    let read = m("corral_compute_backfill_read_total");
+    let started = m("corral_compute_backfill_started_timestamp_seconds");
+    let written = m("corral_compute_backfill_completed_timestamp_seconds") - started;
+    let committed = all_entered_unix_ms as f64 / 1000.0 - started;
     println!(
-        "compute backfill events={n} profiles={profiles} seconds={secs:.2} events_per_s={:.0} (apply call {apply_secs:.2} s)",
-        n as f64 / secs
+        "compute backfill events={n} profiles={profiles} applied={applied:.0} read={read:.0} backfill_committed_s={committed:.3} backfill_events_per_s={:.0} (done written after {written:.3} s: {:.0}/s) end_to_end_s={secs:.2} end_to_end_events_per_s={:.0} (apply call {apply_secs:.2} s) load_avg_before={load_before} load_avg_after={}",
+        applied / committed,
+        applied / written,
+        n as f64 / secs,
+        loadavg(),
     );
     assert!(stack.svc.terminate().success());
+}
+
+/// 1-minute load average (the machine is shared).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(String::from))
+        .unwrap_or_default()
+}
+
+/// An unlabelled metric of compute's `/metrics` (`name value` or `name{const labels} value`).
+fn metric(addr: &str, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        if !rest.starts_with([' ', '{']) {
+            return None;
+        }
+        rest.split_whitespace().last()?.parse().ok()
+    })
 }
 
 fn main() {

@@ -20,9 +20,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use corral_codec::{AvroRecord, MessageType, ResolvedEvent, SegmentMessage};
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -180,9 +181,28 @@ pub struct HistorySource {
     pub max_records: usize,
 }
 
+/// librdkafka also reports end-of-partition as a client ("global") error, which the default
+/// context logs at ERROR level; here it is the normal end of a history read.
+/// (`corral_runtime::follow::QuietEof` is the same, but crate-private.)
+struct QuietEof;
+
+impl ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let eof = matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        );
+        if !eof {
+            tracing::error!(%error, reason, "librdkafka error in a backfill reader");
+        }
+    }
+}
+
+impl ConsumerContext for QuietEof {}
+
 /// A task's reader of its `events.resolved` partition up to a cut.
 pub struct HistoryReader {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<QuietEof>,
     /// Next offset to read (everything below was delivered, or is not readable committed data).
     pub at: i64,
     /// Stop here (exclusive).
@@ -209,7 +229,7 @@ impl HistoryReader {
         for (k, v) in &src.kafka {
             cc.set(k, v);
         }
-        let consumer: BaseConsumer = cc.create()?;
+        let consumer: BaseConsumer<QuietEof> = cc.create_with_context(QuietEof)?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&src.topic, partition, Offset::Offset(from))?;
         consumer.assign(&tpl)?;
@@ -261,6 +281,19 @@ impl HistoryReader {
             }
         }
         Ok(n)
+    }
+}
+
+/// Drops a reader on a short-lived thread: closing a librdkafka consumer waits for its broker
+/// threads (~100 ms), which would otherwise stall the stream thread (and the next task's
+/// backfill) each time a backfill completes.
+pub fn close(reader: Option<HistoryReader>) {
+    if let Some(r) = reader {
+        let spawned = std::thread::Builder::new()
+            .name("backfill-close".into())
+            .spawn(move || drop(r));
+        // Could not spawn: the reader was dropped here instead (slower, same effect).
+        drop(spawned);
     }
 }
 

@@ -36,7 +36,7 @@ pub struct Metrics {
     pub backfill_remaining: IntGauge,
     /// Tasks of this instance reading history.
     pub backfill_tasks_active: IntGauge,
-    /// When this instance last went from no backfilling task to one (Unix seconds).
+    /// First history read after the latest definitions change that needed one (Unix seconds).
     pub backfill_started: Gauge,
     /// When a task of this instance last completed its backfill (Unix seconds).
     pub backfill_completed: Gauge,
@@ -105,7 +105,7 @@ impl Metrics {
             )?,
             backfill_started: Gauge::new(
                 "compute_backfill_started_timestamp_seconds",
-                "When this instance last went from no backfilling task to one (Unix time).",
+                "First history read after the latest definitions change that needed history (Unix time).",
             )?,
             backfill_completed: Gauge::new(
                 "compute_backfill_completed_timestamp_seconds",

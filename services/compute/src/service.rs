@@ -33,7 +33,7 @@ use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Where "now" comes from: the wall clock in production, a settable one in tests.
 pub trait Clock: Send + Sync {
@@ -228,6 +228,8 @@ pub struct ComputeProcessor {
     history: Option<Arc<HistorySource>>,
     /// The current `events.resolved` writer fingerprint (for `backfill::peek`).
     fingerprint: Option<[u8; 8]>,
+    /// Definitions generation whose first history read set the started-timestamp metric.
+    wave: u64,
     /// Per partition: leaf registrations (cache of the `backfill` store) and held definitions.
     tasks: HashMap<i32, TaskBackfill>,
 }
@@ -323,6 +325,7 @@ impl ComputeProcessor {
             snap: (Arc::default(), u64::MAX),
             history: None,
             fingerprint: backfill::current_fingerprint(),
+            wave: u64::MAX,
             tasks: HashMap::new(),
         }
     }
@@ -591,6 +594,7 @@ impl ComputeProcessor {
             if t.run.take().is_some() {
                 self.metrics.backfill_tasks_active.dec();
             }
+            backfill::close(t.reader.take());
             self.report_remaining(&mut t, 0);
         }
     }
@@ -733,6 +737,17 @@ impl ComputeProcessor {
         let Some(mut task) = self.tasks.remove(&part) else {
             return Ok(false);
         };
+        if task.run.is_none()
+            && self.wave != self.snap.1
+            && task.regs.values().any(LeafReg::pending)
+        {
+            // The first history read since the definitions last changed (tasks run one after
+            // the other on this thread, so "no task active" would restart the clock per task).
+            self.wave = self.snap.1;
+            self.metrics
+                .backfill_started
+                .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        }
         let r = self.history_slice(ctx, &mut task, &src, busy, now);
         self.tasks.insert(part, task);
         r
@@ -754,14 +769,14 @@ impl ComputeProcessor {
             .map(|(k, r)| (k.clone(), r.clone()))
             .collect();
         if pending.is_empty() {
-            task.reader = None;
+            backfill::close(task.reader.take());
             self.report_remaining(task, 0);
             return Ok(false);
         }
         let from = pending.iter().map(|(_, r)| r.applied).min().unwrap_or(0);
         let end = pending.iter().map(|(_, r)| r.cut).max().unwrap_or(0);
         if task.reader.as_ref().is_none_or(|r| r.at != from) {
-            task.reader = None;
+            backfill::close(task.reader.take());
             match HistoryReader::open(src, part, from, end) {
                 Ok(r) => task.reader = Some(r),
                 Err(e) => {
@@ -775,11 +790,6 @@ impl ComputeProcessor {
         };
         reader.end = end;
         if task.run.is_none() {
-            if self.metrics.backfill_tasks_active.get() == 0 {
-                self.metrics
-                    .backfill_started
-                    .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
-            }
             self.metrics.backfill_tasks_active.inc();
             info!(
                 partition = part,
@@ -824,7 +834,12 @@ impl ComputeProcessor {
         let mut failure: Option<ProcessError> = None;
         let deadline = Instant::now() + src.budget / busy as u32;
         let fp = self.fingerprint;
+        let slice_start = Instant::now();
+        let mut first_record_ms = None;
         let read = reader.read(deadline, src.max_records, |offset, bytes| {
+            if first_record_ms.is_none() {
+                first_record_ms = Some(slice_start.elapsed().as_millis());
+            }
             if failure.is_some() {
                 return;
             }
@@ -918,7 +933,15 @@ impl ComputeProcessor {
                 if st.space_id.is_empty() {
                     st.space_id = m.space_id.clone();
                 }
-                st.add_ids(ext_ids(&ev.external_ids));
+                // Usually known already (live processing saw every event): skip the sort.
+                let known = ev.external_ids.iter().all(|i| {
+                    st.external_ids.iter().any(|e| {
+                        e.id == i.id && e.id_type == i.id_type && e.collection == i.collection
+                    })
+                });
+                if !known {
+                    st.add_ids(ext_ids(&ev.external_ids));
+                }
                 slot.dirty = true;
                 applied += 1;
             }
@@ -938,13 +961,24 @@ impl ComputeProcessor {
         let at = reader.at;
         let reader_end = reader.end;
         if reader_failed {
-            task.reader = None;
+            backfill::close(task.reader.take());
         }
+        let read_ms = slice_start.elapsed().as_millis();
         for (profile, slot) in &cache {
             if slot.dirty {
                 self.save(ctx, profile, &slot.st, slot.old_wake);
             }
         }
+        debug!(
+            partition = part,
+            records = n,
+            applied,
+            profiles = cache.len(),
+            first_record_ms,
+            read_ms,
+            total_ms = slice_start.elapsed().as_millis(),
+            "backfill slice"
+        );
         let mut completed = false;
         for ((space, leaf), reg) in task.regs.iter_mut() {
             if !reg.pending() {
@@ -970,7 +1004,7 @@ impl ComputeProcessor {
         }
         let released = self.set_held(task);
         if !task.regs.values().any(LeafReg::pending) {
-            task.reader = None;
+            backfill::close(task.reader.take());
             if let Some(run) = task.run.take() {
                 let secs = run.started.elapsed().as_secs_f64();
                 self.metrics.backfill_tasks_active.dec();
