@@ -169,6 +169,8 @@ pub struct Engine {
     defs: BTreeMap<String, ActiveDefinition>,
     leaves: BTreeMap<String, LeafInfo>,
     by_event: HashMap<String, Vec<String>>,
+    /// Per leaf id: the definitions whose value can read it, directly or through references.
+    readers: HashMap<String, BTreeSet<String>>,
     keep_props: BTreeSet<String>,
     keep_ctx: BTreeSet<String>,
     rejected: BTreeMap<String, DefinitionError>,
@@ -227,6 +229,35 @@ fn walk_values<'p>(e: &'p PlanExpr, f: &mut dyn FnMut(&'p PlanValue)) {
             operands.iter().for_each(&mut *f);
         }
     }
+}
+
+/// Per leaf id, the definitions that read it directly or through references to definitions
+/// that do (transitively; reference cycles are rejected by the checker, and a depth cap keeps
+/// this bounded regardless).
+fn leaf_readers(defs: &BTreeMap<String, ActiveDefinition>) -> HashMap<String, BTreeSet<String>> {
+    fn collect(
+        defs: &BTreeMap<String, ActiveDefinition>,
+        key: &str,
+        depth: usize,
+        out: &mut BTreeSet<String>,
+    ) {
+        let Some(d) = defs.get(key) else { return };
+        out.extend(d.plan.leaves.iter().map(|l| l.id.clone()));
+        if depth < corral_query::eval::MAX_REFERENCE_DEPTH {
+            for r in &d.plan.references {
+                collect(defs, r, depth + 1, out);
+            }
+        }
+    }
+    let mut readers: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for key in defs.keys() {
+        let mut leaves = BTreeSet::new();
+        collect(defs, key, 0, &mut leaves);
+        for id in leaves {
+            readers.entry(id).or_default().insert(key.clone());
+        }
+    }
+    readers
 }
 
 impl Engine {
@@ -372,11 +403,13 @@ impl Engine {
                 );
             }
         }
+        let readers = leaf_readers(&defs);
         Engine {
             cfg,
             defs,
             leaves,
             by_event,
+            readers,
             keep_props,
             keep_ctx,
             rejected,
@@ -411,13 +444,46 @@ impl Engine {
         let first = st.now_ms == 0;
         let touched = match self.by_event.get(ev.name) {
             Some(ids) => self.add_to_leaves(st, ev, ids.iter(), now),
-            None => false,
+            None => Vec::new(),
         };
-        if touched || first {
+        if first {
             self.evaluate(st, now)
+        } else if !touched.is_empty() {
+            self.evaluate_readers_of(st, &touched, now)
         } else {
             Vec::new()
         }
+    }
+
+    /// Re-evaluates only the definitions that read one of `leaves`. Exact because every other
+    /// definition's inputs are unchanged and, before the profile's wake time, so is time's
+    /// effect on it (each time-dependent flip is recorded in `wake_ms`); at or after the wake
+    /// time every definition is evaluated.
+    fn evaluate_readers_of(
+        &self,
+        st: &mut ProfileState,
+        leaves: &[&String],
+        now_ms: i64,
+    ) -> Vec<Change> {
+        let now = now_ms.max(st.now_ms);
+        if st.wake_ms.is_some_and(|w| now >= w) {
+            return self.evaluate(st, now);
+        }
+        let mut only: BTreeSet<&str> = BTreeSet::new();
+        for id in leaves {
+            if let Some(keys) = self.readers.get(*id) {
+                only.extend(keys.iter().map(String::as_str));
+            }
+        }
+        let earlier_wake = st.wake_ms;
+        let out = self.evaluate_some(st, now, Some(&only));
+        // Skipped definitions keep their flip times: the earlier wake stays a bound (at worst
+        // it wakes a profile early, which then evaluates everything and sets it exactly).
+        st.wake_ms = match (st.wake_ms, earlier_wake) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        out
     }
 
     /// Backfill: adds a historical event to the given leaves only (those still being
@@ -434,7 +500,9 @@ impl Engine {
             return false;
         };
         let now = now_ms.max(st.now_ms);
-        let touched = self.add_to_leaves(st, ev, ids.iter().filter(|i| only.contains(*i)), now);
+        let touched = !self
+            .add_to_leaves(st, ev, ids.iter().filter(|i| only.contains(*i)), now)
+            .is_empty();
         if touched {
             // Keep the state inside its bounds while history streams in.
             self.prune(st, now);
@@ -498,13 +566,13 @@ impl Engine {
         ev: &InEvent<'_>,
         ids: impl Iterator<Item = &'i String>,
         now: i64,
-    ) -> bool {
+    ) -> Vec<&'i String> {
         let view = Ev {
             t: ev.ts_ms,
             p: ev.properties,
             c: ev.context,
         };
-        let mut touched = false;
+        let mut touched = Vec::new();
         for id in ids {
             let Some(info) = self.leaves.get(id) else {
                 continue;
@@ -530,7 +598,7 @@ impl Engine {
                         let at = xs.partition_point(|e| e.t <= stored.t);
                         xs.insert(at, stored);
                     }
-                    touched = true;
+                    touched.push(id);
                 }
                 Repr::Agg | Repr::Entries => {
                     if let Some(f) = &leaf.filter {
@@ -565,7 +633,7 @@ impl Engine {
                             xs.insert(at, Entry { t: ev.ts_ms, v });
                         }
                     }
-                    touched = true;
+                    touched.push(id);
                 }
             }
         }
@@ -683,12 +751,25 @@ impl Engine {
     /// Prunes, evaluates every definition, records results and the next wake-up, and returns
     /// the differences from what was last emitted.
     pub fn evaluate(&self, st: &mut ProfileState, now_ms: i64) -> Vec<Change> {
+        self.evaluate_some(st, now_ms, None)
+    }
+
+    /// Evaluates the definitions in `only` (all when `None`); sets `wake_ms` from them.
+    fn evaluate_some(
+        &self,
+        st: &mut ProfileState,
+        now_ms: i64,
+        only: Option<&BTreeSet<&str>>,
+    ) -> Vec<Change> {
         let now = now_ms.max(st.now_ms);
         st.now_ms = now;
         self.prune(st, now);
         let mut cx = self.cx(st, now);
         let mut out = Vec::new();
         for (key, d) in &self.defs {
+            if only.is_some_and(|o| !o.contains(key.as_str())) {
+                continue;
+            }
             if st.hold.as_ref().is_some_and(|h| h.contains(key)) {
                 // Backfill in progress: keep the last emitted result, emit nothing.
                 continue;
