@@ -827,7 +827,7 @@ impl ComputeProcessor {
             .collect();
         bounds.sort_unstable();
         bounds.dedup();
-        let mut only_cache: HashMap<(String, usize), Arc<BTreeSet<String>>> = HashMap::new();
+        let mut only_cache: HashMap<(&str, usize), Arc<BTreeSet<String>>> = HashMap::new();
 
         let mut cache: HashMap<String, Slot> = HashMap::new();
         let mut applied = 0u64;
@@ -873,8 +873,11 @@ impl ComputeProcessor {
                 return;
             }
             let b = bounds.partition_point(|x| *x <= offset);
+            let Some((space_key, _)) = spaces.get_key_value(m.space_id.as_str()) else {
+                return;
+            };
             let only = only_cache
-                .entry((m.space_id.clone(), b))
+                .entry((*space_key, b))
                 .or_insert_with(|| {
                     Arc::new(
                         pending
