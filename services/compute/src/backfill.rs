@@ -20,10 +20,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use corral_codec::{AvroRecord, MessageType, ResolvedEvent, SegmentMessage};
-use rdkafka::client::ClientContext;
+use corral_runtime::follow::QuietEof;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -181,24 +181,7 @@ pub struct HistorySource {
     pub max_records: usize,
 }
 
-/// librdkafka also reports end-of-partition as a client ("global") error, which the default
-/// context logs at ERROR level; here it is the normal end of a history read.
-/// (`corral_runtime::follow::QuietEof` is the same, but crate-private.)
-struct QuietEof;
-
-impl ClientContext for QuietEof {
-    fn error(&self, error: KafkaError, reason: &str) {
-        let eof = matches!(
-            error,
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
-        );
-        if !eof {
-            tracing::error!(%error, reason, "librdkafka error in a backfill reader");
-        }
-    }
-}
-
-impl ConsumerContext for QuietEof {}
+// End of partition is the normal end of a history read: QuietEof keeps it out of the ERROR log.
 
 /// A task's reader of its `events.resolved` partition up to a cut.
 pub struct HistoryReader {

@@ -42,10 +42,6 @@ struct Args {
     /// Internal: merged-away state handed to the survivor's partition.
     #[arg(long, env = "CORRAL_TOPIC_MERGE_STATE")]
     merge_state_topic: Option<String>,
-    /// Ignored: the `compute.backfill` topic is no longer used (history is read from
-    /// events.resolved by the owning task); accepted so existing deployments keep starting.
-    #[arg(long, env = "CORRAL_TOPIC_BACKFILL", hide = true)]
-    backfill_topic: Option<String>,
     /// Backfill: wall-clock budget of history work per punctuation round, shared by the
     /// partitions with history pending (their live events wait at most about this long).
     #[arg(long, env = "CORRAL_BACKFILL_BUDGET_MS", default_value_t = 400)]
@@ -147,9 +143,6 @@ fn main() -> anyhow::Result<()> {
             retention_ms: Some(7 * 86_400_000),
         })
         .with_context(|| format!("creating {}", topics.merge_state))?;
-    if args.backfill_topic.is_some() {
-        warn!("--backfill-topic is ignored: backfill reads events.resolved directly");
-    }
 
     let runtime = StreamRuntime::new(cfg).context("configuring the runtime")?;
     let metrics = Arc::new(Metrics::new(runtime.registry()).context("registering metrics")?);

@@ -114,8 +114,6 @@ impl Setup {
             &self.merges,
             "--merge-state-topic",
             &format!("{}.compute.merge-state", self.app),
-            "--backfill-topic",
-            &format!("{}.compute.backfill", self.app),
             "--membership-topic",
             &self.membership,
             "--traits-topic",

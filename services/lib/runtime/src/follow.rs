@@ -104,8 +104,9 @@ impl Replica {
 /// The readers ask for end-of-partition events to know when they caught up; librdkafka also
 /// reports them as client errors ("global errors"), which the default context would log at
 /// ERROR level, a line each time a reader catches up with a commit. Those are dropped; real
-/// client errors are still logged.
-pub(crate) struct QuietEof;
+/// client errors are still logged. Public for other readers that stop at the end of a
+/// partition (compute's backfill).
+pub struct QuietEof;
 
 impl ClientContext for QuietEof {
     fn error(&self, error: KafkaError, reason: &str) {
