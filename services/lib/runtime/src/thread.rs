@@ -42,6 +42,8 @@ use crate::store::StateStore;
 
 /// Bound on a single transactional call; librdkafka calls have hung without one.
 const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// A commit slower than this is logged with where its time went.
+const SLOW_COMMIT: Duration = Duration::from_millis(200);
 
 /// Records, per changelog partition, the offset after the last delivered changelog record.
 pub(crate) struct DeliveryTracker {
@@ -512,19 +514,31 @@ impl Engine {
         if has_records {
             self.commits += 1;
         }
+        let offsets_sent = started.elapsed();
         self.maybe_crash(FaultPoint::BeforeCommit);
         let producer = &self.producer;
         self.drain_deliveries(TXN_CALL_TIMEOUT)
             .map_err(|e| (TxnAction::Abort, e))?;
+        let delivered = started.elapsed();
         self.txn_call("commit_transaction", || {
             producer.commit_transaction(TXN_CALL_TIMEOUT)
         })?;
         self.txn_open = false;
         self.maybe_crash(FaultPoint::AfterCommit);
         self.metrics.commits.with_label_values(&["committed"]).inc();
-        self.metrics
-            .commit_duration
-            .observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        self.metrics.commit_duration.observe(took.as_secs_f64());
+        if took > SLOW_COMMIT {
+            // Where the time went: our sends and offsets, waiting for the broker to acknowledge
+            // the records, or the coordinator's commit (EndTxn and its markers).
+            warn!(
+                total_ms = took.as_millis() as u64,
+                changelog_and_offsets_ms = offsets_sent.as_millis() as u64,
+                acks_ms = (delivered - offsets_sent).as_millis() as u64,
+                end_txn_ms = (took - delivered).as_millis() as u64,
+                "slow transaction commit"
+            );
+        }
 
         // Serve any delivery reports still queued, then move the overlays into RocksDB.
         self.producer.poll(Duration::ZERO);
