@@ -7,13 +7,15 @@
 #
 # Parts: baseline (Kafka's own ProducerPerformance/ConsumerPerformance, 1 KB records),
 # runtime (exactly-once pass-through at 100 ms and 1 s commit intervals, latency, restore),
-# criterion (codec and query micro-benchmarks), and each service's own load generator
-# (collector, validator, identity, compute, fanout).
+# criterion (codec and query micro-benchmarks), each service's own load generator
+# (collector, validator, identity, compute, fanout), and tmpfs: the runtime's and compute's
+# latency again against a second broker whose log lives in /dev/shm (started for the part on
+# port 9192, stopped after), which separates the broker's disk stalls from our own tail.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
-parts="${BENCH_ONLY:-baseline runtime criterion collector validator identity compute fanout}"
+parts="${BENCH_ONLY:-baseline runtime criterion collector validator identity compute fanout tmpfs}"
 out="$root/.run/bench/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"
 log() { echo "bench.sh: $*" >&2; }
@@ -68,11 +70,27 @@ if want compute; then
   log "compute: engine events/s with 10 and 100 definitions, state per profile (in process)"
   cargo run --release -p corral-compute --bin compute-bench -- --events 200000 --profiles 20000 2>&1 \
     | grep -vE '^\s*(Compiling|Finished|Running)' | tee "$out/compute.txt"
+  log "compute through the broker: latency at 5,000 events/s, backfill, throughput with 10 and 100 definitions"
+  cargo bench -p corral-compute --bench pipeline 2>&1 | grep -E '^compute ' | tee "$out/compute-pipeline.txt"
 fi
 
 if want fanout; then
   log "fanout: delivery ceiling, limiter accuracy at 100/s and 500/s over 60 s, latency"
   cargo bench -p corral-fanout --bench delivery 2>&1 | grep -vE '^\s*(Compiling|Finished|Running)' | tee "$out/fanout.txt"
+fi
+
+if want tmpfs; then
+  log "tmpfs: runtime and compute latency against a broker with its log in /dev/shm"
+  tmpfs_broker() { KAFKA_PORT=9192 KAFKA_DATA_DIR=/dev/shm/corral-bench-kafka-9192 deploy/local/kafka.sh "$@"; }
+  tmpfs_broker start
+  trap 'tmpfs_broker stop || true; rm -rf /dev/shm/corral-bench-kafka-9192' EXIT
+  # The first run after a broker starts measures its JIT warming up; run it once unrecorded.
+  CORRAL_TEST_BOOTSTRAP=127.0.0.1:9192 target/release/corral-loadgen --parts latency >/dev/null
+  CORRAL_TEST_BOOTSTRAP=127.0.0.1:9192 target/release/corral-loadgen --parts latency | sed 's/^/tmpfs /' | tee "$out/tmpfs.txt"
+  for _ in 1 2; do
+    CORRAL_TEST_BOOTSTRAP=127.0.0.1:9192 cargo bench -p corral-compute --bench pipeline -- latency 2>&1 \
+      | grep -E '^compute ' | sed 's/^/tmpfs /' | tee -a "$out/tmpfs.txt"
+  done
 fi
 
 log "results in ${out#"$root"/}"

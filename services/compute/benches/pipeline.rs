@@ -13,6 +13,11 @@
 //!   state is committed, i.e. the last `entered` is readable) and end to end (the apply call
 //!   until every profile's `entered` is committed).
 //!
+//! - throughput: 200 000 events (`COMPUTE_BENCH_THROUGHPUT_EVENTS`; 20 000 profiles, 1 in 10 an
+//!   identify) with 10 and with 100 definitions (`corral_compute::bench_defs`, the same sets as
+//!   the in-process `compute-bench`), produced as fast as the broker takes them; events/s =
+//!   events committed by compute's consumer group / time from its first to its last commit.
+//!
 //! `cargo bench -p corral-compute --bench pipeline`; `COMPUTE_BENCH_RATE`,
 //! `COMPUTE_BENCH_SECONDS`, `COMPUTE_BENCH_BACKFILL_EVENTS` scale it. Bounded: every wait has a
 //! deadline; loopback only.
@@ -28,7 +33,7 @@ use corral_codec::{
 use corral_compute::admin::{self, DefinitionsTopic};
 use corral_runtime::topics::CleanupPolicy;
 use corral_tests::{assign_from_beginning, bootstrap, create_topic, produce, unique, Service};
-use rdkafka::consumer::BaseConsumer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
@@ -48,6 +53,8 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 /// Topics and a running compute for one figure.
 struct Stack {
+    /// Application id (the consumer group).
+    app: String,
     resolved: String,
     membership: String,
     defs: DefinitionsTopic,
@@ -98,6 +105,7 @@ impl Stack {
         .collect();
         let svc = Service::spawn("compute", BIN, &args, &[]);
         Stack {
+            app: app.clone(),
             resolved: t("events.resolved"),
             membership: t("audiences.membership"),
             defs,
@@ -183,7 +191,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn latency() {
     let rate: u64 = env_or("COMPUTE_BENCH_RATE", 5000);
     let seconds: u64 = env_or("COMPUTE_BENCH_SECONDS", 15);
-    let stack = Stack::start("compute-bench-lat", EXAMPLES, &[]);
+    let admin_addr = format!("127.0.0.1:{}", corral_tests::http::free_port());
+    let stack = Stack::start(
+        "compute-bench-lat",
+        EXAMPLES,
+        &[("--admin", admin_addr.clone())],
+    );
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .set("enable.idempotence", "true")
@@ -211,16 +224,24 @@ fn latency() {
     let (tx, rx) = mpsc::channel::<(String, Instant)>();
     let topic = stack.membership.clone();
     let expected_total = (rate * seconds).div_ceil(2) as usize; // each profile's first event
+    let origin = Instant::now();
     let reader = std::thread::spawn(move || {
         let c = membership_reader(&topic);
         let mut sent: HashMap<String, Instant> = HashMap::new();
-        let mut lat: Vec<f64> = Vec::new();
+        // (sent, ms after origin; latency ms)
+        let mut lat: Vec<(f64, f64)> = Vec::new();
+        let point = |t: Instant, read: Instant| {
+            (
+                t.duration_since(origin).as_secs_f64() * 1000.0,
+                read.duration_since(t).as_secs_f64() * 1000.0,
+            )
+        };
         let mut pending: HashMap<String, Instant> = HashMap::new(); // read before their send arrived
         let deadline = Instant::now() + Duration::from_secs(seconds + 180);
         read_changes(&c, deadline, |ch, at| {
             for (id, t) in rx.try_iter() {
                 if let Some(read) = pending.remove(&id) {
-                    lat.push(read.duration_since(t).as_secs_f64() * 1000.0);
+                    lat.push(point(t, read));
                 } else {
                     sent.insert(id, t);
                 }
@@ -228,7 +249,7 @@ fn latency() {
             if ch.audience_key == "viewed_expensive_not_bought" {
                 if let Some(id) = ch.trigger_message_id {
                     match sent.remove(&id) {
-                        Some(t) => lat.push(at.duration_since(t).as_secs_f64() * 1000.0),
+                        Some(t) => lat.push(point(t, at)),
                         None => {
                             pending.insert(id, at);
                         }
@@ -265,8 +286,11 @@ fn latency() {
     // Fixed rate: event i is due at start + i / rate; profile i/2 sees a qualifying first event
     // (enters) and a second one that changes nothing.
     let total = rate * seconds;
+    // The first second runs at the rate unmeasured: every partition's first transactions and
+    // first profiles are start-up, not steady state (see BENCHMARKS.md, runtime latency).
+    let warmup = rate;
     let start = Instant::now();
-    for i in 0..total {
+    for i in 0..warmup + total {
         let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
         loop {
             let now = Instant::now();
@@ -276,8 +300,10 @@ fn latency() {
             producer.poll(Duration::ZERO);
             std::thread::sleep((due - now).min(Duration::from_micros(500)));
         }
-        let id = format!("e{i}");
-        let profile = format!("p{}", i / 2);
+        let (id, profile) = match i.checked_sub(warmup) {
+            Some(j) => (format!("e{j}"), format!("p{}", j / 2)),
+            None => (format!("w{i}"), format!("w{}", i / 2)),
+        };
         let rec = event(
             &profile,
             &id,
@@ -285,7 +311,7 @@ fn latency() {
             json!({"price": 150}),
             now_ms(),
         );
-        if i % 2 == 0 {
+        if i >= warmup && (i - warmup).is_multiple_of(2) {
             tx.send((id, Instant::now())).unwrap();
         }
         send(&producer, &rec);
@@ -293,7 +319,24 @@ fn latency() {
     let send_secs = start.elapsed().as_secs_f64();
     producer.flush(Duration::from_secs(30)).unwrap();
     drop(tx);
-    let mut lat = reader.join().unwrap();
+    let timeline = reader.join().unwrap();
+    // COMPUTE_BENCH_LATENCY_DUMP=FILE: each change's send time and latency (ms), to find stalls.
+    if let Ok(path) = std::env::var("COMPUTE_BENCH_LATENCY_DUMP") {
+        let lines: String = timeline
+            .iter()
+            .map(|(t, l)| format!("{t:.1} {l:.1}\n"))
+            .collect();
+        std::fs::write(path, lines).unwrap();
+        // With the service's own timings, to tell a slow commit from a slow punctuation.
+        let body = metrics_text(&admin_addr);
+        for l in body.lines().filter(|l| {
+            l.starts_with("corral_kafka_commit_duration_seconds")
+                || l.starts_with("corral_processing_duration_seconds")
+        }) {
+            println!("{l}");
+        }
+    }
+    let mut lat: Vec<f64> = timeline.into_iter().map(|(_, l)| l).collect();
     lat.sort_by(f64::total_cmp);
     let measured = lat.len();
     let changes = total.div_ceil(2);
@@ -433,19 +476,27 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
+/// Compute's `/metrics` text (empty when it does not answer).
+fn metrics_text(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut body = String::new();
+    if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        if write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .is_ok()
+        {
+            let _ = s.read_to_string(&mut body);
+        }
+    }
+    body
+}
+
 /// An unlabelled metric of compute's `/metrics` (`name value` or `name{const labels} value`).
 fn metric(addr: &str, name: &str) -> Option<f64> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    body.lines().find_map(|l| {
+    metrics_text(addr).lines().find_map(|l| {
         let rest = l.strip_prefix(name)?;
         if !rest.starts_with([' ', '{']) {
             return None;
@@ -464,4 +515,136 @@ fn main() {
     if want("backfill") {
         backfill();
     }
+    if want("throughput") {
+        throughput(10);
+        throughput(100);
+    }
+}
+
+/// Saturation throughput through the broker: `COMPUTE_BENCH_THROUGHPUT_EVENTS` (200,000) events
+/// for 20,000 profiles (a mix of the example definitions' event names, 1 in 10 an identify) are
+/// produced to `events.resolved` as fast as the broker takes them while compute consumes; the
+/// figure is events whose offsets compute committed, divided by the time between the first and
+/// the last committed batch (start-up and the group join left out).
+fn throughput(definitions: usize) {
+    let n: u64 = env_or("COMPUTE_BENCH_THROUGHPUT_EVENTS", 200_000);
+    let profiles = 20_000u64;
+    let specs = corral_compute::bench_defs::definitions(definitions);
+    let yaml = corral_compute::bench_defs::definitions_yaml(&specs);
+    let admin_addr = format!("127.0.0.1:{}", corral_tests::http::free_port());
+    let stack = Stack::start(
+        &format!("compute-bench-tput{definitions}"),
+        &yaml,
+        &[("--admin", admin_addr.clone())],
+    );
+    let names = [
+        "Order Completed",
+        "Product Viewed",
+        "Session Started",
+        "Feature Used",
+        "Checkout Started",
+        "Account Created",
+    ];
+    let t0 = now_ms() - 7 * 86_400_000;
+    let load = loadavg();
+    let resolved = stack.resolved.clone();
+    let producer = std::thread::spawn(move || {
+        produce(
+            &resolved,
+            (0..n).map(|i| {
+                let profile = format!("p{}", (i * 7919) % profiles);
+                let id = format!("t{i}");
+                let at = t0 + (i as i64) * 3;
+                if i % 10 == 9 {
+                    identify(&profile, &id, json!({"plan": if i % 3 == 0 { "trial" } else { "pro" }}), at)
+                } else {
+                    event(
+                        &profile,
+                        &id,
+                        names[(i % names.len() as u64) as usize],
+                        json!({"revenue": i % 200, "price": i % 300, "product_id": format!("p{}", i % 20), "feature_name": format!("f{}", i % 12)}),
+                        at,
+                    )
+                }
+            }),
+        )
+    });
+    let group = stack.app.clone();
+    let offsets = committed_reader(&group);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut first: Option<(u64, Instant)> = None;
+    let mut last = (0u64, Instant::now());
+    while Instant::now() < deadline {
+        let done = committed_total(&offsets, &stack.resolved);
+        if done > 0 && first.is_none() {
+            first = Some((done, Instant::now()));
+        }
+        if done > last.0 {
+            last = (done, Instant::now());
+        }
+        if done >= n {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    producer.join().unwrap();
+    let (c1, t1) = first.expect("compute committed nothing within 600 s");
+    assert_eq!(last.0, n, "compute committed {} of {n} events", last.0);
+    let secs = last.1.duration_since(t1).as_secs_f64().max(1e-3);
+    let state_sum = metric(&admin_addr, "corral_compute_state_bytes_sum").unwrap_or(f64::NAN);
+    let state_count = metric(&admin_addr, "corral_compute_state_bytes_count").unwrap_or(f64::NAN);
+    println!(
+        "compute throughput definitions={} events={n} profiles={profiles} events_per_s={:.0} seconds={secs:.2} mean_state_write_bytes={:.0} loadavg={load}",
+        definitions,
+        (n - c1) as f64 / secs,
+        state_sum / state_count,
+    );
+    assert!(stack.svc.terminate().success());
+}
+
+fn identify(profile: &str, id: &str, traits: Value, at: i64) -> (Vec<u8>, Vec<u8>) {
+    let mut m = SegmentMessage::new(SPACE, MessageType::Identify, id);
+    m.user_id = Some(profile.to_string());
+    m.traits = Some(traits);
+    m.timestamp = Some(iso(at));
+    let ev = ResolvedEvent {
+        message: m,
+        profile_id: profile.to_string(),
+        external_ids: vec![ExternalId {
+            id_type: "user_id".into(),
+            id: profile.to_string(),
+            collection: Some("users".into()),
+        }],
+        resolved_at_ms: at,
+    };
+    (profile.as_bytes().to_vec(), ev.encode().unwrap())
+}
+
+/// A client that reads a group's committed offsets without joining it.
+fn committed_reader(group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap()
+}
+
+/// Sum of the group's committed offsets over `topic`'s partitions.
+fn committed_total(c: &BaseConsumer, topic: &str) -> u64 {
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition(topic, p);
+    }
+    c.committed_offsets(tpl, Duration::from_secs(5))
+        .map(|t| {
+            t.elements()
+                .iter()
+                .map(|e| match e.offset() {
+                    rdkafka::Offset::Offset(o) => o.max(0) as u64,
+                    _ => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }
