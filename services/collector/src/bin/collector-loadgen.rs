@@ -28,7 +28,7 @@ use rdkafka::config::ClientConfig;
 #[command(about = "Load generator for corral-collector")]
 struct Args {
     /// Kafka bootstrap (spawn mode: topics are created and deleted here).
-    #[arg(long, default_value = "127.0.0.1:9092")]
+    #[arg(long, env = "CORRAL_TEST_BOOTSTRAP", default_value = "127.0.0.1:9092")]
     kafka_bootstrap: String,
     /// Collector address of an already running collector (then --pid is needed for CPU figures).
     #[arg(long)]
