@@ -995,6 +995,10 @@ impl ComputeProcessor {
                 ctx.put(BACKFILL, backfill::reg_key(space, leaf), v);
             }
         }
+        if !reader_failed && task.regs.values().any(LeafReg::pending) {
+            // More history: read the next slice as soon as live input leaves time for it.
+            ctx.punctuate_again_when_idle();
+        }
         self.metrics.backfill_read.inc_by(n as u64);
         self.metrics.backfill_applied.inc_by(applied);
         self.report_remaining(task, (reader_end - at).max(0));

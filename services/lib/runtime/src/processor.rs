@@ -67,6 +67,7 @@ pub trait Processor: Send {
     /// of wall-clock time, inside the open transaction: its writes and outputs are exactly-once
     /// like `process`'s. `now_ms` is the wall clock. Timers (window expiry, retention) live here.
     /// A `BadInput` error here has no record to dead-letter: it is logged and its writes dropped.
+    /// [`ProcessContext::punctuate_again_when_idle`] asks for the next call early.
     fn punctuate(
         &mut self,
         _ctx: &mut ProcessContext<'_>,
@@ -110,12 +111,21 @@ pub struct ProcessContext<'a> {
     pub(crate) stores: &'a [StateStore],
     pub(crate) writes: &'a mut Vec<PendingWrite>,
     pub(crate) outputs: &'a mut Vec<Output>,
+    /// Set from `punctuate`: run it again as soon as the input is idle.
+    pub(crate) again_when_idle: bool,
 }
 
 impl<'a> ProcessContext<'a> {
     /// The task (input partition number) this record belongs to.
     pub fn partition(&self) -> i32 {
         self.partition
+    }
+
+    /// From `punctuate`: more work is waiting (a backfill read in slices, say), so punctuate
+    /// again as soon as a poll finds no input, instead of after the interval. Input records
+    /// keep priority: each idle moment gets one more punctuation.
+    pub fn punctuate_again_when_idle(&mut self) {
+        self.again_when_idle = true;
     }
 
     /// Index of a store by name, in the order the config declares them.

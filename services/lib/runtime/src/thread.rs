@@ -110,6 +110,8 @@ pub(crate) struct Engine {
     failure: Option<RuntimeError>,
     /// Commits that carried records, for fault injection.
     commits: u64,
+    /// The last punctuation asked to run again once the input is idle.
+    punctuate_when_idle: bool,
     writes: Vec<PendingWrite>,
     outputs: Vec<Output>,
     consumed_counters: HashMap<String, prometheus::IntCounter>,
@@ -341,6 +343,7 @@ impl Engine {
             stores: &self.stores,
             writes: &mut self.writes,
             outputs: &mut self.outputs,
+            again_when_idle: false,
         };
         match self.processor.process(&mut ctx, &record) {
             Ok(()) => self.apply_effects(record.partition)?,
@@ -392,6 +395,7 @@ impl Engine {
         }
         let now = now_ms();
         let started = Instant::now();
+        let mut again = false;
         for partition in tasks {
             self.begin_if_needed()?;
             self.writes.clear();
@@ -401,8 +405,11 @@ impl Engine {
                 stores: &self.stores,
                 writes: &mut self.writes,
                 outputs: &mut self.outputs,
+                again_when_idle: false,
             };
-            match self.processor.punctuate(&mut ctx, now) {
+            let result = self.processor.punctuate(&mut ctx, now);
+            again |= ctx.again_when_idle;
+            match result {
                 Ok(()) => self.apply_effects(partition)?,
                 Err(ProcessError::BadInput { reason, message }) => {
                     warn!(partition, reason, error = %message, "punctuation failed; its writes are dropped");
@@ -415,6 +422,7 @@ impl Engine {
             .processing_duration
             .with_label_values(&["punctuate"])
             .observe(started.elapsed().as_secs_f64());
+        self.punctuate_when_idle = again;
         Ok(())
     }
 
@@ -915,6 +923,7 @@ fn build_engine(setup: &ThreadSetup) -> Result<Engine, RuntimeError> {
         needs_rewind: false,
         failure: None,
         commits: 0,
+        punctuate_when_idle: false,
         writes: Vec::new(),
         outputs: Vec::new(),
         consumed_counters: HashMap::new(),
@@ -982,7 +991,13 @@ fn run_generation(setup: &ThreadSetup) -> Result<(), RuntimeError> {
         if let Some(due) = next_punctuate {
             wait = wait.min(due.saturating_duration_since(Instant::now()));
         }
+        let idle_work = consumer.context().lock().punctuate_when_idle;
+        if idle_work {
+            // Only look for input that is already here; without any, punctuate again.
+            wait = Duration::ZERO;
+        }
         let polled = consumer.poll(wait);
+        let idle = polled.is_none();
         let mut engine = consumer.context().lock();
         if let Some(f) = engine.failure.take() {
             break Err(f);
@@ -1023,7 +1038,7 @@ fn run_generation(setup: &ThreadSetup) -> Result<(), RuntimeError> {
             None => {}
         }
         if let (Some(due), Some(interval)) = (next_punctuate, cfg.punctuate_interval) {
-            if Instant::now() >= due {
+            if Instant::now() >= due || (idle && engine.punctuate_when_idle) {
                 next_punctuate = Some(Instant::now() + interval);
                 if let Err(e) = engine.punctuate() {
                     match e {
