@@ -36,6 +36,26 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// A service's `/metrics` text at `addr` (`host:port`); empty while it does not answer.
+pub fn metrics_text(addr: &str) -> String {
+    addr.parse()
+        .ok()
+        .and_then(|a| http_get(a, "/metrics"))
+        .map(|(_, body)| body)
+        .unwrap_or_default()
+}
+
+/// An unlabelled metric (`name value` or `name{const labels} value`) of the service at `addr`.
+pub fn metric(addr: &str, name: &str) -> Option<f64> {
+    metrics_text(addr).lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        if !rest.starts_with([' ', '{']) {
+            return None;
+        }
+        rest.split_whitespace().last()?.parse().ok()
+    })
+}
+
 /// How the receiver answers.
 #[derive(Debug, Clone)]
 pub enum Answer {

@@ -32,6 +32,7 @@ use corral_codec::{
 };
 use corral_compute::admin::{self, DefinitionsTopic};
 use corral_runtime::topics::CleanupPolicy;
+use corral_tests::http::{metric, metrics_text};
 use corral_tests::{assign_from_beginning, bootstrap, create_topic, produce, unique, Service};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -127,9 +128,20 @@ fn now_ms() -> i64 {
 
 fn event(profile: &str, id: &str, name: &str, props: Value, at: i64) -> (Vec<u8>, Vec<u8>) {
     let mut m = SegmentMessage::new(SPACE, MessageType::Track, id);
-    m.user_id = Some(profile.to_string());
     m.event = Some(name.into());
     m.properties = Some(props);
+    resolved(profile, m, at)
+}
+
+fn identify(profile: &str, id: &str, traits: Value, at: i64) -> (Vec<u8>, Vec<u8>) {
+    let mut m = SegmentMessage::new(SPACE, MessageType::Identify, id);
+    m.traits = Some(traits);
+    resolved(profile, m, at)
+}
+
+/// A message of `profile` (its user id) at `at`, as identity writes it to `events.resolved`.
+fn resolved(profile: &str, mut m: SegmentMessage, at: i64) -> (Vec<u8>, Vec<u8>) {
+    m.user_id = Some(profile.to_string());
     m.timestamp = Some(iso(at));
     let ev = ResolvedEvent {
         message: m,
@@ -476,35 +488,6 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-/// Compute's `/metrics` text (empty when it does not answer).
-fn metrics_text(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut body = String::new();
-    if let Ok(mut s) = std::net::TcpStream::connect(addr) {
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        if write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .is_ok()
-        {
-            let _ = s.read_to_string(&mut body);
-        }
-    }
-    body
-}
-
-/// An unlabelled metric of compute's `/metrics` (`name value` or `name{const labels} value`).
-fn metric(addr: &str, name: &str) -> Option<f64> {
-    metrics_text(addr).lines().find_map(|l| {
-        let rest = l.strip_prefix(name)?;
-        if !rest.starts_with([' ', '{']) {
-            return None;
-        }
-        rest.split_whitespace().last()?.parse().ok()
-    })
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument picks one figure.
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with("--"));
@@ -537,14 +520,7 @@ fn throughput(definitions: usize) {
         &yaml,
         &[("--admin", admin_addr.clone())],
     );
-    let names = [
-        "Order Completed",
-        "Product Viewed",
-        "Session Started",
-        "Feature Used",
-        "Checkout Started",
-        "Account Created",
-    ];
+    let names = corral_compute::bench_defs::EVENT_NAMES;
     let t0 = now_ms() - 7 * 86_400_000;
     let load = loadavg();
     let resolved = stack.resolved.clone();
@@ -600,24 +576,6 @@ fn throughput(definitions: usize) {
         state_sum / state_count,
     );
     assert!(stack.svc.terminate().success());
-}
-
-fn identify(profile: &str, id: &str, traits: Value, at: i64) -> (Vec<u8>, Vec<u8>) {
-    let mut m = SegmentMessage::new(SPACE, MessageType::Identify, id);
-    m.user_id = Some(profile.to_string());
-    m.traits = Some(traits);
-    m.timestamp = Some(iso(at));
-    let ev = ResolvedEvent {
-        message: m,
-        profile_id: profile.to_string(),
-        external_ids: vec![ExternalId {
-            id_type: "user_id".into(),
-            id: profile.to_string(),
-            collection: Some("users".into()),
-        }],
-        resolved_at_ms: at,
-    };
-    (profile.as_bytes().to_vec(), ev.encode().unwrap())
 }
 
 /// A client that reads a group's committed offsets without joining it.

@@ -7,6 +7,16 @@ use corral_query::check::{DefinitionKind, Target};
 
 const EXAMPLES: &str = include_str!("../../../examples/definitions.yaml");
 
+/// The event names the benchmark events are drawn from.
+pub const EVENT_NAMES: [&str; 6] = [
+    "Order Completed",
+    "Product Viewed",
+    "Session Started",
+    "Feature Used",
+    "Checkout Started",
+    "Account Created",
+];
+
 /// `n` definitions: the USERS examples first, then generated audiences.
 pub fn definitions(n: usize) -> Vec<DefinitionSpec> {
     let examples = corral_query::load_definitions_str(EXAMPLES, "examples")

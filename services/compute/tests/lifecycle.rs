@@ -15,6 +15,7 @@ use corral_codec::{
 };
 use corral_compute::admin::{self, Applied, DefinitionsTopic};
 use corral_runtime::topics::CleanupPolicy;
+use corral_tests::http::metric;
 use corral_tests::{bootstrap, create_topic, produce, read_committed, unique, Service};
 use serde_json::json;
 
@@ -102,28 +103,6 @@ fn members(m: &BTreeMap<(String, String), Vec<String>>, audience: &str) -> BTree
 fn free_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().to_string()
-}
-
-/// The value of an unlabelled metric on compute's `/metrics` (None while it does not answer).
-fn metric(addr: &str, name: &str) -> Option<f64> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    // `name value` or `name{const labels} value`.
-    body.lines().find_map(|l| {
-        let rest = l.strip_prefix(name)?;
-        if !rest.starts_with([' ', '{']) {
-            return None;
-        }
-        rest.split_whitespace().last()?.parse().ok()
-    })
 }
 
 #[test]

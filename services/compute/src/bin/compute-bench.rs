@@ -24,14 +24,7 @@ fn arg(name: &str, default: usize) -> usize {
 
 fn run(defs: usize, events: usize, profiles: usize) {
     let engine = Engine::new(EngineConfig::default(), specs(defs));
-    let names = [
-        "Order Completed",
-        "Product Viewed",
-        "Session Started",
-        "Feature Used",
-        "Checkout Started",
-        "Account Created",
-    ];
+    let names = corral_compute::bench_defs::EVENT_NAMES;
     let mut store: HashMap<u64, Vec<u8>> = HashMap::new();
     let start_ms = 1_735_689_600_000i64;
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
