@@ -29,7 +29,11 @@ struct Args {
     #[arg(long, default_value_t = 15)]
     latency_seconds: u64,
     /// Which measurements to run.
-    #[arg(long, value_delimiter = ',', default_value = "throughput,latency,restore")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "throughput,latency,restore"
+    )]
     parts: Vec<String>,
     /// librdkafka settings for the service under test (`key=value`, repeatable), to try knobs.
     #[arg(long = "service-kafka")]
@@ -268,7 +272,11 @@ fn restore(args: &Args) {
         "--state-dir",
         &state.path().display().to_string(),
     ])
-    .args(args.service_kafka.iter().flat_map(|kv| ["--kafka", kv.as_str()]))
+    .args(
+        args.service_kafka
+            .iter()
+            .flat_map(|kv| ["--kafka", kv.as_str()]),
+    )
     .env("RUST_LOG", "info")
     .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().unwrap();
