@@ -79,6 +79,12 @@ pub fn parse_reg_key(k: &[u8]) -> Option<(String, String)> {
 /// Store key of the task's next live offset.
 pub const POS_KEY: &[u8] = b"pos";
 
+/// Store key recording that a profile of this partition was merged away (value: the profile it
+/// went into). History read later for that id, and merge state arriving for it, follow it.
+pub fn merged_key(profile: &str) -> Vec<u8> {
+    format!("merged/{profile}").into_bytes()
+}
+
 /// What [`peek`] reads of an `events.resolved` record without decoding it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peek<'a> {

@@ -204,14 +204,21 @@ impl DefinitionsInner {
     }
 }
 
-/// What travels on the merge-state topic.
+/// What travels on the merge-state topic: a merged-away profile's state, or history a
+/// backfill read for a merged-away id, for the profile it went into.
 #[derive(Debug, Serialize, Deserialize)]
 struct MergeState {
     into: String,
     state: ProfileState,
     trigger: Option<String>,
     at_ms: i64,
+    /// Times this was forwarded because `into` had itself been merged away.
+    #[serde(default)]
+    hops: u32,
 }
+
+/// Merge chains longer than this are taken for a loop (identity never makes one).
+const MAX_MERGE_HOPS: u32 = 64;
 
 /// The compute processor (one per stream thread).
 pub struct ComputeProcessor {
@@ -260,6 +267,8 @@ struct Slot {
     st: ProfileState,
     old_wake: Option<i64>,
     dirty: bool,
+    /// The profile was merged away before its history was read: the history goes to this one.
+    merged_into: Option<String>,
 }
 
 const PROFILES: usize = 0;
@@ -535,20 +544,43 @@ impl ComputeProcessor {
             self.metrics.timers_pending.dec();
         }
         ctx.delete(PROFILES, mg.from_profile_id.as_bytes().to_vec());
-        let hand_over = MergeState {
-            into: mg.into_profile_id.clone(),
-            state: st,
-            trigger: mg.trigger_message_id.clone(),
-            at_ms: now,
-        };
-        let v = serde_json::to_vec(&hand_over)
+        ctx.put(
+            BACKFILL,
+            backfill::merged_key(&mg.from_profile_id),
+            mg.into_profile_id.clone().into_bytes(),
+        );
+        self.hand_over(
+            ctx,
+            MergeState {
+                into: mg.into_profile_id,
+                state: st,
+                trigger: mg.trigger_message_id,
+                at_ms: now,
+                hops: 0,
+            },
+        )
+    }
+
+    /// Sends state to the task of the profile it belongs to now.
+    fn hand_over(&self, ctx: &mut ProcessContext<'_>, ms: MergeState) -> Result<(), ProcessError> {
+        let v = serde_json::to_vec(&ms)
             .map_err(|e| ProcessError::Fatal(format!("encoding merge state: {e}")))?;
         ctx.emit(
             &self.topics.merge_state,
-            Some(mg.into_profile_id.into_bytes()),
+            Some(ms.into.into_bytes()),
             Some(v),
         );
         Ok(())
+    }
+
+    /// The profile `profile` was merged into, if it was merged away on this partition.
+    fn merged_into(
+        ctx: &ProcessContext<'_>,
+        profile: &str,
+    ) -> Result<Option<String>, ProcessError> {
+        Ok(ctx
+            .get(BACKFILL, &backfill::merged_key(profile))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     fn on_merge_state(
@@ -556,8 +588,20 @@ impl ComputeProcessor {
         ctx: &mut ProcessContext<'_>,
         bytes: &[u8],
     ) -> Result<(), ProcessError> {
-        let ms: MergeState = serde_json::from_slice(bytes)
+        let mut ms: MergeState = serde_json::from_slice(bytes)
             .map_err(|e| ProcessError::bad_input("undecodable", e.to_string()))?;
+        if let Some(next) = Self::merged_into(ctx, &ms.into)? {
+            // `into` was itself merged away meanwhile (a chain): follow it.
+            if ms.hops >= MAX_MERGE_HOPS {
+                return Err(ProcessError::bad_input(
+                    "merge_loop",
+                    format!("merge state followed {} merges without reaching a live profile; the merges form a loop", ms.hops),
+                ));
+            }
+            ms.into = next;
+            ms.hops += 1;
+            return self.hand_over(ctx, ms);
+        }
         let now = self.clock.now_ms();
         self.metrics.merges.inc();
         let mut into = Self::load(ctx, &ms.into)?.unwrap_or_default();
@@ -893,21 +937,29 @@ impl ComputeProcessor {
             }
             let slot = match cache.get_mut(&ev.profile_id) {
                 Some(s) => s,
-                None => match Self::load(ctx, &ev.profile_id) {
-                    Ok(st) => {
-                        let st = st.unwrap_or_default();
-                        let old_wake = st.wake_ms;
-                        cache.entry(ev.profile_id.clone()).or_insert(Slot {
-                            st,
-                            old_wake,
-                            dirty: false,
-                        })
+                None => {
+                    let loaded = Self::load(ctx, &ev.profile_id).and_then(|st| match st {
+                        Some(st) => Ok((st, None)),
+                        // No state: new, or merged away (then its history joins the survivor).
+                        None => Self::merged_into(ctx, &ev.profile_id)
+                            .map(|into| (ProfileState::default(), into)),
+                    });
+                    match loaded {
+                        Ok((st, merged_into)) => {
+                            let old_wake = st.wake_ms;
+                            cache.entry(ev.profile_id.clone()).or_insert(Slot {
+                                st,
+                                old_wake,
+                                dirty: false,
+                                merged_into,
+                            })
+                        }
+                        Err(e) => {
+                            failure = Some(e);
+                            return;
+                        }
                     }
-                    Err(e) => {
-                        failure = Some(e);
-                        return;
-                    }
-                },
+                }
             };
             let st = &mut slot.st;
             let empty = Map::new();
@@ -967,16 +1019,31 @@ impl ComputeProcessor {
             backfill::close(task.reader.take());
         }
         let read_ms = slice_start.elapsed().as_millis();
-        for (profile, slot) in &cache {
-            if slot.dirty {
-                self.save(ctx, profile, &slot.st, slot.old_wake);
+        let profiles_in_slice = cache.len();
+        for (profile, slot) in cache {
+            if !slot.dirty {
+                continue;
+            }
+            match slot.merged_into {
+                // Only the pending leaves' history: the survivor's task adds it to its state.
+                Some(into) => self.hand_over(
+                    ctx,
+                    MergeState {
+                        into,
+                        state: slot.st,
+                        trigger: None,
+                        at_ms: now,
+                        hops: 0,
+                    },
+                )?,
+                None => self.save(ctx, &profile, &slot.st, slot.old_wake),
             }
         }
         debug!(
             partition = part,
             records = n,
             applied,
-            profiles = cache.len(),
+            profiles = profiles_in_slice,
             first_record_ms,
             read_ms,
             total_ms = slice_start.elapsed().as_millis(),

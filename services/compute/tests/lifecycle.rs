@@ -2,7 +2,8 @@
 //! library function, `corral_compute::admin::apply_text`) with created / changed / unchanged,
 //! list and delete; and backfill: an audience created after the history with
 //! `include_historical_data: true` ends with the same members as one defined before the first
-//! event, while one without historical data counts only later events; the same with compute
+//! event (also for profiles merged away after their history), while one without historical
+//! data counts only later events; the same with compute
 //! killed (SIGKILL) in the middle of the backfill and restarted.
 //! `COMPUTE_BACKFILL_PROFILES` (default 200) scales the history (e.g. 20000 for ~100k events).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -11,7 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use corral_codec::{
-    AvroRecord, ExternalId, MembershipChange, MessageType, ResolvedEvent, SegmentMessage,
+    AvroRecord, ExternalId, MembershipChange, MessageType, ProfileMerge, ResolvedEvent,
+    SegmentMessage,
 };
 use corral_compute::admin::{self, Applied, DefinitionsTopic};
 use corral_runtime::topics::CleanupPolicy;
@@ -20,6 +22,8 @@ use corral_tests::{bootstrap, create_topic, produce, read_committed, unique, Ser
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_corral-compute");
+/// Merges in the history (pairs of once-only profiles).
+const MERGED_PAIRS: usize = 5;
 const SPACE: &str = "demo";
 
 const BEFORE: &str = r#"
@@ -230,6 +234,35 @@ fn scenario(crash: bool) {
         profiles - quarter
     );
 
+    // Merges inside the history: pairs of once-only profiles, the first into the second. Live,
+    // the survivor now has two orders and enters; the backfilled audience must see the
+    // merged-away profile's history on the survivor too (not on an orphan of the old id).
+    let merged: Vec<(String, String)> = (0..MERGED_PAIRS)
+        .map(|k| {
+            let q = profiles - quarter + 2 * k;
+            (format!("p{q}"), format!("p{}", q + 1))
+        })
+        .collect();
+    produce(
+        &merges,
+        merged.iter().map(|(from, into)| {
+            let m = ProfileMerge {
+                space_id: SPACE.into(),
+                from_profile_id: from.clone(),
+                into_profile_id: into.clone(),
+                trigger_message_id: None,
+                trigger_ids: vec![],
+                merged_at_ms: base + n,
+            };
+            (from.as_bytes().to_vec(), m.encode().unwrap())
+        }),
+    );
+    let merged_live = memberships(&membership, profiles - quarter + MERGED_PAIRS);
+    for (_, into) in &merged {
+        assert!(members(&merged_live, "buyers_from_start").contains(into));
+    }
+    let merged_away: BTreeSet<String> = merged.iter().map(|(from, _)| from.clone()).collect();
+
     // The crash: SIGKILL once a few history slices were read (some progress committed, most
     // of the history not yet; compute starts reading as soon as it sees the first new
     // definition, while `apply_text` still publishes).
@@ -287,7 +320,7 @@ fn scenario(crash: bool) {
     }
 
     // Wait for the backfilled audience to catch up with the history before new events.
-    let caught_up = memberships(&membership, 2 * (profiles - quarter));
+    let caught_up = memberships(&membership, 2 * (profiles - quarter + MERGED_PAIRS));
     assert_eq!(
         members(&caught_up, "buyers_backfilled"),
         members(&caught_up, "buyers_from_start")
@@ -296,6 +329,9 @@ fn scenario(crash: bool) {
     // Later events: the once-only profiles order once more; the first 10 profiles twice.
     let mut later = Vec::new();
     for p in profiles - quarter..profiles {
+        if merged_away.contains(&format!("p{p}")) {
+            continue; // identity resolves its ids to the survivor now; it has orders enough
+        }
         later.push(event(&format!("p{p}"), &format!("l{n}"), base + n));
         n += 1;
     }
@@ -306,8 +342,11 @@ fn scenario(crash: bool) {
         }
     }
     produce(&resolved, later);
-    let out = memberships(&membership, 2 * profiles + 10);
-    let all: BTreeSet<String> = (0..profiles).map(|p| format!("p{p}")).collect();
+    let out = memberships(&membership, 2 * (profiles - MERGED_PAIRS) + 10);
+    let all: BTreeSet<String> = (0..profiles)
+        .map(|p| format!("p{p}"))
+        .filter(|p| !merged_away.contains(p))
+        .collect();
     assert_eq!(members(&out, "buyers_from_start"), all);
     assert_eq!(
         members(&out, "buyers_backfilled"),
