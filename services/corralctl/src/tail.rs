@@ -105,15 +105,8 @@ pub fn tail(bootstrap: &str, args: TailArgs) -> anyhow::Result<()> {
         .set("enable.partition.eof", "true")
         .create()
         .context("creating a consumer")?;
-    let md = consumer
-        .fetch_metadata(Some(&topic), Duration::from_secs(10))
+    let partitions = corral_runtime::follow::partition_count(&consumer, &topic, Duration::ZERO)
         .with_context(|| format!("reading metadata of {topic}; is Kafka up (`make up`)?"))?;
-    let partitions = md
-        .topics()
-        .first()
-        .filter(|t| t.error().is_none())
-        .map(|t| t.partitions().len() as i32)
-        .unwrap_or(0);
     anyhow::ensure!(
         partitions > 0,
         "topic {topic} does not exist (`corralctl topics apply` creates Corral's topics)"

@@ -62,15 +62,8 @@ fn consumer(
 }
 
 fn assign_all(c: &BaseConsumer, topic: &str, offset: Offset) -> Result<i32, KafkaOpError> {
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
+    let n = corral_runtime::follow::partition_count(c, topic, Duration::ZERO)
         .map_err(kafka("fetching metadata"))?;
-    let n = md
-        .topics()
-        .first()
-        .filter(|t| t.error().is_none())
-        .map(|t| t.partitions().len() as i32)
-        .unwrap_or(0);
     if n == 0 {
         return Err(KafkaOpError::NoTopic(topic.to_string()));
     }

@@ -74,24 +74,8 @@ fn reader(
     let c: BaseConsumer<QuietEof> = cc
         .create_with_context(QuietEof)
         .map_err(kafka("creating the definitions reader"))?;
-    // A topic created a moment ago can still be missing from the broker's metadata (more so on
-    // a broker with many partitions): ask again for a few seconds before calling it missing.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let partitions = loop {
-        let md = c
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .map_err(kafka("fetching definitions metadata"))?;
-        let partitions = md
-            .topics()
-            .first()
-            .filter(|t| t.error().is_none())
-            .map(|t| t.partitions().len() as i32)
-            .unwrap_or(0);
-        if partitions > 0 || std::time::Instant::now() >= deadline {
-            break partitions;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let partitions = crate::follow::partition_count(&c, topic, Duration::from_secs(5))
+        .map_err(kafka("fetching definitions metadata"))?;
     if partitions == 0 {
         return Err(RuntimeError::Admin(format!(
             "topic {topic} does not exist; create it with `corralctl topics apply`"

@@ -220,18 +220,36 @@ where
         })
 }
 
+/// Partitions of `topic` from the cluster's metadata; 0 when it does not exist. A topic
+/// created a moment ago can be missing from a broker's metadata for a while (longer on a
+/// broker with many partitions), so with `grace` it asks again until then before saying 0.
+pub fn partition_count<C: ConsumerContext>(
+    c: &BaseConsumer<C>,
+    topic: &str,
+    grace: Duration,
+) -> Result<i32, KafkaError> {
+    let deadline = std::time::Instant::now() + grace;
+    loop {
+        let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let n = md
+            .topics()
+            .first()
+            .filter(|t| t.error().is_none())
+            .map(|t| t.partitions().len() as i32)
+            .unwrap_or(0);
+        if n > 0 || std::time::Instant::now() >= deadline {
+            return Ok(n);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Assigns every partition of `topic` from the beginning; `None` when it does not exist yet.
 fn assign_all<C: ConsumerContext>(
     c: &BaseConsumer<C>,
     topic: &str,
 ) -> Result<Option<i32>, KafkaError> {
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let n = md
-        .topics()
-        .first()
-        .filter(|t| t.error().is_none())
-        .map(|t| t.partitions().len() as i32)
-        .unwrap_or(0);
+    let n = partition_count(c, topic, Duration::ZERO)?;
     if n == 0 {
         return Ok(None);
     }
