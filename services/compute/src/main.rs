@@ -19,22 +19,18 @@ use corral_compute::service::{
 use corral_compute::EngineConfig;
 use corral_runtime::definitions::{follow, DefinitionEvent};
 use corral_runtime::topics::{CleanupPolicy, DesiredTopic, TopicAdmin};
-use corral_runtime::{RuntimeConfig, StoreSpec, StreamRuntime};
+use corral_runtime::cli::RuntimeArgs;
+use corral_runtime::{StoreSpec, StreamRuntime};
 use tracing::{info, warn};
 
 #[derive(Parser, Debug)]
 #[command(name = "corral-compute", version, about = "Corral's compute service")]
 struct Args {
-    #[arg(long, env = "CORRAL_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
-    bootstrap: String,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
     /// Consumer group, transactional id prefix and changelog prefix.
     #[arg(long, env = "CORRAL_APPLICATION_ID", default_value = "compute")]
     app: String,
-    /// Stable instance identity (StatefulSet ordinal), never random.
-    #[arg(long, env = "CORRAL_INSTANCE_ID", default_value = "0")]
-    instance: String,
-    #[arg(long, env = "CORRAL_TOPIC_PREFIX", default_value = "corral.")]
-    topic_prefix: String,
     #[arg(long, env = "CORRAL_TOPIC_RESOLVED")]
     resolved_topic: Option<String>,
     #[arg(long, env = "CORRAL_TOPIC_MERGES")]
@@ -57,26 +53,15 @@ struct Args {
     dlq_topic: Option<String>,
     #[arg(long, env = "CORRAL_TOPIC_DEFINITIONS")]
     definitions_topic: Option<String>,
-    #[arg(long, env = "CORRAL_STATE_DIR", default_value = "state")]
-    state_dir: PathBuf,
-    #[arg(long, env = "CORRAL_COMMIT_INTERVAL_MS", default_value_t = 100)]
-    commit_interval_ms: u64,
     /// How often timers (window expiry) are checked.
     #[arg(long, env = "CORRAL_PUNCTUATE_INTERVAL_MS", default_value_t = 1000)]
     punctuate_interval_ms: u64,
-    #[arg(long, env = "CORRAL_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
-    session_timeout_ms: u64,
     /// How late an event may be and still bridge `expires_after` sessions.
     #[arg(long, env = "CORRAL_ALLOWED_LATENESS_HOURS", default_value_t = 168)]
     allowed_lateness_hours: i64,
-    #[arg(long, env = "CORRAL_ADMIN_ADDR")]
-    admin: Option<SocketAddr>,
     /// Read-only profile queries (HTTP JSON, `corralctl profile show`); none when absent.
     #[arg(long, env = "CORRAL_COMPUTE_QUERY_ADDR")]
     query: Option<SocketAddr>,
-    /// Test-only crash injection, e.g. `after_commit@3`.
-    #[arg(long, env = "CORRAL_FAULT")]
-    fault: Option<String>,
     /// Test-only: add the milliseconds in this file to the wall clock.
     #[arg(long, env = "CORRAL_COMPUTE_CLOCK_OFFSET_FILE", hide = true)]
     clock_offset_file: Option<PathBuf>,
@@ -88,7 +73,7 @@ fn main() -> anyhow::Result<()> {
     let topic = |given: &Option<String>, name: &str| {
         given
             .clone()
-            .unwrap_or_else(|| format!("{}{name}", args.topic_prefix))
+            .unwrap_or_else(|| format!("{}{name}", args.runtime.topic_prefix))
     };
     let topics = Arc::new(Topics {
         resolved: topic(&args.resolved_topic, "events.resolved"),
@@ -99,8 +84,7 @@ fn main() -> anyhow::Result<()> {
     });
     let definitions_topic = topic(&args.definitions_topic, "definitions");
 
-    let mut cfg = RuntimeConfig::new(&args.app, &args.instance, &args.bootstrap);
-    cfg.topic_prefix = args.topic_prefix.clone();
+    let mut cfg = args.runtime.runtime_config(&args.app)?;
     cfg.input_topics = vec![
         topics.resolved.clone(),
         topics.merges.clone(),
@@ -113,18 +97,13 @@ fn main() -> anyhow::Result<()> {
             name: (*s).to_string(),
         })
         .collect();
-    cfg.state_dir = args.state_dir.clone();
-    cfg.commit_interval = Duration::from_millis(args.commit_interval_ms);
     cfg.punctuate_interval = Some(Duration::from_millis(args.punctuate_interval_ms.max(10)));
-    cfg.session_timeout = Duration::from_millis(args.session_timeout_ms);
-    cfg.admin_addr = args.admin;
-    cfg.fault = args.fault.as_deref().map(str::parse).transpose()?;
     let kafka_extra = cfg.kafka.clone();
     let profiles_changelog = cfg.changelog_topic(STORES[0]);
 
     // The merge hand-over topic is compute's own: same partitioning as events.resolved.
     let admin =
-        TopicAdmin::connect(&args.bootstrap, &kafka_extra).context("connecting to Kafka")?;
+        TopicAdmin::connect(&args.runtime.bootstrap, &kafka_extra).context("connecting to Kafka")?;
     let partitions = admin
         .partitions(&topics.resolved)
         .context("reading events.resolved metadata")?
@@ -155,7 +134,7 @@ fn main() -> anyhow::Result<()> {
     let reader_stop = Arc::new(AtomicBool::new(false));
     let (d2, m2) = (defs.clone(), metrics.clone());
     let reader = follow(
-        &args.bootstrap,
+        &args.runtime.bootstrap,
         &kafka_extra,
         &definitions_topic,
         caught_up.clone(),
@@ -201,10 +180,10 @@ fn main() -> anyhow::Result<()> {
         let view = ProfilesView::new();
         edges.push(
             spawn_follower(
-                &args.bootstrap,
+                &args.runtime.bootstrap,
                 &kafka_extra,
                 profiles_changelog,
-                &format!("{}-query-{}", args.app, args.instance),
+                &format!("{}-query-{}", args.app, args.runtime.instance),
                 view.clone(),
                 reader_stop.clone(),
             )
@@ -222,7 +201,7 @@ fn main() -> anyhow::Result<()> {
         )?);
     }
     let history = Arc::new(HistorySource {
-        bootstrap: args.bootstrap.clone(),
+        bootstrap: args.runtime.bootstrap.clone(),
         kafka: kafka_extra.clone(),
         topic: topics.resolved.clone(),
         budget: Duration::from_millis(args.backfill_budget_ms.max(1)),
