@@ -17,9 +17,9 @@ use corral_compute::service::{
     Clock, ComputeProcessor, Definitions, FileOffsetClock, Topics, WallClock, STORES,
 };
 use corral_compute::EngineConfig;
+use corral_runtime::cli::RuntimeArgs;
 use corral_runtime::definitions::{follow, DefinitionEvent};
 use corral_runtime::topics::{CleanupPolicy, DesiredTopic, TopicAdmin};
-use corral_runtime::cli::RuntimeArgs;
 use corral_runtime::{StoreSpec, StreamRuntime};
 use tracing::{info, warn};
 
@@ -102,8 +102,8 @@ fn main() -> anyhow::Result<()> {
     let profiles_changelog = cfg.changelog_topic(STORES[0]);
 
     // The merge hand-over topic is compute's own: same partitioning as events.resolved.
-    let admin =
-        TopicAdmin::connect(&args.runtime.bootstrap, &kafka_extra).context("connecting to Kafka")?;
+    let admin = TopicAdmin::connect(&args.runtime.bootstrap, &kafka_extra)
+        .context("connecting to Kafka")?;
     let partitions = admin
         .partitions(&topics.resolved)
         .context("reading events.resolved metadata")?
