@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use corral_codec::{DeadLetter, Definition};
 use corral_runtime::definitions::{definition_key, publish, read_all};
+use corral_runtime::produce::send_waiting;
 use corral_runtime::RuntimeError;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -219,22 +220,8 @@ pub fn replay_deliveries(
                     continue;
                 }
                 let key = letter.key.clone().unwrap_or_default();
-                let mut rec = BaseRecord::to(replay_topic).key(&key).payload(value);
-                loop {
-                    match p.send(rec) {
-                        Ok(()) => break,
-                        Err((
-                            KafkaError::MessageProduction(
-                                rdkafka::types::RDKafkaErrorCode::QueueFull,
-                            ),
-                            r,
-                        )) => {
-                            rec = r;
-                            p.poll(Duration::from_millis(10));
-                        }
-                        Err((e, _)) => return Err(e.into()),
-                    }
-                }
+                let rec = BaseRecord::to(replay_topic).key(&key).payload(value);
+                send_waiting(&p, rec, Duration::from_millis(10))?;
             }
             Some(Err(KafkaError::PartitionEOF(part))) => {
                 at_end.insert(part);

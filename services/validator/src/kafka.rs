@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use corral_codec::{AvroRecord, BlockedEvent, Definition};
 use corral_runtime::definitions;
+use corral_runtime::produce::send_waiting;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -130,25 +131,11 @@ fn producer(bootstrap: &str) -> Result<BaseProducer, KafkaOpError> {
 }
 
 fn send(p: &BaseProducer, topic: &str, key: &[u8], value: &[u8]) -> Result<(), KafkaOpError> {
-    let mut rec = BaseRecord::to(topic).key(key).payload(value);
-    loop {
-        match p.send(rec) {
-            Ok(()) => return Ok(()),
-            Err((
-                KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                r,
-            )) => {
-                rec = r;
-                p.poll(Duration::from_millis(10));
-            }
-            Err((e, _)) => {
-                return Err(KafkaOpError::Kafka {
-                    during: "producing",
-                    source: e,
-                })
-            }
-        }
-    }
+    let rec = BaseRecord::to(topic).key(key).payload(value);
+    send_waiting(p, rec, Duration::from_millis(10)).map_err(|source| KafkaOpError::Kafka {
+        during: "producing",
+        source,
+    })
 }
 
 /// What `plans apply` did.

@@ -32,6 +32,7 @@ pub mod error;
 pub mod follow;
 pub mod metrics;
 pub mod processor;
+pub mod produce;
 pub mod store;
 mod thread;
 pub mod topics;

@@ -296,21 +296,12 @@ impl Engine {
         if let Some(p) = partition {
             record = record.partition(p);
         }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    self.producer.poll(Duration::from_millis(5));
-                }
-                Err((e, _)) => {
-                    return Err(RuntimeError::Kafka {
-                        during: "produce",
-                        source: e,
-                    })
-                }
-            }
-        }
+        crate::produce::send_waiting(&self.producer, record, Duration::from_millis(5)).map_err(
+            |source| RuntimeError::Kafka {
+                during: "produce",
+                source,
+            },
+        )
     }
 
     fn produced(&self, topic: &str) {
