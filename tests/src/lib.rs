@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use corral_codec::{AvroRecord, ExternalId, ResolvedEvent, SegmentMessage};
 use corral_runtime::topics::{CleanupPolicy, DesiredTopic, TopicAdmin};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -240,4 +241,23 @@ impl Drop for Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `m` as identity writes it to `events.resolved` for `profile` (also its user id) at `at_ms`:
+/// the record's key and its encoded `ResolvedEvent`.
+pub fn resolved_event(profile: &str, mut m: SegmentMessage, at_ms: i64) -> (Vec<u8>, Vec<u8>) {
+    m.user_id = Some(profile.to_string());
+    m.timestamp =
+        chrono::DateTime::<chrono::Utc>::from_timestamp_millis(at_ms).map(|d| d.to_rfc3339());
+    let ev = ResolvedEvent {
+        message: m,
+        profile_id: profile.to_string(),
+        external_ids: vec![ExternalId {
+            id_type: "user_id".into(),
+            id: profile.to_string(),
+            collection: Some("users".into()),
+        }],
+        resolved_at_ms: at_ms,
+    };
+    (profile.as_bytes().to_vec(), ev.encode().unwrap())
 }

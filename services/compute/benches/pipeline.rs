@@ -27,9 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use corral_codec::{
-    AvroRecord, ExternalId, MembershipChange, MessageType, ResolvedEvent, SegmentMessage,
-};
+use corral_codec::{AvroRecord, MembershipChange, MessageType, SegmentMessage};
 use corral_compute::admin::{self, DefinitionsTopic};
 use corral_runtime::topics::CleanupPolicy;
 use corral_tests::http::{metric, metrics_text};
@@ -116,12 +114,6 @@ impl Stack {
     }
 }
 
-fn iso(ms: i64) -> String {
-    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
-        .unwrap()
-        .to_rfc3339()
-}
-
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -130,30 +122,13 @@ fn event(profile: &str, id: &str, name: &str, props: Value, at: i64) -> (Vec<u8>
     let mut m = SegmentMessage::new(SPACE, MessageType::Track, id);
     m.event = Some(name.into());
     m.properties = Some(props);
-    resolved(profile, m, at)
+    corral_tests::resolved_event(profile, m, at)
 }
 
 fn identify(profile: &str, id: &str, traits: Value, at: i64) -> (Vec<u8>, Vec<u8>) {
     let mut m = SegmentMessage::new(SPACE, MessageType::Identify, id);
     m.traits = Some(traits);
-    resolved(profile, m, at)
-}
-
-/// A message of `profile` (its user id) at `at`, as identity writes it to `events.resolved`.
-fn resolved(profile: &str, mut m: SegmentMessage, at: i64) -> (Vec<u8>, Vec<u8>) {
-    m.user_id = Some(profile.to_string());
-    m.timestamp = Some(iso(at));
-    let ev = ResolvedEvent {
-        message: m,
-        profile_id: profile.to_string(),
-        external_ids: vec![ExternalId {
-            id_type: "user_id".into(),
-            id: profile.to_string(),
-            collection: Some("users".into()),
-        }],
-        resolved_at_ms: at,
-    };
-    (profile.as_bytes().to_vec(), ev.encode().unwrap())
+    corral_tests::resolved_event(profile, m, at)
 }
 
 /// A committed-only reader of the membership topic that does not add its own wait.

@@ -11,10 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use corral_codec::{
-    AvroRecord, ExternalId, MembershipChange, MessageType, ProfileMerge, ResolvedEvent,
-    SegmentMessage,
-};
+use corral_codec::{AvroRecord, MembershipChange, MessageType, ProfileMerge, SegmentMessage};
 use corral_compute::admin::{self, Applied, DefinitionsTopic};
 use corral_runtime::topics::CleanupPolicy;
 use corral_tests::http::metric;
@@ -48,25 +45,9 @@ audiences:
 
 fn event(profile: &str, id: &str, at: i64) -> (Vec<u8>, Vec<u8>) {
     let mut m = SegmentMessage::new(SPACE, MessageType::Track, id);
-    m.user_id = Some(profile.to_string());
     m.event = Some("Order Completed".into());
     m.properties = Some(json!({"revenue": 10}));
-    m.timestamp = Some(
-        chrono::DateTime::<chrono::Utc>::from_timestamp_millis(at)
-            .unwrap()
-            .to_rfc3339(),
-    );
-    let ev = ResolvedEvent {
-        message: m,
-        profile_id: profile.to_string(),
-        external_ids: vec![ExternalId {
-            id_type: "user_id".into(),
-            id: profile.to_string(),
-            collection: Some("users".into()),
-        }],
-        resolved_at_ms: at,
-    };
-    (profile.as_bytes().to_vec(), ev.encode().unwrap())
+    corral_tests::resolved_event(profile, m, at)
 }
 
 /// (audience, profile) -> entered/exited sequence, once `min` records are committed and the

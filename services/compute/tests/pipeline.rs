@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use corral_codec::{
-    AvroRecord, Definition, ExternalId, MembershipChange, MessageType, ProfileMerge, ResolvedEvent,
-    SegmentMessage, TraitChange,
+    AvroRecord, Definition, MembershipChange, MessageType, ProfileMerge, SegmentMessage,
+    TraitChange,
 };
 use corral_runtime::definitions::publish;
 use corral_runtime::topics::CleanupPolicy;
@@ -239,12 +239,6 @@ impl Setup {
     }
 }
 
-fn iso(ms: i64) -> String {
-    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
-        .unwrap()
-        .to_rfc3339()
-}
-
 fn event(
     profile: &str,
     id: &str,
@@ -254,25 +248,13 @@ fn event(
     at: i64,
 ) -> (Vec<u8>, Vec<u8>) {
     let mut m = SegmentMessage::new(SPACE, t, id);
-    m.user_id = Some(profile.to_string());
     m.event = name.map(String::from);
     if t == MessageType::Identify {
         m.traits = Some(body);
     } else {
         m.properties = Some(body);
     }
-    m.timestamp = Some(iso(at));
-    let ev = ResolvedEvent {
-        message: m,
-        profile_id: profile.to_string(),
-        external_ids: vec![ExternalId {
-            id_type: "user_id".into(),
-            id: profile.to_string(),
-            collection: Some("users".into()),
-        }],
-        resolved_at_ms: at,
-    };
-    (profile.as_bytes().to_vec(), ev.encode().unwrap())
+    corral_tests::resolved_event(profile, m, at)
 }
 
 fn triples(xs: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {

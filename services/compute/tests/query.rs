@@ -7,9 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use corral_codec::{
-    AvroRecord, Definition, ExternalId, MessageType, ResolvedEvent, SegmentMessage,
-};
+use corral_codec::{Definition, MessageType, SegmentMessage};
 use corral_compute::client::{ClientError, QueryClient};
 use corral_runtime::definitions::publish;
 use corral_runtime::topics::CleanupPolicy;
@@ -28,26 +26,13 @@ fn event(
     at: i64,
 ) -> (Vec<u8>, Vec<u8>) {
     let mut m = SegmentMessage::new(SPACE, t, id);
-    m.user_id = Some(profile.to_string());
     m.event = name.map(String::from);
     if t == MessageType::Identify {
         m.traits = Some(body);
     } else {
         m.properties = Some(body);
     }
-    m.timestamp =
-        chrono::DateTime::<chrono::Utc>::from_timestamp_millis(at).map(|d| d.to_rfc3339());
-    let ev = ResolvedEvent {
-        message: m,
-        profile_id: profile.to_string(),
-        external_ids: vec![ExternalId {
-            id_type: "user_id".into(),
-            id: profile.to_string(),
-            collection: Some("users".into()),
-        }],
-        resolved_at_ms: at,
-    };
-    (profile.as_bytes().to_vec(), ev.encode().unwrap())
+    corral_tests::resolved_event(profile, m, at)
 }
 
 fn define(topic: &str, kind: &str, key: &str, query: &str) {
