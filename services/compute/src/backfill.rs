@@ -124,12 +124,8 @@ pub fn peek<'a>(bytes: &'a [u8], fingerprint: &[u8; 8]) -> Option<Peek<'a>> {
         r.opt_string()?;
     }
     let event = r.opt_string()?;
-    let name = match MessageType::ALL.get(usize::try_from(kind).ok()?)? {
-        MessageType::Track => Some(event.unwrap_or_default()),
-        MessageType::Page => Some("Page Viewed"),
-        MessageType::Screen => Some("Screen Viewed"),
-        _ => None,
-    };
+    let kind = *MessageType::ALL.get(usize::try_from(kind).ok()?)?;
+    let name = crate::service::event_name(kind, event);
     Some(Peek { space, name })
 }
 

@@ -101,6 +101,32 @@ pub struct Change {
     pub kind: ChangeKind,
 }
 
+/// What a merge changes ([`Engine::absorb`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Absorbed {
+    /// The survivor's differences after evaluating the union.
+    pub into: Vec<Change>,
+    /// Exits of the merged-away profile: audiences it was in that the survivor does not carry.
+    pub from_exits: Vec<Change>,
+}
+
+/// Records identify traits in a state without evaluating (latest event time wins per trait;
+/// `null` is kept as a removal).
+pub fn record_traits(st: &mut ProfileState, traits: &Map<String, Value>, ts_ms: i64) {
+    for (k, v) in traits {
+        let newer = st.traits.get(k).is_none_or(|cur| ts_ms >= cur.t);
+        if newer {
+            st.traits.insert(
+                k.clone(),
+                TraitValue {
+                    v: v.clone(),
+                    t: ts_ms,
+                },
+            );
+        }
+    }
+}
+
 /// Entered, exited, or a trait value changed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChangeKind {
@@ -496,15 +522,32 @@ impl Engine {
         only: &BTreeSet<String>,
         now_ms: i64,
     ) -> bool {
+        self.record_event_where(st, ev, now_ms, |id| only.contains(id))
+    }
+
+    /// Adds an event to every leaf reading it, without evaluating. For an input of a profile
+    /// that was merged away: it is recorded in a fresh state that the survivor absorbs (and
+    /// evaluates). Returns whether any leaf took the event.
+    pub fn record_event(&self, st: &mut ProfileState, ev: &InEvent<'_>, now_ms: i64) -> bool {
+        self.record_event_where(st, ev, now_ms, |_| true)
+    }
+
+    fn record_event_where(
+        &self,
+        st: &mut ProfileState,
+        ev: &InEvent<'_>,
+        now_ms: i64,
+        wanted: impl Fn(&String) -> bool,
+    ) -> bool {
         let Some(ids) = self.by_event.get(ev.name) else {
             return false;
         };
         let now = now_ms.max(st.now_ms);
         let touched = !self
-            .add_to_leaves(st, ev, ids.iter().filter(|i| only.contains(*i)), now)
+            .add_to_leaves(st, ev, ids.iter().filter(|i| wanted(i)), now)
             .is_empty();
         if touched {
-            // Keep the state inside its bounds while history streams in.
+            // Keep the state inside its bounds while inputs stream in unevaluated.
             self.prune(st, now);
         }
         touched
@@ -648,18 +691,7 @@ impl Engine {
         ts_ms: i64,
         now_ms: i64,
     ) -> Vec<Change> {
-        for (k, v) in traits {
-            let newer = st.traits.get(k).is_none_or(|cur| ts_ms >= cur.t);
-            if newer {
-                st.traits.insert(
-                    k.clone(),
-                    TraitValue {
-                        v: v.clone(),
-                        t: ts_ms,
-                    },
-                );
-            }
-        }
+        record_traits(st, traits, ts_ms);
         self.evaluate(st, now_ms)
     }
 
@@ -668,28 +700,19 @@ impl Engine {
         self.evaluate(st, now_ms)
     }
 
-    /// The merged-away side of a merge: exits for every audience it was in. The caller then
-    /// deletes its state and hands it to [`Engine::absorb`] on the surviving profile.
-    pub fn detach(&self, st: &ProfileState) -> Vec<Change> {
-        st.results
+    /// Combines a merged-away profile's state into the survivor and re-evaluates the
+    /// survivor on the union. The merged-away profile's memberships are carried on by the
+    /// survivor: it exits only the audiences the survivor is not a member of after the
+    /// merge (and whose evaluation is not held), so a merge alone never makes a user leave
+    /// and re-enter. Like Segment, the survivor may enter an audience the merged-away
+    /// profile was already in ("a merge can emit another Audience Entered").
+    pub fn absorb(&self, into: &mut ProfileState, from: ProfileState, now_ms: i64) -> Absorbed {
+        let was_member: Vec<(String, i64)> = from
+            .results
             .iter()
-            .filter(|(k, r)| {
-                r.v == Value::Bool(true)
-                    && self
-                        .defs
-                        .get(*k)
-                        .is_some_and(|d| d.spec.target == Target::Audience)
-            })
-            .map(|(k, r)| Change {
-                key: k.clone(),
-                version: r.ver,
-                kind: ChangeKind::Exited,
-            })
-            .collect()
-    }
-
-    /// Combines a merged-away profile's state into the survivor and re-evaluates.
-    pub fn absorb(&self, into: &mut ProfileState, from: ProfileState, now_ms: i64) -> Vec<Change> {
+            .filter(|(k, r)| r.v == Value::Bool(true) && self.is_audience(k))
+            .map(|(k, r)| (k.clone(), r.ver))
+            .collect();
         into.add_ids(from.external_ids);
         if into.space_id.is_empty() {
             into.space_id = from.space_id;
@@ -725,7 +748,34 @@ impl Engine {
             }
         }
         into.now_ms = into.now_ms.max(from.now_ms);
-        self.evaluate(into, now_ms)
+        let changes = self.evaluate(into, now_ms);
+        let from_exits = was_member
+            .into_iter()
+            .filter(|(k, _)| {
+                let carried = into
+                    .results
+                    .get(k)
+                    .is_some_and(|r| r.v == Value::Bool(true));
+                // A held result is decided later, for the survivor only: keep the membership.
+                let held = into.hold.as_ref().is_some_and(|h| h.contains(k));
+                !carried && !held
+            })
+            .map(|(key, version)| Change {
+                key,
+                version,
+                kind: ChangeKind::Exited,
+            })
+            .collect();
+        Absorbed {
+            into: changes,
+            from_exits,
+        }
+    }
+
+    fn is_audience(&self, key: &str) -> bool {
+        self.defs
+            .get(key)
+            .is_some_and(|d| d.spec.target == Target::Audience)
     }
 
     /// Current value of every active definition for this profile, without touching state:

@@ -19,7 +19,7 @@ pub mod state;
 pub mod value;
 
 pub use engine::{
-    ActiveDefinition, Change, ChangeKind, DefinitionError, DefinitionSpec, Engine, EngineConfig,
-    InEvent,
+    Absorbed, ActiveDefinition, Change, ChangeKind, DefinitionError, DefinitionSpec, Engine,
+    EngineConfig, InEvent,
 };
 pub use state::{ExtId, ProfileState};

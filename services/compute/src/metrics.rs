@@ -18,6 +18,8 @@ pub struct Metrics {
     pub trait_changes: IntCounter,
     /// Merges absorbed.
     pub merges: IntCounter,
+    /// Events of merged-away profiles read after their merge, sent on to the survivor.
+    pub merge_forwarded: IntCounter,
     /// Timers scheduled and not fired (this instance's view since start).
     pub timers_pending: IntGauge,
     /// Timers fired.
@@ -65,6 +67,10 @@ impl Metrics {
                 "Computed trait value changes.",
             )?,
             merges: IntCounter::new("compute_merges_total", "Profile merges absorbed.")?,
+            merge_forwarded: IntCounter::new(
+                "compute_merge_forwarded_events_total",
+                "Events of merged-away profiles read after their merge and sent on to the survivor.",
+            )?,
             timers_pending: IntGauge::new(
                 "compute_timers_pending",
                 "Timers scheduled minus timers fired or cancelled by this instance.",
@@ -131,6 +137,7 @@ impl Metrics {
         registry.register(Box::new(m.membership_changes.clone()))?;
         registry.register(Box::new(m.trait_changes.clone()))?;
         registry.register(Box::new(m.merges.clone()))?;
+        registry.register(Box::new(m.merge_forwarded.clone()))?;
         registry.register(Box::new(m.timers_pending.clone()))?;
         registry.register(Box::new(m.timers_fired.clone()))?;
         registry.register(Box::new(m.state_bytes.clone()))?;

@@ -20,7 +20,7 @@
 
 use crate::admin::DefinitionBody;
 use crate::backfill::{self, HistoryReader, HistorySource, LeafReg};
-use crate::engine::{Change, ChangeKind, DefinitionSpec, Engine, EngineConfig, InEvent};
+use crate::engine::{Absorbed, Change, ChangeKind, DefinitionSpec, Engine, EngineConfig, InEvent};
 use crate::metrics::Metrics;
 use crate::state::{ExtId, ProfileState};
 use corral_codec::{
@@ -209,6 +209,10 @@ impl DefinitionsInner {
 #[derive(Debug, Serialize, Deserialize)]
 struct MergeState {
     into: String,
+    /// The merged-away profile the state comes from (absent in records of earlier builds):
+    /// the survivor's task emits its exits from audiences the survivor does not carry on.
+    #[serde(default)]
+    from: Option<String>,
     state: ProfileState,
     trigger: Option<String>,
     at_ms: i64,
@@ -305,6 +309,52 @@ fn codec_ids(ids: &[ExtId]) -> Vec<ExternalId> {
             collection: i.collection.clone().or_else(|| Some("users".into())),
         })
         .collect()
+}
+
+/// The event name definitions match a call by: the `track` event, `Page Viewed` for `page`
+/// and `Screen Viewed` for `screen` calls (as Segment's audiences name them); `None` for calls
+/// that are not events (identify, group, alias).
+pub fn event_name(kind: MessageType, event: Option<&str>) -> Option<&str> {
+    match kind {
+        MessageType::Track => Some(event.unwrap_or_default()),
+        MessageType::Page => Some("Page Viewed"),
+        MessageType::Screen => Some("Screen Viewed"),
+        _ => None,
+    }
+}
+
+/// The traits of an identify call (none when they are not an object).
+fn identify_traits(m: &corral_codec::SegmentMessage) -> &Map<String, Value> {
+    static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
+    match &m.traits {
+        Some(Value::Object(o)) => o,
+        _ => EMPTY.get_or_init(Map::new),
+    }
+}
+
+/// A track, page or screen call as the engine reads it, handed to `f` (`None` for other calls).
+fn as_event<R>(
+    m: &corral_codec::SegmentMessage,
+    ts_ms: i64,
+    f: impl FnOnce(&InEvent<'_>) -> R,
+) -> Option<R> {
+    let name = event_name(m.message_type, m.event.as_deref())?;
+    let empty = Map::new();
+    let properties = match &m.properties {
+        Some(Value::Object(o)) => o,
+        _ => &empty,
+    };
+    let context = match &m.context {
+        Some(Value::Object(o)) => o,
+        _ => &empty,
+    };
+    Some(f(&InEvent {
+        name,
+        ts_ms,
+        properties,
+        context,
+        source_id: m.source_id.as_deref(),
+    }))
 }
 
 /// Event time: the skew-corrected `timestamp`, else when it was received.
@@ -461,7 +511,15 @@ impl ComputeProcessor {
             ));
         }
         self.metrics.events.inc();
-        let mut st = Self::load(ctx, profile)?.unwrap_or_default();
+        let mut st = match Self::load(ctx, profile)? {
+            Some(st) => st,
+            None => match Self::merged_into(ctx, profile)? {
+                // Read after the profile's merge record (another topic, no order between
+                // them): the event belongs to the survivor's history.
+                Some(into) => return self.forward(ctx, &ev, engine.as_deref(), into, now),
+                None => ProfileState::default(),
+            },
+        };
         let old_wake = st.wake_ms;
         if st.space_id.is_empty() {
             st.space_id = m.space_id.clone();
@@ -469,42 +527,19 @@ impl ComputeProcessor {
         st.add_ids(ext_ids(&ev.external_ids));
         st.hold = self.hold(ctx.partition(), &st.space_id);
         let ts = event_time_ms(m, now);
-        let empty = Map::new();
-        let as_map = |v: &Option<Value>| match v {
-            Some(Value::Object(o)) => Some(o.clone()),
-            _ => None,
-        };
         let changes = match engine {
             None => Vec::new(),
             Some(engine) => {
                 self.metrics.evaluations.inc();
                 match m.message_type {
                     MessageType::Identify => {
-                        let traits = as_map(&m.traits).unwrap_or_default();
-                        engine.apply_identify(&mut st, &traits, ts, now)
+                        engine.apply_identify(&mut st, identify_traits(m), ts, now)
                     }
                     MessageType::Track | MessageType::Page | MessageType::Screen => {
-                        let name = match m.message_type {
-                            MessageType::Page => "Page Viewed",
-                            MessageType::Screen => "Screen Viewed",
-                            _ => m.event.as_deref().unwrap_or_default(),
-                        };
-                        let props = as_map(&m.properties).unwrap_or_default();
-                        let context = as_map(&m.context).unwrap_or_default();
-                        engine.apply_event(
-                            &mut st,
-                            &InEvent {
-                                name,
-                                ts_ms: ts,
-                                properties: &props,
-                                context: &context,
-                                source_id: m.source_id.as_deref(),
-                            },
-                            now,
-                        )
+                        as_event(m, ts, |ev| engine.apply_event(&mut st, ev, now))
+                            .unwrap_or_default()
                     }
                     _ => {
-                        let _ = &empty;
                         if st.now_ms == 0 {
                             engine.evaluate(&mut st, now)
                         } else {
@@ -519,6 +554,9 @@ impl ComputeProcessor {
         Ok(())
     }
 
+    /// The merged-away side: records where the profile went (always, even when it has no
+    /// state yet, so its events read later follow it), and hands its state to the survivor's
+    /// task. No exits here: only the survivor's task knows which memberships it carries on.
     fn on_merge(&self, ctx: &mut ProcessContext<'_>, bytes: &[u8]) -> Result<(), ProcessError> {
         let mg = ProfileMerge::decode(bytes)
             .map_err(|e| ProcessError::bad_input("undecodable", e.to_string()))?;
@@ -526,35 +564,67 @@ impl ComputeProcessor {
             return Ok(());
         }
         let now = self.clock.now_ms();
-        let Some(st) = Self::load(ctx, &mg.from_profile_id)? else {
-            return Ok(());
-        };
-        let (engine, _) = self.engine(&st.space_id);
-        let exits = engine.map(|e| e.detach(&st)).unwrap_or_default();
-        self.emit(
-            ctx,
-            &mg.from_profile_id,
-            &st,
-            exits,
-            mg.trigger_message_id.as_deref(),
-            now,
-        )?;
-        if let Some(w) = st.wake_ms {
-            ctx.delete(TIMERS, timer_key(w, &mg.from_profile_id));
-            self.metrics.timers_pending.dec();
-        }
-        ctx.delete(PROFILES, mg.from_profile_id.as_bytes().to_vec());
         ctx.put(
             BACKFILL,
             backfill::merged_key(&mg.from_profile_id),
             mg.into_profile_id.clone().into_bytes(),
         );
+        let Some(st) = Self::load(ctx, &mg.from_profile_id)? else {
+            return Ok(());
+        };
+        if let Some(w) = st.wake_ms {
+            ctx.delete(TIMERS, timer_key(w, &mg.from_profile_id));
+            self.metrics.timers_pending.dec();
+        }
+        ctx.delete(PROFILES, mg.from_profile_id.as_bytes().to_vec());
         self.hand_over(
             ctx,
             MergeState {
                 into: mg.into_profile_id,
+                from: Some(mg.from_profile_id),
                 state: st,
                 trigger: mg.trigger_message_id,
+                at_ms: now,
+                hops: 0,
+            },
+        )
+    }
+
+    /// An event of a profile merged away before compute read the event: recorded, without
+    /// evaluation, in a fresh state that goes to the survivor like merged state (so the leaves
+    /// it counts for are the ones this task counts live events for, as for any merge).
+    fn forward(
+        &self,
+        ctx: &mut ProcessContext<'_>,
+        ev: &ResolvedEvent,
+        engine: Option<&Engine>,
+        into: String,
+        now: i64,
+    ) -> Result<(), ProcessError> {
+        let m = &ev.message;
+        let mut st = ProfileState {
+            space_id: m.space_id.clone(),
+            ..ProfileState::default()
+        };
+        st.add_ids(ext_ids(&ev.external_ids));
+        let ts = event_time_ms(m, now);
+        match (m.message_type, engine) {
+            (MessageType::Identify, _) => {
+                crate::engine::record_traits(&mut st, identify_traits(m), ts);
+            }
+            (_, Some(engine)) => {
+                as_event(m, ts, |ev| engine.record_event(&mut st, ev, now));
+            }
+            (_, None) => {}
+        }
+        self.metrics.merge_forwarded.inc();
+        self.hand_over(
+            ctx,
+            MergeState {
+                into,
+                from: Some(ev.profile_id.clone()),
+                state: st,
+                trigger: Some(m.message_id.clone()),
                 at_ms: now,
                 hops: 0,
             },
@@ -613,15 +683,43 @@ impl ComputeProcessor {
         };
         let (engine, _) = self.engine(&space);
         into.hold = self.hold(ctx.partition(), &space);
-        let changes = match engine {
+        // Who the merged-away profile's exits (if any) are addressed to.
+        let from = ms.from.as_ref().map(|id| {
+            (
+                id.clone(),
+                ProfileState {
+                    space_id: space.clone(),
+                    external_ids: ms.state.external_ids.clone(),
+                    ..ProfileState::default()
+                },
+            )
+        });
+        let absorbed = match engine {
             Some(e) => e.absorb(&mut into, ms.state, now),
             None => {
                 into.add_ids(ms.state.external_ids);
                 into.space_id = space;
-                Vec::new()
+                Absorbed::default()
             }
         };
-        self.emit(ctx, &ms.into, &into, changes, ms.trigger.as_deref(), now)?;
+        if let Some((from_id, from_st)) = from {
+            self.emit(
+                ctx,
+                &from_id,
+                &from_st,
+                absorbed.from_exits,
+                ms.trigger.as_deref(),
+                now,
+            )?;
+        }
+        self.emit(
+            ctx,
+            &ms.into,
+            &into,
+            absorbed.into,
+            ms.trigger.as_deref(),
+            now,
+        )?;
         self.save(ctx, &ms.into, &into, old_wake);
         Ok(())
     }
@@ -900,11 +998,8 @@ impl ComputeProcessor {
                 return;
             };
             let m = &ev.message;
-            let name = match m.message_type {
-                MessageType::Track => m.event.as_deref().unwrap_or_default(),
-                MessageType::Page => "Page Viewed",
-                MessageType::Screen => "Screen Viewed",
-                _ => return,
+            let Some(name) = event_name(m.message_type, m.event.as_deref()) else {
+                return;
             };
             let Some((engine, _)) = spaces.get(m.space_id.as_str()) else {
                 return;
@@ -1030,6 +1125,7 @@ impl ComputeProcessor {
                     ctx,
                     MergeState {
                         into,
+                        from: Some(profile),
                         state: slot.st,
                         trigger: None,
                         at_ms: now,

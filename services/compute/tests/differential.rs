@@ -468,17 +468,26 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
                 let Some(fst) = states.remove(from) else {
                     continue;
                 };
-                let exits = engine.detach(&fst);
-                apply(&mut view, *from, exits);
-                prop_assert!(
-                    view.get(from)
-                        .is_none_or(|v| v.keys().all(|k| !k.starts_with("aud"))),
-                    "merged-away profile still in an audience"
-                );
-                view.remove(from);
+                let was_in: Vec<String> = view
+                    .get(from)
+                    .map(|v| v.keys().filter(|k| k.starts_with("aud")).cloned().collect())
+                    .unwrap_or_default();
                 let ist = states.entry(*into).or_default();
-                let ch = engine.absorb(ist, fst, now);
-                apply(&mut view, *into, ch);
+                let absorbed = engine.absorb(ist, fst, now);
+                apply(&mut view, *from, absorbed.from_exits);
+                apply(&mut view, *into, absorbed.into);
+                // The merged-away profile keeps exactly the memberships the survivor carries.
+                for k in &was_in {
+                    let still = view.get(from).is_some_and(|v| v.contains_key(k));
+                    let carried = view.get(into).is_some_and(|v| v.contains_key(k));
+                    prop_assert_eq!(
+                        still,
+                        carried,
+                        "merged-away profile's membership of {} after the merge",
+                        k
+                    );
+                }
+                view.remove(from);
                 let fr = refs.remove(from).unwrap_or_default();
                 let ir = refs.entry(*into).or_default();
                 ir.events.extend(fr.events);

@@ -358,7 +358,8 @@ fn examples_end_to_end_with_time_passing_and_merge() {
         merged_at_ms: t1,
     };
     produce(&s.merges, vec![(b"u4".to_vec(), merge.encode().unwrap())]);
-    expected.push(("u4", "order_completed_last_30days", "exited"));
+    // u1 carries u4's recent order on, so u4 keeps that membership (no leave and re-enter);
+    // with two orders neither is a first-time shopper any more.
     expected.push(("u4", "first_time_shopper", "exited"));
     expected.push(("u1", "first_time_shopper", "exited"));
     expected.push(("u1", "order_completed_last_30days", "entered"));
