@@ -26,6 +26,8 @@ client = Client(
     host=host,
     on_error=lambda e, batch: errors.append(f"{e!r} ({len(batch)} messages)"),
     max_retries=10,
+    # Room for every call: a full queue would drop calls (the client returns False for them).
+    max_queue_size=len(calls) + 1,
 )
 
 methods = {
@@ -42,7 +44,9 @@ for item in calls:
     name = kwargs.pop("call")
     if "timestamp" in kwargs:
         kwargs["timestamp"] = datetime.fromisoformat(kwargs["timestamp"].replace("Z", "+00:00"))
-    methods[name](**kwargs)
+    queued, _ = methods[name](**kwargs)
+    if not queued:
+        errors.append(f"the client did not queue a {name} call")
 
 client.flush()
 client.join()

@@ -10,18 +10,16 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    binary, create_topics, free_port, metric, repo_root, run, send_with_python, Received, Stack,
-    TopicReader, Webhook,
+    binary, create_topics, decode_all, metric, repo_root, run, send_with_python, start_pipeline,
+    PipelineConfig, Received, Stack, TopicReader, Webhook,
 };
 use corral_codec::{
-    AvroRecord, BlockedEvent, DeadLetter, Definition, ExternalId, MembershipChange,
-    MembershipChangeKind, ProfileMerge, ResolvedEvent, SegmentMessage, TraitChange, ValidEvent,
-    Violation,
+    BlockedEvent, DeadLetter, Definition, ExternalId, MembershipChange, MembershipChangeKind,
+    ProfileMerge, ResolvedEvent, SegmentMessage, TraitChange, ValidEvent, Violation,
 };
 use serde_json::{json, Value};
 
@@ -32,14 +30,6 @@ const TRAIT: &str = "feature_uses_30d";
 const DESTINATION: &str = "e2e_webhook";
 /// How long one stage may take to show its effect before the test gives up.
 const STAGE: Duration = Duration::from_secs(45);
-
-fn decode_all<T: AvroRecord>(r: &TopicReader) -> Vec<T> {
-    r.records
-        .iter()
-        .filter_map(|rec| rec.value.as_deref())
-        .map(|v| T::decode(v).unwrap_or_else(|e| panic!("undecodable record in {}: {e}", r.topic)))
-        .collect()
-}
 
 /// Every output topic of the pipeline, read as it grows.
 struct Outputs {
@@ -186,10 +176,6 @@ fn publish_definitions(bootstrap: &str, topic: &str) -> usize {
     defs.definitions.len()
 }
 
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
 #[test]
 fn segment_calls_flow_through_every_service_to_a_webhook() {
     // Every binary first: a missing one is a build step, not a failure of the product.
@@ -252,69 +238,15 @@ fn segment_calls_flow_through_every_service_to_a_webhook() {
 
     // The five services, as deploy/local/services.sh starts them, on this test's topics, ports,
     // consumer groups / transactional ids (`--app`) and state folders.
-    let mut stack = Stack { procs: Vec::new() };
-    let state = |name: &str| dir.path().join(name).display().to_string();
-    let api_port = free_port();
-    let collector_admin = addr(free_port());
-    stack.spawn(
-        "collector",
-        &[
-            "--listen".into(),
-            addr(api_port).to_string(),
-            "--admin-listen".into(),
-            collector_admin.to_string(),
-            "--kafka-bootstrap".into(),
-            bootstrap.clone(),
-            "--topic-prefix".into(),
-            prefix.clone(),
-            "--write-key".into(),
-            format!("{WRITE_KEY}=e2e-source:{SPACE}"),
-        ],
-        collector_admin,
-        dir.path(),
-    );
-    for name in ["validator", "identity", "compute"] {
-        let admin = addr(free_port());
-        let mut args = vec![
-            "--bootstrap".into(),
-            bootstrap.clone(),
-            "--app".into(),
-            format!("{run_id}-{name}"),
-            "--instance".into(),
-            "0".into(),
-            "--topic-prefix".into(),
-            prefix.clone(),
-            "--state-dir".into(),
-            state(name),
-            "--admin".into(),
-            admin.to_string(),
-        ];
-        if name == "identity" {
-            args.push("--rules".into());
-            args.push(root.join("examples/identity.yaml").display().to_string());
-        }
-        stack.spawn(name, &args, admin, dir.path());
-    }
-    let fanout_admin = addr(free_port());
-    stack.spawn(
-        "fanout",
-        &[
-            "--bootstrap".into(),
-            bootstrap.clone(),
-            "--application-id".into(),
-            format!("{run_id}-fanout"),
-            "--instance".into(),
-            "0".into(),
-            "--topic-prefix".into(),
-            prefix.clone(),
-            "--state-dir".into(),
-            state("fanout"),
-            "--admin".into(),
-            fanout_admin.to_string(),
-        ],
-        fanout_admin,
-        dir.path(),
-    );
+    let (mut stack, collector) = start_pipeline(&PipelineConfig {
+        bootstrap: &bootstrap,
+        prefix: &prefix,
+        run_id: &run_id,
+        dir: dir.path(),
+        write_keys: vec![format!("{WRITE_KEY}=e2e-source:{SPACE}")],
+        instances: 1,
+        fanout: true,
+    });
     stack.wait_ready(Duration::from_secs(60));
 
     let mut w = World {
@@ -322,7 +254,6 @@ fn segment_calls_flow_through_every_service_to_a_webhook() {
         out: Outputs::new(&bootstrap, &prefix),
         hook,
     };
-    let collector = format!("http://{}", addr(api_port));
 
     // ---- Phase 1: two users, as an application would send them ----
     let ada = format!("{run_id}-ada");

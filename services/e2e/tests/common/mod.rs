@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)] // test support: a failed setup stops the test loudly
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use corral_runtime::topics::{Manifest, TopicAdmin};
+#[allow(unused_imports)] // each test binary uses its own part of the harness
 pub use corral_tests::http::{free_port, http_get, Received, Receiver as Webhook};
 pub use corral_tests::repo_root;
 use rdkafka::config::ClientConfig;
@@ -79,6 +79,7 @@ pub struct Proc {
     pub child: Child,
     pub log: PathBuf,
     pub admin: SocketAddr,
+    args: Vec<String>,
 }
 
 /// The running stack. On drop every process is killed; if the test is failing, the end of each
@@ -88,27 +89,25 @@ pub struct Stack {
 }
 
 impl Stack {
+    /// Starts `corral-{service}`; `name` tells instances apart (`compute-1`) and names its log.
     pub fn spawn(&mut self, name: &str, args: &[String], admin: SocketAddr, dir: &Path) {
-        let bin = binary(&format!("corral-{name}"));
         let log = dir.join(format!("{name}.log"));
-        let file = File::create(&log).unwrap();
-        let child = Command::new(&bin)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
+        let child = start(name, args, &log);
         self.procs.push(Proc {
             name: name.to_string(),
             child,
             log,
             admin,
+            args: args.to_vec(),
         });
+    }
+
+    /// SIGKILLs process `i` and starts it again with the same arguments (its log continues).
+    pub fn kill_and_restart(&mut self, i: usize) {
+        let p = &mut self.procs[i];
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+        p.child = start(&p.name, &p.args, &p.log);
     }
 
     /// Waits until every service answers `/readyz` with 200; fails early when one exits.
@@ -154,6 +153,112 @@ impl Stack {
     pub fn admin(&self, name: &str) -> SocketAddr {
         self.procs.iter().find(|p| p.name == name).unwrap().admin
     }
+}
+
+/// Starts a service binary (its name before any `-instance` suffix) appending to `log`.
+fn start(name: &str, args: &[String], log: &Path) -> Child {
+    let service = name.split('-').next().unwrap_or(name);
+    let bin = binary(&format!("corral-{service}"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(&bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()))
+}
+
+/// What [`start_pipeline`] starts.
+pub struct PipelineConfig<'a> {
+    pub bootstrap: &'a str,
+    /// Topic prefix (every topic of the manifest exists under it).
+    pub prefix: &'a str,
+    /// Makes application ids (consumer groups, transactional ids) unique to the run.
+    pub run_id: &'a str,
+    /// State folders and logs.
+    pub dir: &'a Path,
+    /// `--write-key` values of the collector (`key=source:space`).
+    pub write_keys: Vec<String>,
+    /// Instances of validator, identity and compute (one collector, one fanout).
+    pub instances: usize,
+    /// Start corral-fanout too.
+    pub fanout: bool,
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Starts the services as deploy/local/services.sh does, on the run's topics, ports, application
+/// ids and state folders; returns the stack (not yet waited for) and the collector's URL.
+pub fn start_pipeline(c: &PipelineConfig<'_>) -> (Stack, String) {
+    let mut stack = Stack { procs: Vec::new() };
+    let api_port = free_port();
+    let collector_admin = addr(free_port());
+    let mut args = vec![
+        "--listen".to_string(),
+        addr(api_port).to_string(),
+        "--admin-listen".into(),
+        collector_admin.to_string(),
+        "--kafka-bootstrap".into(),
+        c.bootstrap.to_string(),
+        "--topic-prefix".into(),
+        c.prefix.to_string(),
+    ];
+    for k in &c.write_keys {
+        args.push("--write-key".into());
+        args.push(k.clone());
+    }
+    stack.spawn("collector", &args, collector_admin, c.dir);
+    let rules = repo_root().join("examples/identity.yaml");
+    let mut services: Vec<(&str, &str)> = vec![
+        ("validator", "--app"),
+        ("identity", "--app"),
+        ("compute", "--app"),
+    ];
+    if c.fanout {
+        services.push(("fanout", "--application-id"));
+    }
+    for (service, app_flag) in services {
+        let instances = if service == "fanout" { 1 } else { c.instances };
+        for i in 0..instances {
+            let name = if instances == 1 {
+                service.to_string()
+            } else {
+                format!("{service}-{i}")
+            };
+            let admin = addr(free_port());
+            let mut args = vec![
+                "--bootstrap".to_string(),
+                c.bootstrap.to_string(),
+                app_flag.into(),
+                format!("{}-{service}", c.run_id),
+                "--instance".into(),
+                i.to_string(),
+                "--topic-prefix".into(),
+                c.prefix.to_string(),
+                "--state-dir".into(),
+                c.dir.join(format!("{name}-state")).display().to_string(),
+                "--admin".into(),
+                admin.to_string(),
+            ];
+            if service == "identity" {
+                args.push("--rules".into());
+                args.push(rules.display().to_string());
+            }
+            stack.spawn(&name, &args, admin, c.dir);
+        }
+    }
+    (stack, format!("http://{}", addr(api_port)))
 }
 
 impl Drop for Stack {
@@ -235,6 +340,15 @@ impl TopicReader {
             timeout = Duration::ZERO;
         }
     }
+}
+
+/// Every record of `r` so far, decoded with the topic's Avro type.
+pub fn decode_all<T: corral_codec::AvroRecord>(r: &TopicReader) -> Vec<T> {
+    r.records
+        .iter()
+        .filter_map(|rec| rec.value.as_deref())
+        .map(|v| T::decode(v).unwrap_or_else(|e| panic!("undecodable record in {}: {e}", r.topic)))
+        .collect()
 }
 
 /// Sends Segment calls with segment-analytics-python (services/e2e/clients/send_calls.py).
