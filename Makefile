@@ -11,7 +11,7 @@ CARGO ?= cargo
 export KAFKA_PORT ?= 9092
 export CORRAL_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(KAFKA_PORT)
 
-.PHONY: help deps build up down run demo status test test-fuzz soak bench lint fmt clean-state
+.PHONY: help deps build up down run demo status test test-fuzz soak soak-merges bench lint fmt clean-state
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -50,6 +50,12 @@ test: deps ## every test: unit, property, and end-to-end against the real local 
 
 test-fuzz: ## run the query parser's fuzz target briefly (FUZZ_SECONDS, default 60)
 	services/lib/query/fuzz/run.sh
+
+soak-merges: deps ## merges through the whole pipeline, long: 10,000 users, two instances of each service, SIGKILLs (MERGE_DIFF_* to change)
+	@deploy/local/kafka.sh start
+	$(CARGO) build --workspace --bins
+	MERGE_DIFF_USERS=$${MERGE_DIFF_USERS:-10000} MERGE_DIFF_INSTANCES=$${MERGE_DIFF_INSTANCES:-2} \
+	  MERGE_DIFF_KILLS=$${MERGE_DIFF_KILLS:-8} $(CARGO) test -p corral-e2e --test merges -- --nocapture
 
 bench: deps ## benchmarks: broker baseline, runtime pipeline, criterion micro-benchmarks
 	@deploy/local/kafka.sh start

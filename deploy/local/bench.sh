@@ -8,14 +8,15 @@
 # Parts: baseline (Kafka's own ProducerPerformance/ConsumerPerformance, 1 KB records),
 # runtime (exactly-once pass-through at 100 ms and 1 s commit intervals, latency, restore),
 # criterion (codec and query micro-benchmarks), each service's own load generator
-# (collector, validator, identity, compute, fanout), and tmpfs: the runtime's and compute's
+# (collector, validator, identity, compute, fanout), merges (the merge hand-over latency through
+# identity and compute), and tmpfs: the runtime's and compute's
 # latency again against a second broker whose log lives in /dev/shm (started for the part on
 # port 9292, stopped after), which separates the broker's disk stalls from our own tail.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
-parts="${BENCH_ONLY:-baseline runtime criterion collector validator identity compute fanout tmpfs}"
+parts="${BENCH_ONLY:-baseline runtime criterion collector validator identity compute merges fanout tmpfs}"
 out="$root/.run/bench/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"
 log() { echo "bench.sh: $*" >&2; }
@@ -91,6 +92,12 @@ if want compute; then
     | grep -vE '^\s*(Compiling|Finished|Running)' | tee "$out/compute.txt"
   log "compute through the broker: latency at 5,000 events/s, backfill, throughput with 10 and 100 definitions"
   cargo bench -p corral-compute --bench pipeline 2>&1 | grep -E '^compute ' | tee "$out/compute-pipeline.txt"
+fi
+
+if want merges; then
+  log "merges: identify that causes a merge -> survivor's entered committed, at 1,000 events/s with 10 % merge-causing (identity + compute)"
+  cargo build --release --workspace --bins
+  cargo bench -p corral-e2e --bench merge_handover 2>&1 | grep -E '^compute ' | tee "$out/merges.txt"
 fi
 
 if want fanout; then
