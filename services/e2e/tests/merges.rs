@@ -429,6 +429,20 @@ struct Run {
 }
 
 impl Run {
+    /// SIGKILLs a random identity or compute instance and starts it again at once.
+    fn kill_one(&mut self) {
+        let victims: Vec<usize> = (0..self.stack.procs.len())
+            .filter(|i| {
+                let n = &self.stack.procs[*i].name;
+                n.starts_with("identity") || n.starts_with("compute")
+            })
+            .collect();
+        let i = victims[self.rng.random_range(0..victims.len())];
+        eprintln!("SIGKILL {}", self.stack.procs[i].name);
+        self.stack.kill_and_restart(i);
+        self.kills_left -= 1;
+    }
+
     /// Polls until `done` holds or the deadline passes; SIGKILLs (and restarts) a random
     /// identity or compute instance now and then while kills are left.
     fn until(&mut self, deadline: Duration, mut done: impl FnMut(&Outputs) -> bool) -> bool {
@@ -440,16 +454,7 @@ impl Run {
                 return true;
             }
             if self.kills_left > 0 && Instant::now() >= next_kill {
-                let victims: Vec<usize> = (0..self.stack.procs.len())
-                    .filter(|i| {
-                        let n = &self.stack.procs[*i].name;
-                        n.starts_with("identity") || n.starts_with("compute")
-                    })
-                    .collect();
-                let i = victims[self.rng.random_range(0..victims.len())];
-                eprintln!("SIGKILL {}", self.stack.procs[i].name);
-                self.stack.kill_and_restart(i);
-                self.kills_left -= 1;
+                self.kill_one();
                 next_kill = Instant::now() + Duration::from_millis(self.rng.random_range(0..4000));
             }
             self.stack.assert_running();
@@ -560,7 +565,20 @@ fn merges_keep_every_event() {
 
     // ---- 2. The differential stream ----
     let stream = generated_stream(&run_id, users, now, seed);
-    send_with_python(&collector, &key_of("diff"), &Value::Array(stream.clone()));
+    // With kills asked for, the stream goes in chunks and half the kills land between them
+    // (at a random moment while the pipeline works on what was sent), the rest while it settles.
+    let chunks = 1 + kills / 2;
+    for (i, chunk) in stream
+        .chunks(stream.len().div_ceil(chunks).max(1))
+        .enumerate()
+    {
+        send_with_python(&collector, &key_of("diff"), &Value::Array(chunk.to_vec()));
+        if i + 1 < chunks && r.kills_left > 0 {
+            let pause = Duration::from_millis(r.rng.random_range(0..2000));
+            r.until(pause, |_| false);
+            r.kill_one();
+        }
+    }
 
     // ---- Checks: 50 of 50 in every variant; compute equals the reference everywhere ----
     let defs = example_definitions();
@@ -602,10 +620,11 @@ fn merges_keep_every_event() {
         "every generated call resolved exactly once"
     );
     eprintln!(
-        "merges_keep_every_event: {users} users, {} calls, {profiles} final profiles, {} merges or renames; \
-         compute equals the reference evaluator for every USERS definition",
+        "merges_keep_every_event: {users} users, {} calls, {profiles} final profiles, {} merges or renames, \
+         {} SIGKILLs; compute equals the reference evaluator for every USERS definition",
         stream.len(),
-        view.merged.len()
+        view.merged.len(),
+        kills - r.kills_left
     );
     assert!(
         view.merged.len() > users / 4,
