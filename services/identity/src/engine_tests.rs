@@ -1,5 +1,5 @@
 //! Every rule with Segment's worked examples and the peers' failure cases
-//! (`shared/reference/field-survey.md` §1.6, §3.1).
+//! (docs/identity.md, "Rules" and "Flat matching").
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use corral_codec::{MessageType, SegmentMessage};

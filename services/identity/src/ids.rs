@@ -1,5 +1,5 @@
 //! External identifiers, promoted from a Segment message as Unify does
-//! (`shared/reference/field-survey.md` §1.6): `user_id`, `anonymous_id`, `email`, device and
+//! (docs/identity.md, "External ids"): `user_id`, `anonymous_id`, `email`, device and
 //! advertising ids by platform, push tokens, `ga_client_id`, `context.externalIds[]`, and custom
 //! keys from the space's settings. `group_id` is extracted for the `accounts` collection only: it
 //! never links users (two colleagues share a group; matching on it would merge them).

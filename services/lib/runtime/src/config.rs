@@ -112,7 +112,7 @@ pub struct RuntimeConfig {
 }
 
 impl RuntimeConfig {
-    /// A config with the defaults of `DESIGN.md`; callers set topics and stores.
+    /// A config with the runtime's defaults; callers set topics and stores.
     pub fn new(application_id: &str, instance_id: &str, bootstrap_servers: &str) -> Self {
         Self {
             application_id: application_id.to_string(),
@@ -145,7 +145,7 @@ impl RuntimeConfig {
         format!("{}-{}-{}", self.application_id, self.instance_id, thread)
     }
 
-    /// Checks the invariants of `shared/reference/architecture.md` §3.2 at startup.
+    /// Checks the exactly-once configuration invariants at startup.
     pub fn validate(&self) -> Result<(), RuntimeError> {
         let fail = |m: String| Err(RuntimeError::Config(m));
         if self.application_id.is_empty() || self.instance_id.is_empty() {

@@ -1,5 +1,6 @@
-//! One error classifier for every Kafka call on the transactional path (see
-//! `shared/reference/architecture.md` §3.6): retry, abort and rewind, or rebuild the clients.
+//! One error classifier for every Kafka call on the transactional path (retry a
+//! transient error, abort and rewind to the last commit on an abortable one, rebuild the clients on a
+//! fatal one).
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 

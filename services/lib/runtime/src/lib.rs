@@ -1,8 +1,8 @@
 //! Corral's exactly-once stream runtime, the base of every stateful service.
 //!
 //! A service supplies a [`Processor`] (its transform) and a [`RuntimeConfig`] (topics, stores);
-//! [`StreamRuntime::run`] does the rest, Kafka Streams style (`DESIGN.md` "Exactly-once
-//! processing"):
+//! [`StreamRuntime::run`] does the rest, Kafka Streams style (the
+//! commit protocol is in `thread`):
 //!
 //! - stream threads that each own a group consumer (`read_committed`, static membership;
 //!   cooperative-sticky with one input, range with co-partitioned inputs so a task's partitions

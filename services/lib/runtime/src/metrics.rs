@@ -1,4 +1,4 @@
-//! The runtime's metrics (names per `shared/reference/ecosystem.md` §3.3; the registry adds the
+//! The runtime's metrics (Prometheus names: `corral_` prefix, base units, `_total` counters; the registry adds the
 //! `corral_` prefix and the `service` label).
 
 use prometheus::{

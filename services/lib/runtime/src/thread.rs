@@ -1,7 +1,7 @@
 //! The stream thread: one group consumer, one transactional producer, the assigned partitions
 //! (tasks) and their stores, in a synchronous loop (rdkafka's transaction calls block).
 //!
-//! Commit protocol (`DESIGN.md` "Exactly-once processing"):
+//! Commit protocol:
 //! 1. records are processed; their state writes go to the stores' overlays and their outputs are
 //!    produced inside the open transaction;
 //! 2. every commit interval the dirty keys of each store are produced to its changelog (one record
