@@ -35,22 +35,27 @@ pub struct Args {
     #[arg(long, env = "CORRAL_COLLECTOR_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Serve /metrics, /healthz, /readyz here instead of on the API address.
-    #[arg(long, env = "CORRAL_COLLECTOR_ADMIN_LISTEN")]
+    #[arg(long, visible_alias = "admin", env = "CORRAL_ADMIN_ADDR")]
     pub admin_listen: Option<SocketAddr>,
     /// Kafka bootstrap servers [default: 127.0.0.1:9092].
-    #[arg(long, env = "CORRAL_KAFKA_BOOTSTRAP")]
+    #[arg(long, visible_alias = "bootstrap", env = "CORRAL_KAFKA_BOOTSTRAP")]
     pub kafka_bootstrap: Option<String>,
     /// Extra librdkafka producer properties, NAME=VALUE (repeatable; TLS, SASL, tuning).
-    #[arg(long = "kafka", value_name = "NAME=VALUE")]
+    #[arg(
+        long = "kafka",
+        value_name = "NAME=VALUE",
+        env = "CORRAL_KAFKA_PROPERTIES",
+        value_delimiter = ';'
+    )]
     pub kafka: Vec<String>,
     /// Topic name prefix [default: corral.].
     #[arg(long, env = "CORRAL_TOPIC_PREFIX")]
     pub topic_prefix: Option<String>,
     /// Full name of the raw events topic [default: <prefix>events.raw].
-    #[arg(long, env = "CORRAL_COLLECTOR_RAW_TOPIC")]
+    #[arg(long, env = "CORRAL_TOPIC_RAW")]
     pub raw_topic: Option<String>,
     /// Full name of the dead-letter topic [default: <prefix>events.dlq].
-    #[arg(long, env = "CORRAL_COLLECTOR_DLQ_TOPIC")]
+    #[arg(long, env = "CORRAL_TOPIC_DLQ")]
     pub dlq_topic: Option<String>,
     /// Write key, KEY=SOURCE or KEY=SOURCE:SPACE (space defaults to `default`); repeatable, or
     /// comma-separated in the variable. Replaces the keys of the config file.
@@ -64,7 +69,7 @@ pub struct Args {
     pub write_keys: Vec<String>,
     /// The definitions topic whose `source` records add write keys live
     /// [default: <prefix>definitions].
-    #[arg(long, env = "CORRAL_COLLECTOR_DEFINITIONS_TOPIC")]
+    #[arg(long, env = "CORRAL_TOPIC_DEFINITIONS")]
     pub definitions_topic: Option<String>,
     /// Accept only the configured write keys; do not follow the definitions topic.
     #[arg(long, env = "CORRAL_COLLECTOR_NO_DEFINITIONS")]
@@ -203,7 +208,7 @@ impl Config {
                     path: p.clone(),
                     source,
                 })?;
-                serde_yaml::from_str(&text)
+                serde_yaml_ng::from_str(&text)
                     .map_err(|source| ConfigError::Parse { path: p, source })?
             }
             None => FileConfig::default(),
@@ -373,7 +378,7 @@ mod tests {
 
     #[test]
     fn flags_beat_file_beat_defaults() {
-        let file: FileConfig = serde_yaml::from_str(
+        let file: FileConfig = serde_yaml_ng::from_str(
             "listen: 0.0.0.0:9000\ntopics: {prefix: 'x.', dlq: dead}\nwrite_keys:\n  - {key: k1, source: web, space: s1, id: web-2024}\nlimits: {max_batch_messages: 10}\nkafka: {properties: {linger.ms: '1'}}\n",
         )
         .unwrap();
@@ -416,6 +421,6 @@ mod tests {
         assert!(parse_write_key("=src").is_err());
         let args = Args::parse_from(["c", "--trusted-proxy", "x/y"]);
         assert!(Config::resolve(args, FileConfig::default()).is_err());
-        assert!(serde_yaml::from_str::<FileConfig>("lisen: x").is_err());
+        assert!(serde_yaml_ng::from_str::<FileConfig>("lisen: x").is_err());
     }
 }

@@ -144,7 +144,7 @@ pub enum ConfigError {
     #[error("parsing config file {path}: {source}")]
     Parse {
         path: String,
-        source: serde_yaml::Error,
+        source: serde_yaml_ng::Error,
     },
     #[error("invalid write key entry {0:?}: expected KEY=SOURCE or KEY=SOURCE:SPACE")]
     WriteKey(String),

@@ -15,5 +15,6 @@ pub mod http;
 pub mod ingest;
 pub mod ip;
 pub mod metrics;
+pub mod readiness;
 pub mod sink;
-pub mod sources;
+pub use corral_ops::sources;

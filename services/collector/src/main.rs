@@ -11,9 +11,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use corral_collector::config::{Args, Config};
-use corral_collector::definitions::{self, Follower};
 use corral_collector::http::{self, App};
 use corral_collector::metrics::Metrics;
+use corral_collector::readiness::{self, shutdown_signal};
 use corral_collector::sink::KafkaSink;
 use corral_telemetry::{admin_router, init_tracing, register_build_info, registry, Health};
 
@@ -26,24 +26,6 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     rt.block_on(run(cfg))
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -79,7 +61,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let probe_stop = stop.clone();
     let probe = std::thread::Builder::new()
         .name("kafka-probe".into())
-        .spawn(move || readiness_loop(&probe_app, &follow_cfg, &follow_metrics, &probe_stop))
+        .spawn(move || readiness::run(&probe_app, &follow_cfg, &follow_metrics, &probe_stop))
         .context("starting the Kafka probe thread")?;
 
     let admin = admin_router(reg.clone(), health.clone());
@@ -119,70 +101,4 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     stop.store(true, Ordering::SeqCst);
     let _ = tokio::task::spawn_blocking(move || probe.join()).await;
     Ok(())
-}
-
-/// Probes Kafka, starts the definitions follower when its topic exists, and sets readiness:
-/// ready = Kafka answers, both topics exist, and (when the definitions topic exists) its
-/// sources were loaded once.
-fn readiness_loop(app: &App<KafkaSink>, cfg: &Config, metrics: &Metrics, stop: &AtomicBool) {
-    let health = app.sink.health().clone();
-    let gate = app.sink.ready_gate().clone();
-    let mut follower: Option<Follower> = None;
-    let mut announced_absent = false;
-    while !stop.load(Ordering::SeqCst) {
-        if let (Some(topic), None) = (&cfg.definitions_topic, &follower) {
-            match app.sink.topic_exists(topic, Duration::from_secs(2)) {
-                Ok(true) => {
-                    gate.store(false, Ordering::SeqCst);
-                    health.set_not_ready(format!("loading sources from {topic}"));
-                    match definitions::start(
-                        &cfg.kafka_bootstrap,
-                        &cfg.kafka_properties,
-                        topic,
-                        app.keys.clone(),
-                        metrics.clone(),
-                    ) {
-                        Ok(f) => {
-                            tracing::info!(topic, "following sources in the definitions topic");
-                            follower = Some(f);
-                        }
-                        Err(e) => {
-                            tracing::warn!(topic, error = %e, "cannot follow the definitions topic yet");
-                            gate.store(true, Ordering::SeqCst);
-                        }
-                    }
-                }
-                Ok(false) if !announced_absent => {
-                    announced_absent = true;
-                    tracing::warn!(topic, "definitions topic absent: accepting configured write keys only until it exists");
-                }
-                Ok(false) | Err(_) => {}
-            }
-        }
-        let loading = match &follower {
-            Some(f) if f.caught_up() => {
-                if !gate.swap(true, Ordering::SeqCst) {
-                    metrics.definitions_loaded.set(1);
-                }
-                false
-            }
-            Some(_) => true,
-            None => false,
-        };
-        if !health.is_ready() && !loading {
-            match app.sink.probe(Duration::from_secs(2)) {
-                Ok(()) => {
-                    tracing::info!("Kafka reachable, topics present, sources loaded: ready");
-                    health.set_ready();
-                }
-                Err(why) => health.set_not_ready(why),
-            }
-        }
-        // Short sleeps while not ready, so readiness follows promptly.
-        let pause = if health.is_ready() { 1000 } else { 100 };
-        std::thread::sleep(Duration::from_millis(pause));
-    }
-    if let Some(f) = follower {
-        f.stop();
-    }
 }

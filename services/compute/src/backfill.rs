@@ -17,15 +17,11 @@
 //! start.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use corral_codec::{AvroRecord, MessageType, ResolvedEvent, SegmentMessage};
-use corral_runtime::follow::QuietEof;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use corral_runtime::reader::PartitionReplay;
+use corral_runtime::RuntimeError;
 use serde::{Deserialize, Serialize};
 
 /// One leaf's backfill state in one task.
@@ -183,102 +179,29 @@ pub struct HistorySource {
     pub max_records: usize,
 }
 
-// End of partition is the normal end of a history read: QuietEof keeps it out of the ERROR log.
+/// A task's reader of its `events.resolved` partition up to a cut: the runtime's "replay my
+/// partition" primitive.
+pub type HistoryReader = PartitionReplay;
 
-/// A task's reader of its `events.resolved` partition up to a cut.
-pub struct HistoryReader {
-    consumer: BaseConsumer<QuietEof>,
-    /// Next offset to read (everything below was delivered, or is not readable committed data).
-    pub at: i64,
-    /// Stop here (exclusive).
-    pub end: i64,
-}
-
-impl HistoryReader {
-    /// Assigns `partition` of the source topic from `from`.
-    pub fn open(
-        src: &HistorySource,
-        partition: i32,
-        from: i64,
-        end: i64,
-    ) -> Result<HistoryReader, KafkaError> {
-        let mut cc = ClientConfig::new();
-        cc.set("bootstrap.servers", &src.bootstrap)
-            .set("group.id", "corral-compute-backfill")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("isolation.level", "read_committed")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "true")
-            .set("fetch.wait.max.ms", "50");
-        for (k, v) in &src.kafka {
-            cc.set(k, v);
-        }
-        let consumer: BaseConsumer<QuietEof> = cc.create_with_context(QuietEof)?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&src.topic, partition, Offset::Offset(from))?;
-        consumer.assign(&tpl)?;
-        Ok(HistoryReader {
-            consumer,
-            at: from,
+impl HistorySource {
+    /// A reader of `partition` from `from` up to `end` (exclusive).
+    pub fn open(&self, partition: i32, from: i64, end: i64) -> Result<HistoryReader, RuntimeError> {
+        PartitionReplay::open(
+            &self.bootstrap,
+            &self.kafka,
+            "corral-compute-backfill",
+            &self.topic,
+            partition,
+            from,
             end,
-        })
-    }
-
-    /// Whether every offset below `end` was read.
-    pub fn finished(&self) -> bool {
-        self.at >= self.end
-    }
-
-    /// Delivers `(offset, payload)` of the records below `end`, in offset order, until `end`,
-    /// `deadline` or `max` records; returns how many records were read.
-    pub fn read(
-        &mut self,
-        deadline: Instant,
-        max: usize,
-        mut f: impl FnMut(i64, &[u8]),
-    ) -> Result<usize, KafkaError> {
-        let mut n = 0;
-        while !self.finished() && n < max {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            match self.consumer.poll(left.min(Duration::from_millis(100))) {
-                Some(Ok(m)) => {
-                    if m.offset() >= self.end {
-                        self.at = self.end;
-                        break;
-                    }
-                    self.at = m.offset() + 1;
-                    n += 1;
-                    if let Some(v) = m.payload() {
-                        f(m.offset(), v);
-                    }
-                }
-                // End of the readable log: every committed offset below the cut was read (the
-                // cut is the offset after a record the live path already read committed).
-                Some(Err(KafkaError::PartitionEOF(_))) => {
-                    self.at = self.end;
-                }
-                Some(Err(e)) => return Err(e),
-                None => {}
-            }
-        }
-        Ok(n)
+        )
     }
 }
 
-/// Drops a reader on a short-lived thread: closing a librdkafka consumer waits for its broker
-/// threads (~100 ms), which would otherwise stall the stream thread (and the next task's
-/// backfill) each time a backfill completes.
+/// Closes a reader without stalling the stream thread (see [`PartitionReplay::close_in_background`]).
 pub fn close(reader: Option<HistoryReader>) {
     if let Some(r) = reader {
-        let spawned = std::thread::Builder::new()
-            .name("backfill-close".into())
-            .spawn(move || drop(r));
-        // Could not spawn: the reader was dropped here instead (slower, same effect).
-        drop(spawned);
+        r.close_in_background();
     }
 }
 

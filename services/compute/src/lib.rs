@@ -6,11 +6,13 @@
 //! service wiring on the stream runtime lives in the binary; [`query`] is the read-only profile
 //! interface (`--query`) and [`client`] its client. See docs/compute.md.
 
-pub mod admin;
+/// The audiences file format and its operator actions, shared with `corralctl`.
+pub use corral_ops::audiences as admin;
 pub mod agg;
 pub mod backfill;
 pub mod bench_defs;
-pub mod client;
+/// The query interface's client and answer types, shared with `corralctl`.
+pub use corral_ops::query::compute as client;
 pub mod engine;
 pub mod metrics;
 pub mod query;

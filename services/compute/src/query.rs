@@ -2,7 +2,7 @@
 //!
 //! [`ProfilesView`] is a read replica of the `profiles` store, filled from the store's compacted
 //! changelog (`{prefix}{app}.profiles-changelog`, read_committed, all partitions) by
-//! [`spawn_follower`] (on `corral_runtime::follow`), so it only shows committed state and any
+//! the service scaffold's store follower (`Service::follow_store`), so it only shows committed state and any
 //! instance can answer for any profile. It keeps the stored bytes and decodes a profile (with [`ProfileState`], the store's
 //! own type) only when asked. [`router`] serves it over HTTP:
 //!
@@ -29,10 +29,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use corral_query::Target;
-use corral_runtime::follow::{follow_topic, Replica};
-use corral_runtime::RuntimeError;
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use corral_runtime::follow::Replica;
+use serde_json::Value;
 use tracing::warn;
 
 use crate::service::Definitions;
@@ -45,29 +43,8 @@ pub struct ProfilesView {
     replica: Replica,
 }
 
-/// One external id of a profile.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExternalIdAnswer {
-    #[serde(rename = "type")]
-    pub id_type: String,
-    pub id: String,
-    pub collection: String,
-}
-
-/// `GET /v1/spaces/{space}/profiles/{profile_id}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProfileAnswer {
-    pub profile_id: String,
-    pub space: String,
-    /// Every id seen on `events.resolved` for the profile (and profiles merged into it).
-    pub external_ids: Vec<ExternalIdAnswer>,
-    /// Custom traits from identify (removed ones are absent).
-    pub traits: Map<String, Value>,
-    /// Computed trait key → current value, for the computed traits in force.
-    pub computed_traits: BTreeMap<String, Value>,
-    /// Keys of the audiences in force the profile is a member of, sorted.
-    pub audiences: Vec<String>,
-}
+pub use corral_ops::query::compute::{ExternalIdAnswer, ProfileAnswer};
+pub use corral_ops::query::ErrorBody;
 
 /// The answer for a stored state. `target` says what a result key is in the profile's space
 /// (`None`: no longer defined; its result is dropped at the profile's next write, so it is not
@@ -151,12 +128,6 @@ impl ProfilesView {
         let st = ProfileState::decode(&bytes)?;
         Ok((st.space_id == space).then_some(st))
     }
-}
-
-/// The body of every error answer.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
 }
 
 fn error(status: StatusCode, what: String) -> Response {
@@ -253,37 +224,6 @@ pub fn router(state: QueryState) -> Router {
         .route("/readyz", get(ready))
         .fallback(unknown_endpoint)
         .with_state(state)
-}
-
-/// Why the follower could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum FollowerError {
-    #[error("starting the changelog follower: {0}")]
-    Follow(#[from] RuntimeError),
-}
-
-/// Follows `changelog` (every partition, from the beginning, read_committed) into `view` until
-/// `stop`; marks the view caught up once every partition has been read to its end. Waits for
-/// the topic to exist (the runtime creates it). Each poll's records are applied under one lock,
-/// so a merge (one profile deleted, the survivor written) is not seen half done.
-pub fn spawn_follower(
-    bootstrap: &str,
-    extra: &BTreeMap<String, String>,
-    changelog: String,
-    group: &str,
-    view: Arc<ProfilesView>,
-    stop: Arc<AtomicBool>,
-) -> Result<std::thread::JoinHandle<()>, FollowerError> {
-    let caught_up = view.caught_up_flag();
-    Ok(follow_topic(
-        bootstrap,
-        extra,
-        &changelog,
-        group,
-        caught_up,
-        stop,
-        move |batch| view.replica.apply_records(batch),
-    )?)
 }
 
 #[cfg(test)]

@@ -145,7 +145,7 @@ fn scenario(crash: bool) {
     assert_eq!(
         r,
         vec![Applied::Created {
-            kind: "audience",
+            kind: "audience".into(),
             key: "buyers_from_start".into()
         }]
     );
@@ -270,16 +270,16 @@ fn scenario(crash: bool) {
         r,
         vec![
             Applied::Unchanged {
-                kind: "audience",
+                kind: "audience".into(),
                 key: "buyers_from_start".into(),
                 version: 1
             },
             Applied::Created {
-                kind: "audience",
+                kind: "audience".into(),
                 key: "buyers_backfilled".into()
             },
             Applied::Created {
-                kind: "audience",
+                kind: "audience".into(),
                 key: "buyers_from_now".into()
             },
         ]

@@ -1,15 +1,19 @@
 //! `corralctl audiences apply|list|delete|status`: audiences and computed traits in the
-//! `definitions` topic. The record format and the operations live in `corral_compute::admin`
+//! `definitions` topic. The record format and the operations live in `corral_ops::audiences`
 //! (the same code compute reads with and the end-to-end tests call).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use corral_compute::admin::{self, AdminError, DefinitionsTopic};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+
+use crate::{print_json, Output};
+use corral_ops::audiences::{self as admin, AdminError, DefinitionsTopic};
 
 #[derive(Args)]
 pub struct Where {
@@ -53,6 +57,12 @@ pub enum AudiencesAction {
         /// Compute's admin address(es) (`host:port`, the service's `--admin`).
         #[arg(long = "compute-admin", env = "CORRAL_COMPUTE_ADMIN")]
         compute_admin: Vec<String>,
+        /// Wait until no backfill is pending (a progress bar shows the events left to read).
+        #[arg(long, requires = "compute_admin")]
+        wait: bool,
+        /// How long `--wait` waits before giving up (exit 1).
+        #[arg(long, default_value = "1h")]
+        timeout: String,
     },
 }
 
@@ -67,7 +77,11 @@ fn topic(bootstrap: &str, w: Where) -> DefinitionsTopic {
     }
 }
 
-pub fn audiences(bootstrap: &str, action: AudiencesAction) -> anyhow::Result<ExitCode> {
+pub fn audiences(
+    bootstrap: &str,
+    output: Output,
+    action: AudiencesAction,
+) -> anyhow::Result<ExitCode> {
     match action {
         AudiencesAction::Apply { file, at, by } => {
             match admin::apply_file(&topic(bootstrap, at), &file, by) {
@@ -86,7 +100,25 @@ pub fn audiences(bootstrap: &str, action: AudiencesAction) -> anyhow::Result<Exi
             }
         }
         AudiencesAction::List { at } => {
-            for d in admin::list(&topic(bootstrap, at))? {
+            let listed = admin::list(&topic(bootstrap, at))?;
+            if output == Output::Json {
+                let rows: Vec<_> = listed
+                    .iter()
+                    .map(|d| {
+                        json!({
+                            "kind": d.kind,
+                            "key": d.key,
+                            "version": d.version,
+                            "name": d.name,
+                            "body": d.body.as_ref().map(|b| b.to_json()),
+                            "updated_at_ms": d.updated_at_ms,
+                        })
+                    })
+                    .collect();
+                print_json(&rows)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            for d in listed {
                 let (kind, hist, query) = match &d.body {
                     Some(b) => (
                         b.kind.clone().unwrap_or_else(|| "users".into()),
@@ -113,14 +145,50 @@ pub fn audiences(bootstrap: &str, action: AudiencesAction) -> anyhow::Result<Exi
             }
             Err(e) => Err(e.into()),
         },
-        AudiencesAction::Status { at, compute_admin } => {
+        AudiencesAction::Status {
+            at,
+            compute_admin,
+            wait,
+            timeout,
+        } => {
             let defs = admin::list(&topic(bootstrap, at))?;
-            let mut progress: BTreeMap<String, admin::BackfillStatus> = BTreeMap::new();
-            for addr in &compute_admin {
-                match scrape(addr) {
-                    Ok(text) => admin::merge_backfill_status(&mut progress, &text),
-                    Err(e) => eprintln!("cannot read compute metrics at {addr}: {e}"),
+            let progress = if wait {
+                match wait_for_backfill(&compute_admin, &timeout)? {
+                    Some(p) => p,
+                    None => return Ok(ExitCode::from(1)),
                 }
+            } else {
+                let (progress, failures) = backfill_progress(&compute_admin);
+                for f in failures {
+                    eprintln!("{f}");
+                }
+                progress
+            };
+            if output == Output::Json {
+                let rows: Vec<_> = defs
+                    .iter()
+                    .map(|d| {
+                        let backfill = progress.get(&d.key).map(|s| {
+                            json!({
+                                "pending_partitions": s.pending_partitions,
+                                "remaining_events": s.remaining_events,
+                            })
+                        });
+                        json!({
+                            "kind": d.kind,
+                            "key": d.key,
+                            "version": d.version,
+                            // null: no compute admin given; "live": nothing pending.
+                            "backfill": match (compute_admin.is_empty(), backfill) {
+                                (true, _) => Value::Null,
+                                (false, None) => json!("live"),
+                                (false, Some(b)) => b,
+                            },
+                        })
+                    })
+                    .collect();
+                print_json(&rows)?;
+                return Ok(ExitCode::SUCCESS);
             }
             for d in defs {
                 let backfill = if compute_admin.is_empty() {
@@ -138,6 +206,64 @@ pub fn audiences(bootstrap: &str, action: AudiencesAction) -> anyhow::Result<Exi
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Backfill progress over every compute instance, and the instances that could not be read.
+fn backfill_progress(addrs: &[String]) -> (BTreeMap<String, admin::BackfillStatus>, Vec<String>) {
+    let mut progress = BTreeMap::new();
+    let mut failures = Vec::new();
+    for addr in addrs {
+        match scrape(addr) {
+            Ok(text) => admin::merge_backfill_status(&mut progress, &text),
+            Err(e) => failures.push(format!("cannot read compute metrics at {addr}: {e}")),
+        }
+    }
+    (progress, failures)
+}
+
+/// Polls compute until no backfill is pending (every instance answering), with a progress bar
+/// of the events read; `None` when `timeout` passed first.
+fn wait_for_backfill(
+    addrs: &[String],
+    timeout: &str,
+) -> anyhow::Result<Option<BTreeMap<String, admin::BackfillStatus>>> {
+    let limit = corral_runtime::config::parse_duration_ms(timeout).map_err(anyhow::Error::msg)?;
+    let deadline = Instant::now() + Duration::from_millis(limit.max(0) as u64);
+    let bar = ProgressBar::new(0);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} backfill [{bar:40}] {pos}/{len} events read ({eta} left) {msg}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    let mut most = 0i64;
+    loop {
+        let (progress, failures) = backfill_progress(addrs);
+        let left = progress
+            .values()
+            .map(|s| s.remaining_events)
+            .max()
+            .unwrap_or(0);
+        most = most.max(left);
+        bar.set_length(most as u64);
+        bar.set_position((most - left) as u64);
+        bar.set_message(match failures.first() {
+            Some(f) => f.clone(),
+            None => format!("{} definitions pending", progress.len()),
+        });
+        if progress.is_empty() && failures.is_empty() {
+            bar.finish_and_clear();
+            return Ok(Some(progress));
+        }
+        if Instant::now() >= deadline {
+            bar.abandon();
+            eprintln!(
+                "backfill still pending after {timeout}: {}",
+                progress.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
 

@@ -1,11 +1,11 @@
 //! `corralctl destinations validate|apply FILE` and `corralctl replay deliveries` (fanout's
-//! destinations; the logic lives in `corral_fanout::ops`).
+//! destinations; the logic lives in `corral_ops::destinations`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use corral_fanout::ops::{apply_destinations, load_file, replay_deliveries, ReplayFilter};
+use corral_ops::destinations::{apply_destinations, load_file, replay_deliveries, ReplayFilter};
 
 #[derive(Subcommand)]
 pub enum DestinationsAction {
@@ -81,9 +81,9 @@ pub fn replay(bootstrap: &str, action: ReplayCommand) -> anyhow::Result<ExitCode
             prefix,
             dry_run,
         } => {
-            let now = corral_validator::now_ms();
+            let now = corral_ops::now_ms();
             let since_ms = since
-                .map(|s| corral_validator::parse_since(&s, now))
+                .map(|s| corral_ops::parse_since(&s, now))
                 .transpose()
                 .map_err(anyhow::Error::msg)?
                 .unwrap_or(0);
@@ -93,12 +93,15 @@ pub fn replay(bootstrap: &str, action: ReplayCommand) -> anyhow::Result<ExitCode
                 reason,
                 dry_run,
             };
+            let bar = crate::read_progress("reading dead-lettered deliveries");
             let n = replay_deliveries(
                 bootstrap,
                 &format!("{prefix}deliveries.dlq"),
                 &format!("{prefix}deliveries.replay"),
                 &filter,
+                &mut |read| bar.set_position(read),
             )?;
+            bar.finish_and_clear();
             println!(
                 "{} {n} deliveries",
                 if dry_run { "would replay" } else { "replayed" }

@@ -1,13 +1,13 @@
 //! `corralctl identity lookup|show`: Profile API reads from identity's query interface
 //! (`corral-identity --query ADDR`), printed as JSON. The client is
-//! `corral_identity::client::QueryClient`; this module only maps its answers to output and exit
+//! `corral_ops::query::identity::QueryClient`; this module only maps its answers to output and exit
 //! codes: 0 found, 1 unknown id, 2 anything else (bad id, unreachable, not ready).
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use corral_identity::client::{ClientError, QueryClient, DEFAULT_ADDR};
+use corral_ops::query::identity::{ClientError, QueryClient, DEFAULT_ADDR};
 
 #[derive(Args)]
 pub struct IdentityArgs {

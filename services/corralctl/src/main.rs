@@ -6,13 +6,13 @@
 //!   computed traits (exit 1 when there is any).
 //! - `corralctl tail TOPIC`: a topic's records as JSON lines (see `tail.rs`).
 //! - `corralctl plans validate|apply|check-event` and `corralctl replay blocked`: tracking plans
-//!   (see `plans.rs` and the `corral-validator` crate).
+//!   (see `plans.rs` and `corral_ops::plans`).
 //! - `corralctl audiences apply|list|delete|status`: audiences and computed traits (see
-//!   `audiences.rs` and `corral_compute::admin`).
+//!   `audiences.rs` and `corral_ops::audiences`).
 //! - `corralctl destinations validate|apply FILE` and `corralctl replay deliveries`: fanout
-//!   destinations (see `destinations.rs` and the `corral-fanout` crate).
+//!   destinations (see `destinations.rs` and `corral_ops::destinations`).
 //! - `corralctl identity lookup TYPE:VALUE` and `corralctl identity show PROFILE_ID`: profiles
-//!   from identity's query interface (see `identity.rs` and `corral_identity::client`).
+//!   from identity's query interface (see `identity.rs` and `corral_ops::query::identity`).
 //! - `corralctl profile show TYPE:VALUE`: traits, computed traits, audiences and external ids
 //!   from identity's and compute's query interfaces (see `profile.rs`).
 //! - `corralctl sources apply|list|delete`: sources and write keys (see `sources.rs`).
@@ -44,8 +44,34 @@ struct Cli {
         default_value = "127.0.0.1:9092"
     )]
     bootstrap: String,
+    /// How list and status commands print: aligned text, or JSON for scripts.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "CORRAL_OUTPUT",
+        default_value = "text"
+    )]
+    output: Output,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How list and status commands print.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// Prints `value` as pretty JSON; a closed pipe (`| head`) is not an error.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    use std::io::Write;
+    let text = serde_json::to_string_pretty(value)?;
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 #[derive(Subcommand)]
@@ -116,8 +142,8 @@ fn main() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Tail(args) => tail::tail(&cli.bootstrap, args).map(|()| ExitCode::SUCCESS),
         Command::Plans { action } => plans::plans(&cli.bootstrap, action),
-        Command::Audiences { action } => audiences::audiences(&cli.bootstrap, action),
-        Command::Sources { action } => sources::sources(&cli.bootstrap, action),
+        Command::Audiences { action } => audiences::audiences(&cli.bootstrap, cli.output, action),
+        Command::Sources { action } => sources::sources(&cli.bootstrap, cli.output, action),
         Command::Identity(args) => identity::identity(args),
         Command::Profile(args) => profile::profile(args),
         Command::Replay { action } => destinations::replay(&cli.bootstrap, action),
@@ -150,4 +176,18 @@ fn main() -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// A spinner on stderr counting records read, for long reads (replays); hidden when stderr is
+/// not a terminal, so scripts and logs see only the result line.
+pub fn read_progress(what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner();
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{spinner} {msg}: {pos} records read ({per_sec})")
+    {
+        bar.set_style(style);
+    }
+    bar.set_message(what.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
 }

@@ -52,7 +52,7 @@ pub fn plans(bootstrap: &str, action: PlansAction) -> anyhow::Result<ExitCode> {
         PlansAction::Validate { file } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            let diags = corral_validator::plan::diagnose(&file.display().to_string(), &text);
+            let diags = corral_ops::plans::plan::diagnose(&file.display().to_string(), &text);
             for d in &diags {
                 println!("{d}");
             }
@@ -70,7 +70,7 @@ pub fn plans(bootstrap: &str, action: PlansAction) -> anyhow::Result<ExitCode> {
             by,
         } => {
             let topic = topic.unwrap_or_else(|| format!("{prefix}definitions"));
-            match corral_validator::kafka::apply_plan(bootstrap, &topic, &file, by) {
+            match corral_ops::plans::kafka::apply_plan(bootstrap, &topic, &file, by) {
                 Ok(r) => {
                     println!("{r}");
                     Ok(ExitCode::SUCCESS)
@@ -82,7 +82,7 @@ pub fn plans(bootstrap: &str, action: PlansAction) -> anyhow::Result<ExitCode> {
             }
         }
         PlansAction::CheckEvent { plan, event } => {
-            let (decision, report) = corral_validator::check::check_event(&plan, &event)?;
+            let (decision, report) = corral_ops::plans::check::check_event(&plan, &event)?;
             print!("{report}");
             Ok(if decision.is_valid() {
                 ExitCode::SUCCESS
@@ -102,23 +102,26 @@ pub fn replay(bootstrap: &str, action: ReplayAction) -> anyhow::Result<ExitCode>
         prefix,
         dry_run,
     } = action;
-    let now = corral_validator::now_ms();
-    let filter = corral_validator::kafka::ReplayFilter {
-        since_ms: corral_validator::parse_since(&since, now).map_err(anyhow::Error::msg)?,
+    let now = corral_ops::now_ms();
+    let filter = corral_ops::plans::kafka::ReplayFilter {
+        since_ms: corral_ops::parse_since(&since, now).map_err(anyhow::Error::msg)?,
         until_ms: until
-            .map(|u| corral_validator::parse_since(&u, now))
+            .map(|u| corral_ops::parse_since(&u, now))
             .transpose()
             .map_err(anyhow::Error::msg)?,
         source_id: source,
         reason,
         dry_run,
     };
-    let n = corral_validator::kafka::replay_blocked(
+    let bar = crate::read_progress("reading blocked events");
+    let n = corral_ops::plans::kafka::replay_blocked(
         bootstrap,
         &format!("{prefix}events.blocked"),
         &format!("{prefix}events.raw"),
         &filter,
+        &mut |read| bar.set_position(read),
     )?;
+    bar.finish_and_clear();
     println!(
         "{} {n} blocked message(s)",
         if dry_run { "would replay" } else { "replayed" }

@@ -1,6 +1,6 @@
 //! `corralctl profile show TYPE:VALUE`: one profile as the services hold it. Identity's query
-//! interface (`corral_identity::client`) resolves the external id to the live profile id and
-//! its external ids; compute's (`corral_compute::client`) gives the custom traits, computed
+//! interface (`corral_ops::query::identity`) resolves the external id to the live profile id and
+//! its external ids; compute's (`corral_ops::query::compute`) gives the custom traits, computed
 //! trait values and audience memberships. Printed as one JSON document
 //! `{profile_id, external_ids, traits, computed_traits, audiences}`. Exit codes: 0 found,
 //! 1 unknown id, 2 anything else (bad id, unreachable, not ready).
@@ -9,9 +9,9 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use corral_compute::client::{ClientError as ComputeError, QueryClient as ComputeClient};
-use corral_identity::client::{ClientError as IdentityError, QueryClient as IdentityClient};
-use corral_identity::view::ExternalIdView;
+use corral_ops::query::compute::{ClientError as ComputeError, QueryClient as ComputeClient};
+use corral_ops::query::identity::ExternalIdView;
+use corral_ops::query::identity::{ClientError as IdentityError, QueryClient as IdentityClient};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -28,10 +28,10 @@ struct Shown {
 #[derive(Args)]
 pub struct ProfileArgs {
     /// Identity's query interface (`--query` of corral-identity).
-    #[arg(long, global = true, env = "CORRAL_IDENTITY_QUERY", default_value = corral_identity::client::DEFAULT_ADDR)]
+    #[arg(long, global = true, env = "CORRAL_IDENTITY_QUERY", default_value = corral_ops::query::identity::DEFAULT_ADDR)]
     identity_query: String,
     /// Compute's query interface (`--query` of corral-compute).
-    #[arg(long, global = true, env = "CORRAL_COMPUTE_QUERY", default_value = corral_compute::client::DEFAULT_ADDR)]
+    #[arg(long, global = true, env = "CORRAL_COMPUTE_QUERY", default_value = corral_ops::query::compute::DEFAULT_ADDR)]
     compute_query: String,
     /// Space the profile belongs to.
     #[arg(long, global = true, env = "CORRAL_SPACE", default_value = "default")]

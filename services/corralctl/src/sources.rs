@@ -1,13 +1,16 @@
 //! `corralctl sources apply|list|delete`: sources and their write keys in the `definitions`
 //! topic, followed live by the collector. The file format, hashing and operations live in
-//! `corral_collector::sources` (the same code the collector reads with and its tests call).
+//! `corral_ops::sources` (the same code the collector reads with and its tests call).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use corral_collector::sources::{self, DefinitionsTopic, SourcesError};
+use serde_json::json;
+
+use crate::{print_json, Output};
+use corral_ops::sources::{self, DefinitionsTopic, SourcesError};
 
 #[derive(Args)]
 pub struct Where {
@@ -58,7 +61,7 @@ fn topic(bootstrap: &str, w: Where) -> DefinitionsTopic {
     }
 }
 
-pub fn sources(bootstrap: &str, action: SourcesAction) -> anyhow::Result<ExitCode> {
+pub fn sources(bootstrap: &str, output: Output, action: SourcesAction) -> anyhow::Result<ExitCode> {
     match action {
         SourcesAction::Apply { file, at, by } => {
             match sources::apply_file(&topic(bootstrap, at), &file, by) {
@@ -77,7 +80,26 @@ pub fn sources(bootstrap: &str, action: SourcesAction) -> anyhow::Result<ExitCod
             }
         }
         SourcesAction::List { space, at } => {
-            for s in sources::list(&topic(bootstrap, at), space.as_deref())? {
+            let listed = sources::list(&topic(bootstrap, at), space.as_deref())?;
+            if output == Output::Json {
+                let rows: Vec<_> = listed
+                    .iter()
+                    .map(|s| {
+                        json!({
+                            "space_id": s.space_id,
+                            "id": s.id,
+                            "version": s.version,
+                            "name": s.name,
+                            "key_ids": s.key_ids,
+                            "updated_at_ms": s.updated_at_ms,
+                            "updated_by": s.updated_by,
+                        })
+                    })
+                    .collect();
+                print_json(&rows)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            for s in listed {
                 let keys = match &s.key_ids {
                     Some(ids) => ids.join(","),
                     None => "(unreadable body)".into(),

@@ -2,16 +2,14 @@
 //! schema (`{"partition":..,"offset":..,"key":..,"value":{..}}`). Committed records only.
 //! Undecodable values are printed with the decoder's error and their bytes in hex, never skipped.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use corral_runtime::reader;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 
 #[derive(Args)]
@@ -97,30 +95,14 @@ fn hex(bytes: &[u8]) -> String {
 
 pub fn tail(bootstrap: &str, args: TailArgs) -> anyhow::Result<()> {
     let topic = full_name(&args);
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "corralctl-tail")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .create()
-        .context("creating a consumer")?;
-    let partitions = corral_runtime::follow::partition_count(&consumer, &topic, Duration::ZERO)
-        .with_context(|| format!("reading metadata of {topic}; is Kafka up (`make up`)?"))?;
-    anyhow::ensure!(
-        partitions > 0,
-        "topic {topic} does not exist (`corralctl topics apply` creates Corral's topics)"
-    );
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        let offset = if args.from_beginning {
-            Offset::Beginning
-        } else {
-            Offset::OffsetTail(args.last)
-        };
-        tpl.add_partition_offset(&topic, p, offset)?;
-    }
-    consumer.assign(&tpl)?;
+    let consumer = reader::committed_reader(bootstrap, &BTreeMap::new(), "corralctl-tail")?;
+    let from = if args.from_beginning {
+        reader::Start::Beginning
+    } else {
+        reader::Start::Last(args.last)
+    };
+    let partitions = reader::assign_all(&consumer, &topic, from)
+        .with_context(|| format!("reading {topic}; is Kafka up (`make up`)?"))?;
     let mut at_end = HashSet::new();
     let mut shown = 0usize;
     let idle_deadline = Instant::now() + Duration::from_secs(30);

@@ -1,12 +1,18 @@
 //! `corral-fanout`: delivers audience and trait changes to destinations. See docs/fanout.md.
+//! Configuration by flags or `CORRAL_*` variables (`--help`); the shared ones are the runtime's.
 
 use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
+use corral_fanout::metrics::FanoutMetrics;
+use corral_fanout::processor::{FanoutProcessor, Topics, OUTBOX};
+use corral_fanout::registry::{self, Destinations, SharedDestinations};
 use corral_fanout::retry::RetryPolicy;
-use corral_fanout::{run, FanoutConfig};
-use corral_runtime::cli::RuntimeArgs;
+use corral_fanout::{ensure_topics, follow_destinations, load_destinations_file};
+use corral_runtime::{RuntimeArgs, Service};
 
 #[derive(Parser)]
 #[command(
@@ -18,58 +24,73 @@ use corral_runtime::cli::RuntimeArgs;
 )]
 struct Args {
     #[command(flatten)]
-    runtime: RuntimeArgs,
+    common: RuntimeArgs,
     /// Read destinations from this file instead of the definitions topic (no hot reload).
     #[arg(long, env = "CORRAL_FANOUT_DESTINATIONS")]
     destinations: Option<PathBuf>,
-    /// Consumer group and changelog prefix.
-    #[arg(long, default_value = "fanout")]
-    application_id: String,
     /// How often outcomes are applied and due retries dispatched, in ms.
-    #[arg(long, default_value_t = 20)]
-    punctuate_ms: u64,
+    #[arg(
+        long,
+        alias = "punctuate-ms",
+        env = "CORRAL_PUNCTUATE_INTERVAL_MS",
+        default_value_t = 20
+    )]
+    punctuate_interval_ms: u64,
     /// First retry delay in ms (doubles per attempt, with jitter).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, env = "CORRAL_FANOUT_RETRY_BASE_MS", default_value_t = 500)]
     retry_base_ms: u64,
     /// Longest delay between two attempts, in seconds.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, env = "CORRAL_FANOUT_RETRY_MAX_DELAY_S", default_value_t = 600)]
     retry_max_delay_s: u64,
     /// Threads sending HTTP requests.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, env = "CORRAL_FANOUT_LANE_THREADS", default_value_t = 2)]
     lane_threads: usize,
-    /// Log as JSON.
-    #[arg(long, env = "CORRAL_LOG_JSON")]
-    log_json: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    if args.log_json {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+    let mut svc = Service::start("fanout", args.common)?;
+    let shared: SharedDestinations = Arc::new(RwLock::new(Arc::new(Destinations::default())));
+    match &args.destinations {
+        Some(path) => {
+            let dests = load_destinations_file(path)?;
+            if let Ok(mut g) = shared.write() {
+                *g = Arc::new(dests);
+            }
+        }
+        None => follow_destinations(&mut svc, shared.clone())?,
     }
-    let rt = &args.runtime;
-    let mut cfg = FanoutConfig::new(&rt.bootstrap, &rt.topic_prefix);
-    cfg.instance_id = rt.instance.clone();
-    cfg.application_id = args.application_id;
-    cfg.state_dir = rt.state_dir.clone();
-    cfg.admin_addr = rt.admin;
-    cfg.commit_interval = rt.commit_interval();
-    cfg.session_timeout = rt.session_timeout();
-    cfg.fault = rt.fault()?;
-    cfg.destinations_file = args.destinations;
-    cfg.punctuate_interval = Duration::from_millis(args.punctuate_ms.max(1));
-    cfg.retry = RetryPolicy {
+    let dests = registry::snapshot(&shared);
+    tracing::info!(destinations = dests.by_key.len(), "destinations loaded");
+    let topics = Topics::from_names(svc.topics());
+    ensure_topics(&svc, &topics, &dests)?;
+
+    let interval = Duration::from_millis(args.punctuate_interval_ms.max(1));
+    let mut cfg = svc.config();
+    cfg.input_topics = vec![
+        topics.membership.clone(),
+        topics.traits.clone(),
+        topics.replay.clone(),
+    ];
+    cfg.stores = vec![OUTBOX.into()];
+    cfg.punctuate_interval = Some(interval);
+    let runtime = svc.runtime(cfg).context("configuring the runtime")?;
+    let metrics = FanoutMetrics::new(runtime.registry()).context("registering metrics")?;
+    metrics.destinations.set(dests.by_key.len() as i64);
+    let policy = RetryPolicy {
         base: Duration::from_millis(args.retry_base_ms.max(1)),
         max_delay: Duration::from_secs(args.retry_max_delay_s.max(1)),
     };
-    cfg.lane_threads = args.lane_threads;
-    run(cfg)?;
-    Ok(())
+    let threads = args.lane_threads;
+    svc.add(runtime, move || {
+        FanoutProcessor::new(
+            topics.clone(),
+            shared.clone(),
+            metrics.clone(),
+            policy,
+            interval,
+            threads,
+        )
+    });
+    svc.run().context("fanout stopped")
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use corral_codec::{
     AvroRecord, DeadLetter, ExternalId, MembershipChange, MembershipChangeKind, TraitChange,
 };
-use corral_runtime::{InputRecord, ProcessContext, ProcessError, Processor};
+use corral_runtime::{InputRecord, ProcessContext, ProcessError, Processor, Store};
 use rand::Rng;
 use serde_json::Value as Json;
 use tracing::{debug, warn};
@@ -30,9 +30,8 @@ use crate::payload::{self, Change};
 use crate::registry::{snapshot, Destination, SharedDestinations};
 use crate::retry::{classify, Class, Decision, RetryPolicy};
 
-/// The single state store.
-pub const OUTBOX: usize = 0;
-pub const OUTBOX_STORE: &str = "outbox";
+/// The single state store: deliveries, their retry state and list memberships.
+pub const OUTBOX: Store = Store::named("outbox");
 
 /// Full topic names the processor reads and writes.
 #[derive(Debug, Clone)]
@@ -204,15 +203,11 @@ impl FanoutProcessor {
             reason: reason.into(),
             failed_at_ms: now_ms(),
         };
-        let bytes = letter
-            .encode()
-            .map_err(|e| ProcessError::Fatal(format!("encoding a dead letter: {e}")))?;
-        ctx.emit(
+        ctx.emit_record_to(
             &self.topics.deliveries_dlq,
-            Some(d.profile_id.as_bytes().to_vec()),
-            Some(bytes),
-        );
-        Ok(())
+            d.profile_id.as_bytes(),
+            &letter,
+        )
     }
 
     fn on_change(

@@ -72,8 +72,7 @@ impl Destinations {
     }
 }
 
-/// The definition kind fanout reads.
-pub const KIND: &str = "destination";
+pub use crate::destination::KIND;
 
 /// Applies one record of the `definitions` topic (copy-on-write: readers keep their snapshot).
 pub fn apply_definition(

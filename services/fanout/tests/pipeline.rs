@@ -584,11 +584,18 @@ fn destinations_from_the_definitions_topic_and_replay_of_dead_letters() {
     use corral_fanout::ops::{apply_destinations, replay_deliveries, Applied, ReplayFilter};
     let applied =
         apply_destinations(&bootstrap(), &definitions, &file, Some("test".into())).unwrap();
-    assert_eq!(applied, [Applied::Created { key: "hook".into() }]);
+    assert_eq!(
+        applied,
+        [Applied::Created {
+            kind: "destination".into(),
+            key: "hook".into()
+        }]
+    );
     let again = apply_destinations(&bootstrap(), &definitions, &file, None).unwrap();
     assert_eq!(
         again,
         [Applied::Unchanged {
+            kind: "destination".into(),
             key: "hook".into(),
             version: 1
         }]
@@ -620,6 +627,7 @@ fn destinations_from_the_definitions_topic_and_replay_of_dead_letters() {
         &s.topic("deliveries.dlq"),
         &s.topic("deliveries.replay"),
         &filter,
+        &mut |_| {},
     )
     .unwrap();
     assert_eq!(n, 1);

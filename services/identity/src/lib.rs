@@ -12,7 +12,8 @@
 //! the runtime glue, [`view`] answers Profile API reads ([`client`] asks them), [`kafka`] holds
 //! the Kafka edges.
 
-pub mod client;
+/// The query interface's client and answer types, shared with `corralctl`.
+pub use corral_ops::query::identity as client;
 pub mod engine;
 pub mod ids;
 pub mod kafka;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use corral_codec::{
     AvroRecord, ExternalId, ProfileMerge, ResolvedEvent, SegmentMessage, ValidEvent,
 };
+use corral_runtime::cli::names;
 use corral_runtime::{InputRecord, ProcessContext, ProcessError, Processor};
 
 use crate::engine::{resolve, Cap, MergeKind, Outcome, Resolution};
@@ -18,20 +19,6 @@ use crate::ids::extract;
 use crate::metrics::{type_label, Metrics};
 use crate::rules::RulesStore;
 use crate::store::CtxGraph;
-
-/// Full topic names.
-#[derive(Debug, Clone)]
-pub struct Topics {
-    pub valid: String,
-    pub by_space: String,
-    pub resolved: String,
-    pub merges: String,
-}
-
-fn encode<T: AvroRecord>(r: &T) -> Result<Vec<u8>, ProcessError> {
-    r.encode()
-        .map_err(|e| ProcessError::Fatal(format!("encoding a {} record: {e}", T::TOPIC)))
-}
 
 fn decode(record: &InputRecord<'_>) -> Result<ValidEvent, ProcessError> {
     let value = record
@@ -41,13 +28,12 @@ fn decode(record: &InputRecord<'_>) -> Result<ValidEvent, ProcessError> {
 }
 
 pub struct RouterProcessor {
-    topics: Arc<Topics>,
     metrics: Arc<Metrics>,
 }
 
 impl RouterProcessor {
-    pub fn new(topics: Arc<Topics>, metrics: Arc<Metrics>) -> Self {
-        RouterProcessor { topics, metrics }
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        RouterProcessor { metrics }
     }
 }
 
@@ -66,8 +52,9 @@ impl Processor for RouterProcessor {
                 .inc();
         })?;
         // Keyed by space: the murmur2 partitioner picks the bucket, the same one every time.
+        let by_space = ctx.topic(names::BY_SPACE);
         ctx.emit(
-            &self.topics.by_space,
+            &by_space,
             Some(ev.message.space_id.into_bytes()),
             record.value.map(<[u8]>::to_vec),
         );
@@ -77,26 +64,13 @@ impl Processor for RouterProcessor {
 }
 
 pub struct CoordinatorProcessor {
-    topics: Arc<Topics>,
     rules: Arc<RulesStore>,
     metrics: Arc<Metrics>,
-    store: usize,
 }
 
 impl CoordinatorProcessor {
-    /// `store`: index of the graph store in the runtime config.
-    pub fn new(
-        topics: Arc<Topics>,
-        rules: Arc<RulesStore>,
-        metrics: Arc<Metrics>,
-        store: usize,
-    ) -> Self {
-        CoordinatorProcessor {
-            topics,
-            rules,
-            metrics,
-            store,
-        }
+    pub fn new(rules: Arc<RulesStore>, metrics: Arc<Metrics>) -> Self {
+        CoordinatorProcessor { rules, metrics }
     }
 }
 
@@ -137,10 +111,7 @@ impl Processor for CoordinatorProcessor {
                 .with_label_values(&[type_label(&b.id_type)])
                 .inc();
         }
-        let mut graph = CtxGraph {
-            ctx,
-            store: self.store,
-        };
+        let mut graph = CtxGraph { ctx };
         let Some(res) = resolve(&mut graph, &rules, &space, &extracted.ids, now)? else {
             self.metrics
                 .events
@@ -166,11 +137,7 @@ impl Processor for CoordinatorProcessor {
                 merged_at_ms: now,
             };
             // Keyed by the merged-away id: compute moves that profile's state from its partition.
-            ctx.emit(
-                &self.topics.merges,
-                Some(step.from.clone().into_bytes()),
-                Some(encode(&merge)?),
-            );
+            ctx.emit_record(step.from.as_bytes(), &merge)?;
         }
         let mut external_ids: Vec<ExternalId> =
             res.profile.idents().map(|i| i.to_external()).collect();
@@ -182,11 +149,7 @@ impl Processor for CoordinatorProcessor {
             external_ids,
             resolved_at_ms: now,
         };
-        ctx.emit(
-            &self.topics.resolved,
-            Some(pid.into_bytes()),
-            Some(encode(&out)?),
-        );
+        ctx.emit_record(pid.as_bytes(), &out)?;
         Ok(())
     }
 }

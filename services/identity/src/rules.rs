@@ -259,7 +259,7 @@ impl Rules {
 
     pub fn from_yaml(text: &str) -> Result<Rules, RulesError> {
         let s: Settings =
-            serde_yaml::from_str(text).map_err(|e| RulesError::Parse(e.to_string()))?;
+            serde_yaml_ng::from_str(text).map_err(|e| RulesError::Parse(e.to_string()))?;
         Rules::compile(&s)
     }
 
@@ -358,7 +358,7 @@ impl RulesStore {
 }
 
 pub fn parse_file(text: &str) -> Result<SettingsFile, RulesError> {
-    serde_yaml::from_str(text).map_err(|e| RulesError::Parse(e.to_string()))
+    serde_yaml_ng::from_str(text).map_err(|e| RulesError::Parse(e.to_string()))
 }
 
 #[cfg(test)]

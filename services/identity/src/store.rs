@@ -7,12 +7,13 @@
 //! | `p` space profile-id | [`Profile`] as compact JSON |
 //! | `a` space profile-id | the id a retired profile forwards to (UTF-8) |
 
-use corral_runtime::{ProcessContext, ProcessError};
+use corral_runtime::{ProcessContext, ProcessError, Store};
 
 use crate::engine::{Graph, Profile};
 use crate::ids::Ident;
 
-pub const STORE: &str = "graph";
+/// The graph store.
+pub const STORE: Store = Store::named("graph");
 pub const TAG_ID: u8 = b'i';
 pub const TAG_PROFILE: u8 = b'p';
 pub const TAG_ALIAS: u8 = b'a';
@@ -67,50 +68,49 @@ fn text(bytes: Vec<u8>) -> Result<String, ProcessError> {
 /// The graph of the record's partition, through the runtime's transactional store.
 pub struct CtxGraph<'c, 'a> {
     pub ctx: &'c mut ProcessContext<'a>,
-    pub store: usize,
 }
 
 impl Graph for CtxGraph<'_, '_> {
     type Error = ProcessError;
     fn mapping(&mut self, space: &str, ident: &Ident) -> Result<Option<String>, ProcessError> {
         self.ctx
-            .get(self.store, &id_key(space, ident))?
+            .get(STORE, &id_key(space, ident))?
             .map(text)
             .transpose()
     }
     fn set_mapping(&mut self, space: &str, ident: &Ident, pid: &str) -> Result<(), ProcessError> {
         self.ctx
-            .put(self.store, id_key(space, ident), pid.as_bytes().to_vec());
+            .put(STORE, id_key(space, ident), pid.as_bytes().to_vec());
         Ok(())
     }
     fn profile(&mut self, space: &str, pid: &str) -> Result<Option<Profile>, ProcessError> {
-        match self.ctx.get(self.store, &profile_key(space, pid))? {
+        match self.ctx.get(STORE, &profile_key(space, pid))? {
             None => Ok(None),
             Some(b) => decode_profile(&b).map(Some).map_err(ProcessError::Fatal),
         }
     }
     fn set_profile(&mut self, space: &str, profile: &Profile) -> Result<(), ProcessError> {
         let v = encode_profile(profile)?;
-        self.ctx.put(self.store, profile_key(space, &profile.id), v);
+        self.ctx.put(STORE, profile_key(space, &profile.id), v);
         Ok(())
     }
     fn remove_profile(&mut self, space: &str, pid: &str) -> Result<(), ProcessError> {
-        self.ctx.delete(self.store, profile_key(space, pid));
+        self.ctx.delete(STORE, profile_key(space, pid));
         Ok(())
     }
     fn alias(&mut self, space: &str, pid: &str) -> Result<Option<String>, ProcessError> {
         self.ctx
-            .get(self.store, &alias_key(space, pid))?
+            .get(STORE, &alias_key(space, pid))?
             .map(text)
             .transpose()
     }
     fn set_alias(&mut self, space: &str, from: &str, into: &str) -> Result<(), ProcessError> {
         self.ctx
-            .put(self.store, alias_key(space, from), into.as_bytes().to_vec());
+            .put(STORE, alias_key(space, from), into.as_bytes().to_vec());
         Ok(())
     }
     fn remove_alias(&mut self, space: &str, pid: &str) -> Result<(), ProcessError> {
-        self.ctx.delete(self.store, alias_key(space, pid));
+        self.ctx.delete(STORE, alias_key(space, pid));
         Ok(())
     }
 }

@@ -24,7 +24,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use corral_runtime::follow::{ChangelogRecord, Replica};
-use serde::{Deserialize, Serialize};
 
 use crate::engine::Profile;
 use crate::ids::Ident;
@@ -35,58 +34,25 @@ pub struct IdentityView {
     replica: Replica,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExternalIdView {
-    #[serde(rename = "type")]
-    pub id_type: String,
-    pub id: String,
-    pub collection: String,
-    pub first_seen_ms: i64,
-}
+pub use corral_ops::query::identity::{ExternalIdView, ExternalIdsView, ProfileView};
+pub use corral_ops::query::ErrorBody;
 
-/// `GET .../profiles/{id}`: the live profile.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProfileView {
-    pub profile_id: String,
-    pub created_at_ms: i64,
-    pub merges: u32,
-    pub external_ids: Vec<ExternalIdView>,
-}
-
-impl From<Profile> for ProfileView {
-    fn from(p: Profile) -> Self {
-        ProfileView {
-            profile_id: p.id,
-            created_at_ms: p.created_ms,
-            merges: p.merges,
-            external_ids: p
-                .identifiers
-                .into_iter()
-                .map(|m| ExternalIdView {
-                    id_type: m.id_type,
-                    id: m.value,
-                    collection: "users".into(),
-                    first_seen_ms: m.first_seen_ms,
-                })
-                .collect(),
-        }
-    }
-}
-
-/// `GET .../profiles/{id}/external_ids`, in the shape of Segment's Profile API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExternalIdsView {
-    /// The live profile (a retired id asked for forwards to its survivor).
-    pub profile_id: String,
-    pub data: Vec<ExternalIdView>,
-}
-
-impl From<ProfileView> for ExternalIdsView {
-    fn from(p: ProfileView) -> Self {
-        ExternalIdsView {
-            profile_id: p.profile_id,
-            data: p.external_ids,
-        }
+/// The live profile as the interface shows it.
+pub fn profile_view(p: Profile) -> ProfileView {
+    ProfileView {
+        profile_id: p.id,
+        created_at_ms: p.created_ms,
+        merges: p.merges,
+        external_ids: p
+            .identifiers
+            .into_iter()
+            .map(|m| ExternalIdView {
+                id_type: m.id_type,
+                id: m.value,
+                collection: "users".into(),
+                first_seen_ms: m.first_seen_ms,
+            })
+            .collect(),
     }
 }
 
@@ -190,7 +156,7 @@ impl IdentityView {
         let mut cur = pid.to_string();
         for _ in 0..10_000 {
             if let Some(p) = self.get(&profile_key(space, &cur)) {
-                return decode_profile(&p).ok().map(ProfileView::from);
+                return decode_profile(&p).ok().map(profile_view);
             }
             cur = String::from_utf8(self.get(&alias_key(space, &cur))?).ok()?;
         }
@@ -221,12 +187,6 @@ impl IdentityView {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// The body of every error answer.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
 }
 
 fn error(status: StatusCode, what: String) -> Response {

@@ -1,11 +1,11 @@
 //! Every control and outcome with the sample plan (`examples/tracking-plan.yaml`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use corral_codec::{MessageType, SegmentMessage};
+use corral_codec::{MessageType, ProtocolsAnnotation, SegmentMessage};
 use serde_json::{json, Value as Json};
 
-use super::*;
-use crate::plan::{AllowBlock, AllowOmit, Controls, PlanFile, ViolationControl};
+use crate::engine::*;
+use crate::plan::{AllowBlock, AllowOmit, CompiledPlan, Controls, PlanFile, ViolationControl};
 
 const SAMPLE: &str = include_str!("../../../examples/tracking-plan.yaml");
 

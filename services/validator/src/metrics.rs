@@ -95,6 +95,18 @@ impl Metrics {
         set.insert(name.to_string());
         name.to_string()
     }
+
+    /// Sets the plan gauges from the plans now in force.
+    pub fn publish_plans(&self, plans: &crate::registry::PlanStore) {
+        let snap = plans.snapshot();
+        self.plan_version.reset();
+        for p in snap.plans() {
+            self.plan_version
+                .with_label_values(&[p.space_id.as_str(), p.key.as_str()])
+                .set(p.version);
+        }
+        self.plans_loaded.set(snap.len() as i64);
+    }
 }
 
 #[cold]

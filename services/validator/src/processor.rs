@@ -7,7 +7,7 @@ use corral_codec::{
     AvroRecord, BlockedEvent, MessageType, RawEvent, SegmentMessage, ValidEvent, Violation,
     ViolationDetail,
 };
-use corral_runtime::{InputRecord, ProcessContext, ProcessError, Processor};
+use corral_runtime::{InputRecord, ProcessContext, ProcessError, Processor, Store};
 use serde_json::json;
 
 use crate::engine::{self, Verdict};
@@ -16,48 +16,28 @@ use crate::plan::CompiledPlan;
 use crate::registry::PlanStore;
 use crate::{dedup, now_ms};
 
-/// Output topics and settings (full topic names).
-#[derive(Debug, Clone)]
-pub struct Outputs {
-    pub raw: String,
-    pub valid: String,
-    pub blocked: String,
-    pub violations: String,
-    /// How long a messageId stays a duplicate.
-    pub dedup_window_ms: i64,
-}
+/// The de-duplication store: messageId → when it was delivered.
+pub const DEDUP: Store = Store::named("dedup");
 
 /// Name and user of the events that forward violations (Segment's shape).
 pub const VIOLATION_EVENT: &str = "Violation Generated";
 pub const VIOLATION_USER: &str = "schema-violations";
 
 pub struct ValidatorProcessor {
-    outputs: Arc<Outputs>,
     plans: Arc<PlanStore>,
     metrics: Arc<Metrics>,
-    dedup_store: usize,
+    /// How long a messageId stays a duplicate.
+    dedup_window_ms: i64,
 }
 
 impl ValidatorProcessor {
-    /// `dedup_store`: index of the de-duplication store in the runtime config.
-    pub fn new(
-        outputs: Arc<Outputs>,
-        plans: Arc<PlanStore>,
-        metrics: Arc<Metrics>,
-        dedup_store: usize,
-    ) -> Self {
+    pub fn new(plans: Arc<PlanStore>, metrics: Arc<Metrics>, dedup_window_ms: i64) -> Self {
         ValidatorProcessor {
-            outputs,
             plans,
             metrics,
-            dedup_store,
+            dedup_window_ms,
         }
     }
-}
-
-fn encode<T: AvroRecord>(r: &T) -> Result<Vec<u8>, ProcessError> {
-    r.encode()
-        .map_err(|e| ProcessError::Fatal(format!("encoding a {} record: {e}", T::TOPIC)))
 }
 
 impl Processor for ValidatorProcessor {
@@ -85,8 +65,8 @@ impl Processor for ValidatorProcessor {
             .unwrap_or_else(now_ms);
 
         let dkey = dedup::key(&msg.space_id, &msg.message_id);
-        let seen = ctx.get(self.dedup_store, &dkey)?;
-        if dedup::is_duplicate(seen.as_deref(), now, self.outputs.dedup_window_ms) {
+        let seen = ctx.get(DEDUP, &dkey)?;
+        if dedup::is_duplicate(seen.as_deref(), now, self.dedup_window_ms) {
             self.metrics
                 .messages
                 .with_label_values(&["duplicate"])
@@ -97,7 +77,7 @@ impl Processor for ValidatorProcessor {
         let snapshot = self.plans.snapshot();
         let plan = snapshot.for_source(&msg.space_id, msg.source_id.as_deref());
         let decision = engine::evaluate(plan.map(|p| p.as_ref()), &msg);
-        let key = Some(msg.message_id.clone().into_bytes());
+        let key = msg.message_id.as_bytes();
 
         let outcome = decision.outcome();
         let name = engine::event_name(&msg);
@@ -121,10 +101,10 @@ impl Processor for ValidatorProcessor {
                     message: (**message).clone(),
                     protocols: protocols.clone(),
                 };
-                ctx.emit(&self.outputs.valid, key.clone(), Some(encode(&out)?));
+                ctx.emit_record(key, &out)?;
                 // Only delivered messages are remembered: a blocked one can be replayed once the
                 // plan is fixed.
-                ctx.put(self.dedup_store, dkey, dedup::encode(now));
+                ctx.put(DEDUP, dkey, dedup::encode(now));
             }
             Verdict::Blocked { reason } => {
                 let out = BlockedEvent {
@@ -134,7 +114,7 @@ impl Processor for ValidatorProcessor {
                     violations: decision.violations.clone(),
                     blocked_at_ms: now,
                 };
-                ctx.emit(&self.outputs.blocked, key.clone(), Some(encode(&out)?));
+                ctx.emit_record(key, &out)?;
             }
         }
 
@@ -147,18 +127,10 @@ impl Processor for ValidatorProcessor {
                 .with_label_values(&[v.violation_type.as_str()])
                 .inc();
             let record = violation_record(&msg, plan.map(|p| p.as_ref()), v, now);
-            ctx.emit(
-                &self.outputs.violations,
-                key.clone(),
-                Some(encode(&record)?),
-            );
+            ctx.emit_record(key, &record)?;
             if let Some(source) = &forward_to {
                 let ev = violation_event(&record, source, i, now);
-                ctx.emit(
-                    &self.outputs.raw,
-                    Some(ev.message_id.clone().into_bytes()),
-                    Some(encode(&ev)?),
-                );
+                ctx.emit_record(ev.message_id.as_bytes(), &ev)?;
             }
         }
         Ok(())

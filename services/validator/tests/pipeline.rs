@@ -10,9 +10,10 @@ use corral_codec::{
     AvroRecord, BlockedEvent, DeadLetter, MessageType, RawEvent, SegmentMessage, ValidEvent,
     Violation,
 };
+use corral_runtime::definitions::Applied;
 use corral_runtime::topics::CleanupPolicy;
 use corral_tests::{bootstrap, create_topic, produce, read_committed, unique, Record, Service};
-use corral_validator::kafka::{apply_plan, replay_blocked, ApplyResult, ReplayFilter};
+use corral_validator::kafka::{apply_plan, replay_blocked, ReplayFilter};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_corral-validator");
@@ -52,7 +53,7 @@ impl Setup {
     }
 
     /// Applies the sample plan with its `controls:` block replaced.
-    fn apply(&self, controls: &str) -> ApplyResult {
+    fn apply(&self, controls: &str) -> Applied {
         let start = SAMPLE.find("controls:").unwrap();
         let end = SAMPLE.find("\nevents:").unwrap() + 1;
         let text = format!(
@@ -177,12 +178,9 @@ const STRICT: &str =
 #[test]
 fn mixed_stream_gives_exact_outputs_and_duplicates_stay_dropped_across_sigkill() {
     let s = Setup::new("val-mixed");
-    assert!(matches!(
-        s.apply(STRICT),
-        ApplyResult::Applied { version: 1, .. }
-    ));
+    assert!(matches!(s.apply(STRICT), Applied::Created { .. }));
     assert!(
-        matches!(s.apply(STRICT), ApplyResult::Unchanged { version: 1, .. }),
+        matches!(s.apply(STRICT), Applied::Unchanged { version: 1, .. }),
         "applying again changes nothing"
     );
 
@@ -345,7 +343,7 @@ fn plan_changes_take_effect_without_restart_and_blocked_messages_replay() {
 
     assert!(matches!(
         s.apply("  track: {unplanned_events: block}"),
-        ApplyResult::Applied { version: 2, .. }
+        Applied::Changed { version: 2, .. }
     ));
     // Probe until the new version is in force, then send a batch.
     let mut probes = 0;
@@ -411,14 +409,14 @@ fn plan_changes_take_effect_without_restart_and_blocked_messages_replay() {
     // Fix the plan (allow again) and replay the quarantine: the blocked messages become valid.
     assert!(matches!(
         s.apply("  track: {unplanned_events: allow}"),
-        ApplyResult::Applied { version: 3, .. }
+        Applied::Changed { version: 3, .. }
     ));
     std::thread::sleep(Duration::from_secs(2));
     let filter = ReplayFilter {
         since_ms: 0,
         ..Default::default()
     };
-    let n = replay_blocked(&bootstrap(), &s.blocked, &s.raw, &filter).unwrap();
+    let n = replay_blocked(&bootstrap(), &s.blocked, &s.raw, &filter, &mut |_| {}).unwrap();
     assert_eq!(n, ids.len());
     let valid = s.await_count(&s.valid, valid.len() + n);
     let replayed: BTreeSet<String> = valid_ids(&valid).into_iter().collect();

@@ -7,11 +7,12 @@
 //! new version (previous version + 1).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use corral_codec::Definition;
 use corral_query::check::{DefinitionKind, Target};
-use corral_runtime::definitions::{definition_key, publish, read_all};
+pub use corral_runtime::definitions::Applied;
+use corral_runtime::definitions::{
+    apply_versioned, definition_key, publish, read_all, Desired, READ_TIMEOUT,
+};
 use corral_runtime::RuntimeError;
 use serde::{Deserialize, Serialize};
 
@@ -101,50 +102,6 @@ pub enum AdminError {
     },
 }
 
-/// What `apply` did with one definition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Applied {
-    /// First version written.
-    Created {
-        /// `audience` / `computed_trait`.
-        kind: &'static str,
-        /// Key.
-        key: String,
-    },
-    /// A new version written.
-    Changed {
-        /// `audience` / `computed_trait`.
-        kind: &'static str,
-        /// Key.
-        key: String,
-        /// New version.
-        version: i64,
-    },
-    /// Same as the current version; nothing written.
-    Unchanged {
-        /// `audience` / `computed_trait`.
-        kind: &'static str,
-        /// Key.
-        key: String,
-        /// Current version.
-        version: i64,
-    },
-}
-
-impl std::fmt::Display for Applied {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Applied::Created { kind, key } => write!(f, "created   {kind} {key} (version 1)"),
-            Applied::Changed { kind, key, version } => {
-                write!(f, "changed   {kind} {key} (version {version})")
-            }
-            Applied::Unchanged { kind, key, version } => {
-                write!(f, "unchanged {kind} {key} (version {version})")
-            }
-        }
-    }
-}
-
 /// Where the definitions live.
 #[derive(Debug, Clone)]
 pub struct DefinitionsTopic {
@@ -158,8 +115,6 @@ pub struct DefinitionsTopic {
     pub space: String,
 }
 
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Validates `text` with corral-query (refusing the whole file on any error) and writes every
 /// audience and computed trait whose name or body differs from the current version as a new
 /// version. Returns one line per definition, in file order.
@@ -171,54 +126,30 @@ pub fn apply_text(
 ) -> Result<Vec<Applied>, AdminError> {
     let defs = corral_query::load_definitions_str(text, origin)
         .map_err(|r| AdminError::Invalid(Box::new(r)))?;
-    let current = read_all(&at.bootstrap, &at.kafka, &at.topic, READ_TIMEOUT)?;
-    let now = chrono::Utc::now().timestamp_millis();
-    let mut out = Vec::new();
-    for d in &defs.definitions {
-        let kind = kind_of(d.target);
-        let key = definition_key(&at.space, kind, &d.key);
-        let body = DefinitionBody {
-            query: d.text.trim().to_string(),
-            kind: Some(d.kind.name().to_string()),
-            include_historical_data: d.include_historical_data,
-        }
-        .to_json();
-        let name = Some(d.name.clone());
-        let prev = current.get(&key);
-        if let Some(p) = prev.filter(|p| p.body == body && p.name == name) {
-            out.push(Applied::Unchanged {
-                kind,
-                key: d.key.clone(),
-                version: p.version,
-            });
-            continue;
-        }
-        let version = prev.map_or(1, |p| p.version + 1);
-        let rec = Definition {
+    let desired: Vec<Desired> = defs
+        .definitions
+        .iter()
+        .map(|d| Desired {
             space_id: at.space.clone(),
-            kind: kind.into(),
+            kind: kind_of(d.target).to_string(),
             key: d.key.clone(),
-            version,
-            name,
-            body,
-            updated_at_ms: now,
-            updated_by: updated_by.clone(),
-        };
-        publish(&at.bootstrap, &at.kafka, &at.topic, &key, Some(&rec))?;
-        out.push(if version == 1 {
-            Applied::Created {
-                kind,
-                key: d.key.clone(),
+            name: Some(d.name.clone()),
+            body: DefinitionBody {
+                query: d.text.trim().to_string(),
+                kind: Some(d.kind.name().to_string()),
+                include_historical_data: d.include_historical_data,
             }
-        } else {
-            Applied::Changed {
-                kind,
-                key: d.key.clone(),
-                version,
-            }
-        });
-    }
-    Ok(out)
+            .to_json(),
+        })
+        .collect();
+    apply_versioned(
+        &at.bootstrap,
+        &at.kafka,
+        &at.topic,
+        &desired,
+        updated_by.as_deref(),
+        |_| Ok::<_, AdminError>(()),
+    )
 }
 
 /// [`apply_text`] on a file.

@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// The definition kind of a destination in the `definitions` topic.
+pub const KIND: &str = "destination";
+
 /// Errors of a destinations file or definition.
 #[derive(Debug, thiserror::Error)]
 pub enum DestinationError {
@@ -230,8 +233,8 @@ pub fn default_space() -> String {
 impl DestinationsFile {
     /// Parses and validates every destination, reporting all errors at once.
     pub fn from_yaml(text: &str) -> Result<Self, Vec<DestinationError>> {
-        let file: DestinationsFile =
-            serde_yaml::from_str(text).map_err(|e| vec![DestinationError::Parse(e.to_string())])?;
+        let file: DestinationsFile = serde_yaml_ng::from_str(text)
+            .map_err(|e| vec![DestinationError::Parse(e.to_string())])?;
         let mut errors = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
         for d in &file.destinations {

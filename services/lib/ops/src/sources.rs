@@ -15,10 +15,12 @@
 //! so the secret lives in the environment (CI secret, vault agent) and not in git.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use corral_codec::Definition;
-use corral_runtime::definitions::{definition_key, publish, read_all};
+pub use corral_runtime::definitions::Applied;
+use corral_runtime::definitions::{
+    apply_versioned, definition_key, publish, read_all, Desired, READ_TIMEOUT,
+};
 use corral_runtime::RuntimeError;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -258,7 +260,7 @@ pub fn resolve_text(
     origin: &str,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<ResolvedFile, SourcesError> {
-    let file: SourcesFile = serde_yaml::from_str(text).map_err(|e| SourcesError::Parse {
+    let file: SourcesFile = serde_yaml_ng::from_str(text).map_err(|e| SourcesError::Parse {
         origin: origin.to_string(),
         detail: e.to_string(),
     })?;
@@ -351,41 +353,24 @@ pub struct DefinitionsTopic {
     pub topic: String,
 }
 
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What `apply` did with one source.
+/// What `apply` did with one source, and how many write keys it has.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Applied {
-    Created {
-        id: String,
-        keys: usize,
-    },
-    Changed {
-        id: String,
-        version: i64,
-        keys: usize,
-    },
-    Unchanged {
-        id: String,
-        version: i64,
-    },
+pub struct SourceApplied {
+    pub applied: Applied,
+    pub write_keys: usize,
 }
 
-impl std::fmt::Display for Applied {
+impl std::fmt::Display for SourceApplied {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Applied::Created { id, keys } => {
-                write!(f, "created   source {id} (version 1, {keys} write keys)")
-            }
-            Applied::Changed { id, version, keys } => {
-                write!(
-                    f,
-                    "changed   source {id} (version {version}, {keys} write keys)"
-                )
-            }
-            Applied::Unchanged { id, version } => {
-                write!(f, "unchanged source {id} (version {version})")
-            }
+        let line = self.applied.to_string();
+        match &self.applied {
+            Applied::Unchanged { .. } => f.write_str(&line),
+            _ => write!(
+                f,
+                "{}, {} write keys)",
+                line.trim_end_matches(')'),
+                self.write_keys
+            ),
         }
     }
 }
@@ -397,48 +382,34 @@ pub fn apply(
     at: &DefinitionsTopic,
     file: &ResolvedFile,
     updated_by: Option<String>,
-) -> Result<Vec<Applied>, SourcesError> {
-    let current = read_all(&at.bootstrap, &at.kafka, &at.topic, READ_TIMEOUT)?;
-    let now = chrono::Utc::now().timestamp_millis();
-    let mut out = Vec::new();
-    for s in &file.sources {
-        let key = definition_key(&file.space_id, KIND_SOURCE, &s.id);
-        let body = s.body.to_json();
-        let prev = current.get(&key);
-        if let Some(p) = prev.filter(|p| p.body == body && p.name == s.name) {
-            out.push(Applied::Unchanged {
-                id: s.id.clone(),
-                version: p.version,
-            });
-            continue;
-        }
-        let version = prev.map_or(1, |p| p.version + 1);
-        let rec = Definition {
+) -> Result<Vec<SourceApplied>, SourcesError> {
+    let desired: Vec<Desired> = file
+        .sources
+        .iter()
+        .map(|s| Desired {
             space_id: file.space_id.clone(),
             kind: KIND_SOURCE.into(),
             key: s.id.clone(),
-            version,
             name: s.name.clone(),
-            body,
-            updated_at_ms: now,
-            updated_by: updated_by.clone(),
-        };
-        publish(&at.bootstrap, &at.kafka, &at.topic, &key, Some(&rec))?;
-        let keys = s.body.write_keys.len();
-        out.push(if version == 1 {
-            Applied::Created {
-                id: s.id.clone(),
-                keys,
-            }
-        } else {
-            Applied::Changed {
-                id: s.id.clone(),
-                version,
-                keys,
-            }
-        });
-    }
-    Ok(out)
+            body: s.body.to_json(),
+        })
+        .collect();
+    let applied = apply_versioned(
+        &at.bootstrap,
+        &at.kafka,
+        &at.topic,
+        &desired,
+        updated_by.as_deref(),
+        |_| Ok::<_, SourcesError>(()),
+    )?;
+    Ok(applied
+        .into_iter()
+        .zip(&file.sources)
+        .map(|(applied, s)| SourceApplied {
+            applied,
+            write_keys: s.body.write_keys.len(),
+        })
+        .collect())
 }
 
 /// Reads, resolves (environment of this process) and applies a file.
@@ -446,7 +417,7 @@ pub fn apply_file(
     at: &DefinitionsTopic,
     path: &std::path::Path,
     updated_by: Option<String>,
-) -> Result<Vec<Applied>, SourcesError> {
+) -> Result<Vec<SourceApplied>, SourcesError> {
     let text = std::fs::read_to_string(path).map_err(|source| SourcesError::Io {
         path: path.display().to_string(),
         source,
@@ -595,7 +566,7 @@ sources:
 
     #[test]
     fn the_example_file_is_valid() {
-        let text = include_str!("../../../examples/sources.yaml");
+        let text = include_str!("../../../../examples/sources.yaml");
         let f = resolve_text(text, "examples/sources.yaml", |v| {
             Some(format!("secret-{v}"))
         })

@@ -254,12 +254,12 @@ fn load(text: &str, origin: &str) -> Result<Definitions, ValidationReport> {
     let file: DefinitionsFile = if text.trim().is_empty() {
         DefinitionsFile::default()
     } else {
-        match serde_yaml::from_str(text) {
+        match serde_yaml_ng::from_str(text) {
             Ok(f) => f,
             Err(e) => {
                 let offset = e.location().map(|l| l.index()).unwrap_or(0);
                 let mut msg = e.to_string();
-                // serde_yaml appends its own position; ours is in the snippet.
+                // the YAML parser appends its own position; ours is in the snippet.
                 if let Some(i) = msg.rfind(" at line ") {
                     msg.truncate(i);
                 }
@@ -424,7 +424,7 @@ struct EntryLayout {
     query_region: Option<(usize, usize)>,
 }
 
-/// A small line scanner for the file's layout. serde_yaml gives values but not positions, so
+/// A small line scanner for the file's layout. the YAML parser gives values but not positions, so
 /// this finds, for each list item under `audiences:` / `computed_traits:`, where its fields
 /// are. It understands the block style the examples use; anything it cannot place falls back
 /// to the item or file start, never to a wrong definition.

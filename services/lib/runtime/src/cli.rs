@@ -1,35 +1,68 @@
-//! The command-line flags every runtime service shares, so each binary declares them once:
+//! The command-line flags every service shares, declared once so that a flag and its `CORRAL_*`
+//! variable mean the same thing in every binary:
 //!
-//! ```ignore
+//! ```text
 //! #[derive(clap::Parser)]
 //! struct Args {
 //!     #[command(flatten)]
-//!     runtime: corral_runtime::cli::RuntimeArgs,
-//!     /// The service's own flags follow; the application id stays here because its flag name
-//!     /// differs between services (`--app`, `--application-id`).
-//!     #[arg(long, env = "CORRAL_APPLICATION_ID", default_value = "validator")]
-//!     app: String,
+//!     common: corral_runtime::cli::RuntimeArgs,
+//!     // the service's own flags follow
 //! }
-//! let cfg = args.runtime.runtime_config(&args.app)?; // then topics and stores
+//! let service = corral_runtime::service::Service::start("validator", args.common)?;
 //! ```
 //!
 //! A service that wants another default for a flag overrides it on its command, e.g.
 //! `#[command(mut_arg("state_dir", |a| a.default_value("state/fanout")))]`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use corral_codec::AvroRecord;
+
 use crate::config::{Fault, RuntimeConfig};
 use crate::error::RuntimeError;
 
-/// Kafka, identity, state, timing, admin and fault-injection flags of a runtime service, each
+/// The standard (unprefixed) names of the topics that carry no Avro record of their own; the
+/// others are named by their record type's [`AvroRecord::TOPIC`].
+pub mod names {
+    pub const DEFINITIONS: &str = "definitions";
+    pub const DLQ: &str = "events.dlq";
+    /// Identity's router output: valid events keyed by space.
+    pub const BY_SPACE: &str = "identity.events-by-space";
+    /// Compute's merge hand-over: merged-away state sent to the survivor's partition.
+    pub const MERGE_STATE: &str = "compute.merge-state";
+    /// Fanout's replay input (co-partitioned with `audiences.membership`).
+    pub const REPLAY: &str = "deliveries.replay";
+    /// Fanout's deliveries that exhausted their retries.
+    pub const DELIVERIES_DLQ: &str = "deliveries.dlq";
+}
+
+/// Kafka, identity, state, timing, admin, logging and fault-injection flags of a service, each
 /// also read from its `CORRAL_*` variable.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RuntimeArgs {
     /// Kafka bootstrap servers.
-    #[arg(long, env = "CORRAL_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        visible_alias = "kafka-bootstrap",
+        env = "CORRAL_KAFKA_BOOTSTRAP",
+        default_value = "127.0.0.1:9092"
+    )]
     pub bootstrap: String,
+    /// Extra librdkafka property for every Kafka client of the service, NAME=VALUE (repeatable;
+    /// `;`-separated in the variable): TLS, SASL, tuning.
+    #[arg(
+        long = "kafka",
+        value_name = "NAME=VALUE",
+        env = "CORRAL_KAFKA_PROPERTIES",
+        value_delimiter = ';'
+    )]
+    pub kafka: Vec<String>,
+    /// Consumer group, transactional id prefix and changelog prefix [default: the service's name].
+    #[arg(long, visible_alias = "application-id", env = "CORRAL_APPLICATION_ID")]
+    pub app: Option<String>,
     /// Stable instance identity (StatefulSet ordinal), never random: transactional.id and
     /// group.instance.id.
     #[arg(long, env = "CORRAL_INSTANCE_ID", default_value = "0")]
@@ -37,6 +70,8 @@ pub struct RuntimeArgs {
     /// Prefix of every topic name.
     #[arg(long, env = "CORRAL_TOPIC_PREFIX", default_value = "corral.")]
     pub topic_prefix: String,
+    #[command(flatten)]
+    pub topics: TopicArgs,
     /// Where the RocksDB state stores live.
     #[arg(long, env = "CORRAL_STATE_DIR", default_value = "state")]
     pub state_dir: PathBuf,
@@ -49,9 +84,134 @@ pub struct RuntimeArgs {
     /// Admin endpoint (`/metrics`, `/healthz`, `/readyz`); none when absent.
     #[arg(long, env = "CORRAL_ADMIN_ADDR")]
     pub admin: Option<SocketAddr>,
+    /// Log JSON lines (production) instead of text.
+    #[arg(long, env = "CORRAL_LOG_JSON")]
+    pub log_json: bool,
     /// Test-only crash injection, e.g. `after_commit@3`.
     #[arg(long, env = "CORRAL_FAULT")]
     pub fault: Option<String>,
+}
+
+/// One flag and one variable per topic, each a full name that replaces the prefix + the standard
+/// name. Every service accepts all of them and reads the ones it uses, so a deployment can set
+/// them once for every service.
+#[derive(clap::Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Topic names (default: prefix + standard name)")]
+pub struct TopicArgs {
+    #[arg(long, env = "CORRAL_TOPIC_RAW", value_name = "TOPIC")]
+    pub raw_topic: Option<String>,
+    #[arg(long, env = "CORRAL_TOPIC_VALID", value_name = "TOPIC")]
+    pub valid_topic: Option<String>,
+    #[arg(long, env = "CORRAL_TOPIC_BLOCKED", value_name = "TOPIC")]
+    pub blocked_topic: Option<String>,
+    #[arg(long, env = "CORRAL_TOPIC_VIOLATIONS", value_name = "TOPIC")]
+    pub violations_topic: Option<String>,
+    #[arg(long, env = "CORRAL_TOPIC_DLQ", value_name = "TOPIC")]
+    pub dlq_topic: Option<String>,
+    #[arg(long, env = "CORRAL_TOPIC_DEFINITIONS", value_name = "TOPIC")]
+    pub definitions_topic: Option<String>,
+    #[arg(long, env = "CORRAL_TOPIC_IDENTITY_BY_SPACE", value_name = "TOPIC")]
+    pub by_space_topic: Option<String>,
+    #[arg(long, env = "CORRAL_TOPIC_RESOLVED", value_name = "TOPIC")]
+    pub resolved_topic: Option<String>,
+    #[arg(long, env = "CORRAL_TOPIC_MERGES", value_name = "TOPIC")]
+    pub merges_topic: Option<String>,
+    #[arg(long, env = "CORRAL_TOPIC_MERGE_STATE", value_name = "TOPIC")]
+    pub merge_state_topic: Option<String>,
+    #[arg(long, env = "CORRAL_TOPIC_MEMBERSHIP", value_name = "TOPIC")]
+    pub membership_topic: Option<String>,
+    #[arg(long, env = "CORRAL_TOPIC_TRAITS", value_name = "TOPIC")]
+    pub traits_topic: Option<String>,
+    #[arg(long, env = "CORRAL_TOPIC_REPLAY", value_name = "TOPIC")]
+    pub replay_topic: Option<String>,
+    #[arg(long, env = "CORRAL_TOPIC_DELIVERIES_DLQ", value_name = "TOPIC")]
+    pub deliveries_dlq_topic: Option<String>,
+}
+
+impl TopicArgs {
+    /// The overrides given, by standard name.
+    fn overrides(&self) -> BTreeMap<String, String> {
+        let given = [
+            ("events.raw", &self.raw_topic),
+            ("events.valid", &self.valid_topic),
+            ("events.blocked", &self.blocked_topic),
+            ("events.violations", &self.violations_topic),
+            (names::DLQ, &self.dlq_topic),
+            (names::DEFINITIONS, &self.definitions_topic),
+            (names::BY_SPACE, &self.by_space_topic),
+            ("events.resolved", &self.resolved_topic),
+            ("profiles.merges", &self.merges_topic),
+            (names::MERGE_STATE, &self.merge_state_topic),
+            ("audiences.membership", &self.membership_topic),
+            ("traits.changes", &self.traits_topic),
+            (names::REPLAY, &self.replay_topic),
+            (names::DELIVERIES_DLQ, &self.deliveries_dlq_topic),
+        ];
+        given
+            .into_iter()
+            .filter_map(|(name, full)| full.clone().map(|f| (name.to_string(), f)))
+            .collect()
+    }
+}
+
+/// Full topic names: the prefix + the standard name, unless overridden.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicNames {
+    prefix: String,
+    overrides: BTreeMap<String, String>,
+}
+
+impl Default for TopicNames {
+    fn default() -> Self {
+        Self::new("corral.")
+    }
+}
+
+impl TopicNames {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+            overrides: BTreeMap::new(),
+        }
+    }
+
+    /// Names `standard` `full` instead of prefix + `standard`.
+    pub fn with(mut self, standard: &str, full: &str) -> Self {
+        self.overrides
+            .insert(standard.to_string(), full.to_string());
+        self
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The full name of the topic whose standard name is `standard` (e.g. `events.valid`).
+    pub fn name(&self, standard: &str) -> String {
+        self.overrides
+            .get(standard)
+            .cloned()
+            .unwrap_or_else(|| format!("{}{standard}", self.prefix))
+    }
+
+    /// The full name of the topic that carries records of type `R`.
+    pub fn of<R: AvroRecord>(&self) -> String {
+        self.name(R::TOPIC)
+    }
+}
+
+/// Parses `NAME=VALUE` librdkafka properties.
+pub fn parse_properties(given: &[String]) -> Result<BTreeMap<String, String>, RuntimeError> {
+    given
+        .iter()
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+            _ => Err(RuntimeError::Config(format!(
+                "Kafka property `{p}` is not NAME=VALUE (e.g. security.protocol=SASL_SSL)"
+            ))),
+        })
+        .collect()
 }
 
 impl RuntimeArgs {
@@ -68,22 +228,54 @@ impl RuntimeArgs {
         self.fault.as_deref().map(str::parse).transpose()
     }
 
-    /// A [`RuntimeConfig`] for `application_id` with these flags applied; the caller sets the
-    /// topics (input, DLQ) and stores.
+    /// `--app`, or `default` (the service's name) when not given.
+    pub fn app_or(&self, default: &str) -> String {
+        self.app.clone().unwrap_or_else(|| default.to_string())
+    }
+
+    /// The topic names these flags give.
+    pub fn topic_names(&self) -> TopicNames {
+        TopicNames {
+            prefix: self.topic_prefix.clone(),
+            overrides: self.topics.overrides(),
+        }
+    }
+
+    /// The parsed `--kafka` properties.
+    pub fn kafka_properties(&self) -> Result<BTreeMap<String, String>, RuntimeError> {
+        parse_properties(&self.kafka)
+    }
+
+    /// A [`RuntimeConfig`] for `application_id` with these flags applied (topic names, the
+    /// dead-letter topic, client properties); the caller sets the inputs and stores.
     pub fn runtime_config(&self, application_id: &str) -> Result<RuntimeConfig, RuntimeError> {
+        Ok(self.runtime_config_with(application_id, self.kafka_properties()?, self.fault()?))
+    }
+
+    /// [`RuntimeArgs::runtime_config`] with the client properties and fault already parsed.
+    pub(crate) fn runtime_config_with(
+        &self,
+        application_id: &str,
+        kafka: BTreeMap<String, String>,
+        fault: Option<Fault>,
+    ) -> RuntimeConfig {
         let mut cfg = RuntimeConfig::new(application_id, &self.instance, &self.bootstrap);
+        cfg.topics = self.topic_names();
         cfg.topic_prefix = self.topic_prefix.clone();
+        cfg.dlq_topic = cfg.topics.name(names::DLQ);
+        cfg.kafka = kafka;
         cfg.state_dir = self.state_dir.clone();
         cfg.commit_interval = self.commit_interval();
         cfg.session_timeout = self.session_timeout();
         cfg.admin_addr = self.admin;
-        cfg.fault = self.fault()?;
-        Ok(cfg)
+        cfg.fault = fault;
+        cfg
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use clap::Parser;
 
@@ -113,6 +305,10 @@ mod tests {
             "127.0.0.1:9999",
             "--fault",
             "after_commit@3",
+            "--kafka",
+            "security.protocol=SASL_SSL",
+            "--dlq-topic",
+            "my.dlq",
         ])
         .unwrap();
         let cfg = cli.runtime.runtime_config("app").unwrap();
@@ -120,6 +316,9 @@ mod tests {
         assert_eq!(cfg.instance_id, "2");
         assert_eq!(cfg.bootstrap_servers, "k:9092");
         assert_eq!(cfg.topic_prefix, "t.");
+        assert_eq!(cfg.topics.name("events.valid"), "t.events.valid");
+        assert_eq!(cfg.dlq_topic, "my.dlq");
+        assert_eq!(cfg.kafka["security.protocol"], "SASL_SSL");
         assert_eq!(cfg.state_dir, PathBuf::from("/tmp/s"));
         assert_eq!(cfg.commit_interval, Duration::from_millis(50));
         assert_eq!(cfg.session_timeout, Duration::from_millis(6000));
@@ -128,8 +327,25 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_fault_is_an_error() {
+    fn the_application_id_has_one_flag_and_an_alias() {
+        let cli = Cli::try_parse_from(["svc", "--application-id", "x"]).unwrap();
+        assert_eq!(cli.runtime.app_or("fanout"), "x");
+        let cli = Cli::try_parse_from(["svc"]).unwrap();
+        assert_eq!(cli.runtime.app_or("fanout"), "fanout");
+    }
+
+    #[test]
+    fn topic_names_come_from_the_record_types() {
+        let names = TopicNames::new("p.").with("events.raw", "raw");
+        assert_eq!(names.of::<corral_codec::ValidEvent>(), "p.events.valid");
+        assert_eq!(names.name("events.raw"), "raw");
+    }
+
+    #[test]
+    fn bad_input_is_an_error() {
         let cli = Cli::try_parse_from(["svc", "--fault", "sometimes"]).unwrap();
         assert!(cli.runtime.runtime_config("app").is_err());
+        let err = parse_properties(&["acks".into()]).unwrap_err().to_string();
+        assert!(err.contains("NAME=VALUE"), "{err}");
     }
 }

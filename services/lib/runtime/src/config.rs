@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::cli::TopicNames;
 use crate::error::RuntimeError;
 
 /// Parses a duration such as `250ms`, `90s`, `30m`, `24h`, `7d` or `52w` into milliseconds: the one
@@ -37,6 +38,14 @@ pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
 #[serde(deny_unknown_fields)]
 pub struct StoreSpec {
     pub name: String,
+}
+
+impl From<crate::processor::Store> for StoreSpec {
+    fn from(store: crate::processor::Store) -> Self {
+        StoreSpec {
+            name: store.name().to_string(),
+        }
+    }
 }
 
 /// A crash injected at a point of the commit protocol, for recovery tests only.
@@ -85,8 +94,10 @@ pub struct RuntimeConfig {
     /// fences its predecessor at once and gets its partitions back without a rebalance.
     pub instance_id: String,
     pub bootstrap_servers: String,
-    /// Prefix of every topic name (default `corral.`).
+    /// Prefix of every topic name (default `corral.`); names changelogs.
     pub topic_prefix: String,
+    /// Full names of the standard topics, for [`crate::ProcessContext::emit_record`].
+    pub topics: TopicNames,
     /// Full input topic names. Inputs are co-partitioned: partition N of each forms one task.
     pub input_topics: Vec<String>,
     /// Full name of the dead-letter topic.
@@ -119,6 +130,7 @@ impl RuntimeConfig {
             instance_id: instance_id.to_string(),
             bootstrap_servers: bootstrap_servers.to_string(),
             topic_prefix: "corral.".to_string(),
+            topics: TopicNames::default(),
             input_topics: Vec::new(),
             dlq_topic: "corral.events.dlq".to_string(),
             stores: Vec::new(),

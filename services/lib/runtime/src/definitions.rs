@@ -7,6 +7,8 @@
 //!   calling back for every record; `caught_up` turns true once it reached the end once, so a
 //!   service can wait for a complete set before it processes data.
 //! - [`publish`]: writes (or deletes) one definition and waits for the broker's acknowledgement.
+//! - [`apply_versioned`]: the operator's "apply a file" step for every kind: read the current
+//!   set, write what changed as the next version, report [`Applied`] per definition.
 //!
 //! The reader is a plain consumer outside any group and outside the transaction: definitions are
 //! configuration, applied to whatever comes next, not data processed exactly once.
@@ -16,22 +18,19 @@
 //! `group.id` to name its reader (it never joins the group nor commits, but the id shows in broker
 //! logs and can be matched by ACLs).
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use corral_codec::{AvroRecord, Definition};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
-use tracing::{info, warn};
+use rdkafka::producer::{BaseRecord, Producer};
+use tracing::warn;
 
 use crate::error::RuntimeError;
-use crate::follow::QuietEof;
+use crate::reader::{read_to_end, Flow, Start};
 
 /// The Kafka key of a definition.
 pub fn definition_key(space_id: &str, kind: &str, key: &str) -> String {
@@ -56,41 +55,7 @@ fn kafka(during: &'static str) -> impl FnOnce(KafkaError) -> RuntimeError {
     move |source| RuntimeError::Kafka { during, source }
 }
 
-fn reader(
-    bootstrap: &str,
-    kafka_cfg: &BTreeMap<String, String>,
-    topic: &str,
-) -> Result<(BaseConsumer<QuietEof>, i32), RuntimeError> {
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", bootstrap)
-        // Never joins the group (partitions are assigned by hand); librdkafka still wants an id.
-        .set("group.id", "corral-definitions-reader")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true");
-    for (k, v) in kafka_cfg {
-        cc.set(k, v);
-    }
-    let c: BaseConsumer<QuietEof> = cc
-        .create_with_context(QuietEof)
-        .map_err(kafka("creating the definitions reader"))?;
-    let partitions = crate::follow::partition_count(&c, topic, Duration::from_secs(5))
-        .map_err(kafka("fetching definitions metadata"))?;
-    if partitions == 0 {
-        return Err(RuntimeError::Admin(format!(
-            "topic {topic} does not exist; create it with `corralctl topics apply`"
-        )));
-    }
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .map_err(kafka("assigning definitions"))?;
-    }
-    c.assign(&tpl).map_err(kafka("assigning definitions"))?;
-    Ok((c, partitions))
-}
-
-fn event_of<'a>(key: &'a str, payload: Option<&[u8]>) -> DefinitionEvent<'a> {
+pub(crate) fn event_of<'a>(key: &'a str, payload: Option<&[u8]>) -> DefinitionEvent<'a> {
     match payload {
         None => DefinitionEvent::Delete { key },
         Some(v) => match Definition::decode(v) {
@@ -111,45 +76,39 @@ pub fn read_all(
     topic: &str,
     timeout: Duration,
 ) -> Result<BTreeMap<String, Definition>, RuntimeError> {
-    let (c, partitions) = reader(bootstrap, kafka_cfg, topic)?;
-    let deadline = Instant::now() + timeout;
+    let group = kafka_cfg
+        .get("group.id")
+        .map_or("corral-definitions-reader", String::as_str);
     let mut out = BTreeMap::new();
-    let mut at_end = HashSet::new();
-    while (at_end.len() as i32) < partitions {
-        if Instant::now() > deadline {
-            return Err(RuntimeError::Admin(format!(
-                "timed out after {timeout:?} reading {topic}; is the broker reachable?"
-            )));
-        }
-        match c.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                at_end.remove(&m.partition());
-                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-                match event_of(&key, m.payload()) {
-                    DefinitionEvent::Upsert { definition, .. } => {
-                        out.insert(key, definition);
-                    }
-                    DefinitionEvent::Delete { .. } => {
-                        out.remove(&key);
-                    }
-                    DefinitionEvent::Undecodable { error, .. } => {
-                        warn!(key, error, "skipping an undecodable definition")
-                    }
+    read_to_end(
+        bootstrap,
+        kafka_cfg,
+        group,
+        topic,
+        Start::Beginning,
+        timeout,
+        |m| {
+            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+            match event_of(&key, m.payload()) {
+                DefinitionEvent::Upsert { definition, .. } => {
+                    out.insert(key, definition);
+                }
+                DefinitionEvent::Delete { .. } => {
+                    out.remove(&key);
+                }
+                DefinitionEvent::Undecodable { error, .. } => {
+                    warn!(key, error, "skipping an undecodable definition")
                 }
             }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                at_end.insert(p);
-            }
-            Some(Err(e)) => return Err(kafka("reading definitions")(e)),
-            None => {}
-        }
-    }
+            Ok::<_, RuntimeError>(Flow::Continue)
+        },
+    )?;
     Ok(out)
 }
 
 /// Starts a thread that reads `topic` from the beginning and follows it until `shutdown`,
-/// calling `on_event` for each record in order. Sets `caught_up` once every partition reached
-/// its end once.
+/// calling `on_event` for each record in order (waiting for the topic to exist). Sets
+/// `caught_up` once every partition reached its end once.
 pub fn follow<F>(
     bootstrap: &str,
     kafka_cfg: &BTreeMap<String, String>,
@@ -161,34 +120,23 @@ pub fn follow<F>(
 where
     F: FnMut(DefinitionEvent<'_>) + Send + 'static,
 {
-    let (c, partitions) = reader(bootstrap, kafka_cfg, topic)?;
-    let topic = topic.to_string();
-    std::thread::Builder::new()
-        .name("definitions".into())
-        .spawn(move || {
-            let mut at_end = HashSet::new();
-            while !shutdown.load(Ordering::SeqCst) {
-                match c.poll(Duration::from_millis(200)) {
-                    Some(Ok(m)) => {
-                        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-                        on_event(event_of(&key, m.payload()));
-                    }
-                    Some(Err(KafkaError::PartitionEOF(p)))
-                        if at_end.insert(p) && at_end.len() as i32 == partitions =>
-                    {
-                        info!(topic, "definitions loaded");
-                        caught_up.store(true, Ordering::SeqCst);
-                    }
-                    Some(Err(KafkaError::PartitionEOF(_))) => {}
-                    Some(Err(e)) => warn!(topic, error = %e, "reading definitions"),
-                    None => {}
-                }
+    let group = kafka_cfg
+        .get("group.id")
+        .map_or("corral-definitions-reader", String::as_str);
+    crate::follow::follow_topic(
+        bootstrap,
+        kafka_cfg,
+        topic,
+        group,
+        caught_up,
+        shutdown,
+        move |batch| {
+            for r in batch {
+                let key = String::from_utf8_lossy(&r.key);
+                on_event(event_of(&key, r.value.as_deref()));
             }
-        })
-        .map_err(|source| RuntimeError::Io {
-            path: "definitions thread".into(),
-            source,
-        })
+        },
+    )
 }
 
 /// Writes `definition` under `key` (or a tombstone when `None`) and waits for the acknowledgement.
@@ -199,16 +147,8 @@ pub fn publish(
     key: &str,
     definition: Option<&Definition>,
 ) -> Result<(), RuntimeError> {
-    let mut pc = ClientConfig::new();
-    pc.set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("partitioner", "murmur2_random");
-    for (k, v) in kafka_cfg {
-        pc.set(k, v);
-    }
-    let p: BaseProducer<DeliveryCheck> = pc
-        .create_with_context(DeliveryCheck::default())
-        .map_err(kafka("creating a producer"))?;
+    let p =
+        crate::reader::idempotent_producer_with(bootstrap, kafka_cfg, DeliveryCheck::default())?;
     let value = definition
         .map(AvroRecord::encode)
         .transpose()
@@ -244,5 +184,147 @@ impl rdkafka::producer::ProducerContext for DeliveryCheck {
                 f.get_or_insert_with(|| e.clone());
             }
         }
+    }
+}
+
+/// A definition as an operator's file gives it: everything but the version and the audit
+/// fields, which [`apply_versioned`] fills in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    pub space_id: String,
+    pub kind: String,
+    pub key: String,
+    pub name: Option<String>,
+    pub body: serde_json::Value,
+}
+
+/// What [`apply_versioned`] did with one definition.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "result", rename_all = "lowercase")]
+pub enum Applied {
+    /// The first version was written.
+    Created { kind: String, key: String },
+    /// A new version was written.
+    Changed {
+        kind: String,
+        key: String,
+        version: i64,
+    },
+    /// Name and body equal the current version; nothing was written.
+    Unchanged {
+        kind: String,
+        key: String,
+        version: i64,
+    },
+}
+
+impl Applied {
+    pub fn key(&self) -> &str {
+        match self {
+            Applied::Created { key, .. }
+            | Applied::Changed { key, .. }
+            | Applied::Unchanged { key, .. } => key,
+        }
+    }
+
+    /// The version now current.
+    pub fn version(&self) -> i64 {
+        match self {
+            Applied::Created { .. } => 1,
+            Applied::Changed { version, .. } | Applied::Unchanged { version, .. } => *version,
+        }
+    }
+}
+
+impl std::fmt::Display for Applied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (what, kind, key) = match self {
+            Applied::Created { kind, key } => ("created  ", kind, key),
+            Applied::Changed { kind, key, .. } => ("changed  ", kind, key),
+            Applied::Unchanged { kind, key, .. } => ("unchanged", kind, key),
+        };
+        write!(f, "{what} {kind} {key} (version {})", self.version())
+    }
+}
+
+/// How long the operator actions wait for the current definitions.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Writes each of `desired` whose name or body differs from its current version as the next
+/// version (previous + 1, or 1), stamped with `updated_by` and the time; the others are not
+/// written. `check` sees every current definition first and may refuse the whole apply (a
+/// source claimed by two plans, say). Returns one [`Applied`] per desired definition, in order.
+pub fn apply_versioned<E>(
+    bootstrap: &str,
+    kafka_cfg: &BTreeMap<String, String>,
+    topic: &str,
+    desired: &[Desired],
+    updated_by: Option<&str>,
+    check: impl FnOnce(&BTreeMap<String, Definition>) -> Result<(), E>,
+) -> Result<Vec<Applied>, E>
+where
+    E: From<RuntimeError>,
+{
+    let current = read_all(bootstrap, kafka_cfg, topic, READ_TIMEOUT)?;
+    check(&current)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut out = Vec::with_capacity(desired.len());
+    for d in desired {
+        let key = definition_key(&d.space_id, &d.kind, &d.key);
+        let prev = current.get(&key);
+        let (kind, short) = (d.kind.clone(), d.key.clone());
+        if let Some(p) = prev.filter(|p| p.body == d.body && p.name == d.name) {
+            out.push(Applied::Unchanged {
+                kind,
+                key: short,
+                version: p.version,
+            });
+            continue;
+        }
+        let version = prev.map_or(1, |p| p.version + 1);
+        let record = Definition {
+            space_id: d.space_id.clone(),
+            kind: d.kind.clone(),
+            key: d.key.clone(),
+            version,
+            name: d.name.clone(),
+            body: d.body.clone(),
+            updated_at_ms: now,
+            updated_by: updated_by.map(str::to_string),
+        };
+        publish(bootstrap, kafka_cfg, topic, &key, Some(&record))?;
+        out.push(if version == 1 {
+            Applied::Created { kind, key: short }
+        } else {
+            Applied::Changed {
+                kind,
+                key: short,
+                version,
+            }
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn applied_reads_the_same_for_every_kind() {
+        let a = Applied::Changed {
+            kind: "tracking_plan".into(),
+            key: "web".into(),
+            version: 3,
+        };
+        assert_eq!(a.to_string(), "changed   tracking_plan web (version 3)");
+        assert_eq!(a.version(), 3);
+        let c = Applied::Created {
+            kind: "source".into(),
+            key: "early".into(),
+        };
+        assert_eq!(c.to_string(), "created   source early (version 1)");
     }
 }

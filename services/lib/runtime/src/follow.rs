@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -122,10 +121,6 @@ impl ClientContext for QuietEof {
 
 impl ConsumerContext for QuietEof {}
 
-fn kafka(during: &'static str) -> impl FnOnce(KafkaError) -> RuntimeError {
-    move |source| RuntimeError::Kafka { during, source }
-}
-
 /// Starts a thread (named after `group_id`) that follows `topic` until `shutdown`, calling
 /// `on_batch` with each poll's records in order (keyless records are skipped; at most
 /// [`MAX_BATCH`]). Waits, retrying, for the topic to exist. `kafka_cfg` (librdkafka properties)
@@ -142,18 +137,7 @@ pub fn follow_topic<F>(
 where
     F: FnMut(Vec<ChangelogRecord>) + Send + 'static,
 {
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", bootstrap)
-        .set("group.id", group_id)
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true");
-    for (k, v) in kafka_cfg {
-        cc.set(k, v);
-    }
-    let c: BaseConsumer<QuietEof> = cc
-        .create_with_context(QuietEof)
-        .map_err(kafka("creating a changelog follower"))?;
+    let c = crate::reader::committed_reader(bootstrap, kafka_cfg, group_id)?;
     let topic = topic.to_string();
     std::thread::Builder::new()
         .name(group_id.to_string())

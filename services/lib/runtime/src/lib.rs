@@ -19,8 +19,11 @@
 //! - `/metrics`, `/healthz`, `/readyz` on the admin port; SIGTERM finishes the batch, commits and
 //!   closes.
 //!
-//! Around it: [`definitions`] reads and follows the compacted `definitions` topic, and
-//! [`follow`] follows a store's changelog into a service's in-memory read replica.
+//! Around it: [`service`] is the scaffold every service's `main` uses (flags, topic names,
+//! definitions, internal topics, query listeners, signals, shutdown); [`definitions`] reads,
+//! follows and applies the compacted `definitions` topic; [`follow`] follows a store's changelog
+//! into an in-memory read replica; [`reader`] makes every other `read_committed` reader (replays,
+//! backfill). The guarantees and the processor API are in `docs/runtime.md`.
 //!
 //! Guarantee: killing an instance at any moment never loses an input's effect and never applies
 //! it twice, in state or in output read with `read_committed`.
@@ -33,6 +36,8 @@ pub mod follow;
 pub mod metrics;
 pub mod processor;
 pub mod produce;
+pub mod reader;
+pub mod service;
 pub mod store;
 mod thread;
 pub mod topics;
@@ -44,9 +49,13 @@ use corral_telemetry::Health;
 use prometheus::Registry;
 use tracing::{error, info};
 
+pub use cli::{RuntimeArgs, TopicNames};
 pub use config::{Fault, FaultPoint, RuntimeConfig, StoreSpec};
 pub use error::{classify, RuntimeError, TxnAction};
-pub use processor::{InputRecord, Output, ProcessContext, ProcessError, Processor};
+pub use processor::{
+    InputRecord, Output, ProcessContext, ProcessError, Processor, Store, StoreRef,
+};
+pub use service::{Service, ServiceError};
 pub use store::{Entry, StateStore, StoreError};
 
 use crate::metrics::RuntimeMetrics;

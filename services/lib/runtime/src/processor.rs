@@ -2,7 +2,44 @@
 //! through a [`ProcessContext`]. Everything else (transactions, offsets, stores, restore,
 //! rebalances, dead letters) is the runtime's.
 
+use corral_codec::AvroRecord;
+
+use crate::cli::TopicNames;
 use crate::store::{Entry, StateStore, StoreError};
+
+/// A state store, named once as a constant and used both to declare it
+/// (`cfg.stores = vec![DEDUP.into()]`) and to read and write it while processing
+/// (`ctx.get(DEDUP, key)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Store(&'static str);
+
+impl Store {
+    pub const fn named(name: &'static str) -> Self {
+        Store(name)
+    }
+
+    pub const fn name(&self) -> &'static str {
+        self.0
+    }
+}
+
+/// How a [`ProcessContext`] method names a store: a [`Store`] handle, or the position in the
+/// config's list (kept for processors that predate named handles).
+pub trait StoreRef: Copy {
+    fn position(self, stores: &[StateStore]) -> Option<usize>;
+}
+
+impl StoreRef for Store {
+    fn position(self, stores: &[StateStore]) -> Option<usize> {
+        stores.iter().position(|s| s.name() == self.0)
+    }
+}
+
+impl StoreRef for usize {
+    fn position(self, stores: &[StateStore]) -> Option<usize> {
+        (self < stores.len()).then_some(self)
+    }
+}
 
 /// One input record, borrowed from the consumer.
 #[derive(Debug, Clone, Copy)]
@@ -105,12 +142,16 @@ where
 /// A pending write of the record being processed: (store index, key, value or delete).
 pub(crate) type PendingWrite = (usize, Vec<u8>, Option<Vec<u8>>);
 
+/// The index a write to an undeclared store gets; applying it fails the transaction.
+pub(crate) const UNDECLARED: usize = usize::MAX;
+
 /// Access to the task's stores and the transaction's outputs while one record is processed.
 pub struct ProcessContext<'a> {
     pub(crate) partition: i32,
     pub(crate) stores: &'a [StateStore],
     pub(crate) writes: &'a mut Vec<PendingWrite>,
     pub(crate) outputs: &'a mut Vec<Output>,
+    pub(crate) topics: &'a TopicNames,
     /// Set from `punctuate`: run it again as soon as the input is idle.
     pub(crate) again_when_idle: bool,
 }
@@ -134,7 +175,8 @@ impl<'a> ProcessContext<'a> {
     }
 
     /// Reads a key of this task's partition, seeing this record's own earlier writes.
-    pub fn get(&self, store: usize, key: &[u8]) -> Result<Option<Vec<u8>>, ProcessError> {
+    pub fn get(&self, store: impl StoreRef, key: &[u8]) -> Result<Option<Vec<u8>>, ProcessError> {
+        let store = self.position(store)?;
         // Latest write of this record wins; the list is tiny, so a reverse scan beats a map.
         if let Some((_, _, v)) = self
             .writes
@@ -144,22 +186,19 @@ impl<'a> ProcessContext<'a> {
         {
             return Ok(v.clone());
         }
-        let s = self
-            .stores
-            .get(store)
-            .ok_or_else(|| ProcessError::Fatal(format!("no store with index {store}")))?;
-        Ok(s.get(self.partition, key)?)
+        Ok(self.stores[store].get(self.partition, key)?)
     }
 
     /// This task's entries whose key starts with `prefix`, in key order, seeing the open
     /// transaction's writes and this record's own earlier writes. Reads the whole range into
     /// memory: keep prefixes narrow (one profile, one bucket).
-    pub fn scan_prefix(&self, store: usize, prefix: &[u8]) -> Result<Vec<Entry>, ProcessError> {
-        let s = self
-            .stores
-            .get(store)
-            .ok_or_else(|| ProcessError::Fatal(format!("no store with index {store}")))?;
-        let mut entries = s.scan_prefix(self.partition, prefix)?;
+    pub fn scan_prefix(
+        &self,
+        store: impl StoreRef,
+        prefix: &[u8],
+    ) -> Result<Vec<Entry>, ProcessError> {
+        let store = self.position(store)?;
+        let mut entries = self.stores[store].scan_prefix(self.partition, prefix)?;
         let own: Vec<&PendingWrite> = self
             .writes
             .iter()
@@ -178,15 +217,55 @@ impl<'a> ProcessContext<'a> {
         Ok(merged.into_iter().collect())
     }
 
-    pub fn put(&mut self, store: usize, key: Vec<u8>, value: Vec<u8>) {
+    /// Writes `key`; a store the config does not declare fails the transaction when it is applied.
+    pub fn put(&mut self, store: impl StoreRef, key: Vec<u8>, value: Vec<u8>) {
+        let store = store.position(self.stores).unwrap_or(UNDECLARED);
         self.writes.push((store, key, Some(value)));
     }
 
-    pub fn delete(&mut self, store: usize, key: Vec<u8>) {
+    pub fn delete(&mut self, store: impl StoreRef, key: Vec<u8>) {
+        let store = store.position(self.stores).unwrap_or(UNDECLARED);
         self.writes.push((store, key, None));
     }
 
-    /// Produces a record inside the transaction, partitioned by key.
+    fn position(&self, store: impl StoreRef) -> Result<usize, ProcessError> {
+        store.position(self.stores).ok_or_else(|| {
+            ProcessError::Fatal("a store the runtime config does not declare was read".into())
+        })
+    }
+
+    /// The full name of a standard topic (see [`TopicNames`]).
+    pub fn topic(&self, standard: &str) -> String {
+        self.topics.name(standard)
+    }
+
+    /// Encodes `record` and produces it inside the transaction to the topic its type travels
+    /// on, partitioned by `key`.
+    pub fn emit_record<R: AvroRecord>(
+        &mut self,
+        key: impl Into<Vec<u8>>,
+        record: &R,
+    ) -> Result<(), ProcessError> {
+        let topic = self.topics.of::<R>();
+        self.emit_record_to(&topic, key, record)
+    }
+
+    /// Encodes `record` and produces it to `topic` (a re-keyed copy of a standard topic, such as
+    /// identity's `identity.events-by-space`), partitioned by `key`.
+    pub fn emit_record_to<R: AvroRecord>(
+        &mut self,
+        topic: &str,
+        key: impl Into<Vec<u8>>,
+        record: &R,
+    ) -> Result<(), ProcessError> {
+        let value = record
+            .encode()
+            .map_err(|e| ProcessError::Fatal(format!("encoding a {} record: {e}", R::TOPIC)))?;
+        self.emit(topic, Some(key.into()), Some(value));
+        Ok(())
+    }
+
+    /// Produces raw bytes inside the transaction, partitioned by key.
     pub fn emit(&mut self, topic: &str, key: Option<Vec<u8>>, value: Option<Vec<u8>>) {
         self.outputs.push(Output {
             topic: topic.to_string(),

@@ -334,6 +334,7 @@ impl Engine {
             stores: &self.stores,
             writes: &mut self.writes,
             outputs: &mut self.outputs,
+            topics: &self.cfg.topics,
             again_when_idle: false,
         };
         match self.processor.process(&mut ctx, &record) {
@@ -361,9 +362,12 @@ impl Engine {
     /// produces its outputs inside the open transaction.
     fn apply_effects(&mut self, partition: i32) -> Result<(), RuntimeError> {
         for (store, key, value) in self.writes.drain(..) {
-            if let Some(s) = self.stores.get_mut(store) {
-                s.put(partition, key, value);
-            }
+            let s = self.stores.get_mut(store).ok_or_else(|| {
+                RuntimeError::Processor(
+                    "the processor wrote to a store the runtime config does not declare".into(),
+                )
+            })?;
+            s.put(partition, key, value);
         }
         for out in &self.outputs {
             self.send(
@@ -396,6 +400,7 @@ impl Engine {
                 stores: &self.stores,
                 writes: &mut self.writes,
                 outputs: &mut self.outputs,
+                topics: &self.cfg.topics,
                 again_when_idle: false,
             };
             let result = self.processor.punctuate(&mut ctx, now);

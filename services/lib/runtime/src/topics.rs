@@ -107,7 +107,8 @@ pub fn parse_retention(s: &str) -> Result<i64, String> {
 
 impl Manifest {
     pub fn from_yaml(text: &str) -> Result<Self, RuntimeError> {
-        serde_yaml::from_str(text).map_err(|e| RuntimeError::Config(format!("topic manifest: {e}")))
+        serde_yaml_ng::from_str(text)
+            .map_err(|e| RuntimeError::Config(format!("topic manifest: {e}")))
     }
 
     /// Resolves every topic with `prefix` (the manifest's own unless overridden).

@@ -6,8 +6,8 @@ use std::path::Path;
 use corral_codec::SegmentMessage;
 use serde_json::Value as Json;
 
-use crate::engine::{self, Decision, Verdict};
-use crate::plan::{self, LoadError};
+use crate::plans::engine::{self, Decision, Verdict};
+use crate::plans::plan::{self, LoadError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {

@@ -11,7 +11,7 @@ use jsonschema::error::ValidationErrorKind;
 use jsonschema::ValidationError;
 use serde_json::{Map, Value as Json};
 
-use crate::plan::{AllowBlock, AllowOmit, CompiledPlan, Schema, ViolationControl};
+use crate::plans::plan::{AllowBlock, AllowOmit, CompiledPlan, Schema, ViolationControl};
 
 /// Violation types: a closed set (they label metrics).
 pub mod kind {
@@ -552,7 +552,3 @@ fn annotate_context(msg: &mut SegmentMessage, ann: &ProtocolsAnnotation) {
         }
     }
 }
-
-#[cfg(test)]
-#[path = "engine_tests.rs"]
-mod tests;

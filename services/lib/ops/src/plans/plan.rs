@@ -251,7 +251,7 @@ fn compile_schema(schema: &Json, path: &[String], errors: &mut Vec<PlanError>) -
 impl PlanFile {
     /// Parses a plan from YAML or JSON text (JSON is YAML).
     pub fn parse(text: &str) -> Result<PlanFile, LoadError> {
-        serde_yaml::from_str(text).map_err(|e| {
+        serde_yaml_ng::from_str(text).map_err(|e| {
             let line = e.location().map(|l| l.line());
             LoadError::Parse(e.to_string(), line)
         })
