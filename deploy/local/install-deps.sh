@@ -39,6 +39,10 @@ command -v cmake >/dev/null 2>&1 || need_pkg cmake
 # bindgen (rocksdb, rdkafka) needs libclang; rdkafka's build wants curl headers
 need_pkg libclang-dev
 need_pkg libcurl4-openssl-dev
+# librdkafka's TLS and SASL (SCRAM, PLAIN) link the system OpenSSL; the TLS tests make their CA
+# and certificates with the openssl command and the JDK's keytool
+need_pkg libssl-dev
+need_pkg openssl
 # the local Kafka broker: Maven fetches the jars, Kafka 4 needs Java 17+
 command -v mvn >/dev/null 2>&1 || need_pkg maven
 if [[ "$(java_major)" -lt 17 ]]; then need_pkg openjdk-17-jdk-headless; fi

@@ -5,6 +5,7 @@
 # (fetched by deploy/local/pom.xml into a cache folder outside git). See deploy/local/README.md.
 #
 #   kafka.sh fetch | start | stop | status | reset | perf | topics-cli ARGS... | run CLASS ARGS... | env
+#            | user NAME PASSWORD | acl ARGS...
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -18,6 +19,8 @@ KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms768m -Xmx768m}"
 KAFKA_LOG_LEVEL="${KAFKA_LOG_LEVEL:-INFO}"
 KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
 KAFKA_NUM_PARTITIONS="${KAFKA_NUM_PARTITIONS:-1}"
+# the SASL_SSL listener (SCRAM-SHA-512, TLS from a local test CA, ACLs); the controller is PORT+1
+KAFKA_SECURE_PORT="${KAFKA_SECURE_PORT:-$((KAFKA_PORT + 2))}"
 CORRAL_CACHE="${CORRAL_CACHE:-${HOME:-/root}/.cache/corral}"
 KAFKA_DIST="$CORRAL_CACHE/kafka-$KAFKA_VERSION"
 KAFKA_LIB="$KAFKA_DIST/lib"
@@ -26,6 +29,7 @@ STAMP="$KAFKA_DIST/.fetched"
 BOOTSTRAP="$KAFKA_HOST:$KAFKA_PORT"
 PID_FILE="$KAFKA_DATA_DIR/kafka.pid"
 CONF="$KAFKA_DATA_DIR/server.properties"
+TLS_DIR="$KAFKA_DATA_DIR/tls"
 LOG_DIR="$KAFKA_DATA_DIR/data"
 LOGS="$KAFKA_DATA_DIR/logs"
 SERVER_LOG="$LOGS/server.log"
@@ -167,11 +171,34 @@ is_our_broker() {
   [[ "$cmd" == *" kafka.Kafka $CONF"* ]]
 }
 
+# A test CA and the broker's certificate for the secured listener, made once per data dir with
+# openssl: $TLS_DIR/ca.pem is what clients trust (ssl.ca.location).
+ensure_tls() {
+  [[ -f "$TLS_DIR/broker-keystore.pem" && -f "$TLS_DIR/ca.pem" ]] && return 0
+  command -v openssl >/dev/null 2>&1 || die "openssl is needed for the TLS listener (deploy/local/install-deps.sh installs it)"
+  mkdir -p "$TLS_DIR"
+  local t="$TLS_DIR"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=Corral local test CA" \
+    -keyout "$t/ca.key" -out "$t/ca.pem" 2>/dev/null || die "making the test CA failed"
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=$KAFKA_HOST" \
+    -keyout "$t/broker.key.pkcs1" -out "$t/broker.csr" 2>/dev/null || die "making the broker key failed"
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost%s\n' \
+    "$([[ "$KAFKA_HOST" != 127.0.0.1 ]] && echo ",DNS:$KAFKA_HOST")" >"$t/san.ext"
+  openssl x509 -req -in "$t/broker.csr" -CA "$t/ca.pem" -CAkey "$t/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$t/san.ext" -out "$t/broker.pem" 2>/dev/null || die "signing the broker certificate failed"
+  # Kafka's PEM keystore: an unencrypted PKCS#8 key followed by the certificate chain
+  openssl pkcs8 -topk8 -nocrypt -in "$t/broker.key.pkcs1" -out "$t/broker.key" || die "converting the broker key failed"
+  cat "$t/broker.key" "$t/broker.pem" "$t/ca.pem" >"$t/broker-keystore.pem"
+  rm -f "$t/broker.key.pkcs1" "$t/broker.csr" "$t/san.ext"
+}
+
 render_conf() {
   local cport="$1"
   mkdir -p "$KAFKA_DATA_DIR" "$LOG_DIR" "$LOGS"
+  ensure_tls
   sed -e "s|@HOST@|$KAFKA_HOST|g" -e "s|@PORT@|$KAFKA_PORT|g" \
       -e "s|@CONTROLLER_PORT@|$cport|g" -e "s|@LOG_DIR@|$LOG_DIR|g" \
+      -e "s|@SECURE_PORT@|$KAFKA_SECURE_PORT|g" -e "s|@TLS_DIR@|$TLS_DIR|g" \
       -e "s|@NUM_PARTITIONS@|$KAFKA_NUM_PARTITIONS|g" \
       "$HERE/server.properties.in" >"$CONF.tmp"
   mv "$CONF.tmp" "$CONF"
@@ -244,6 +271,7 @@ cmd_start() {
     port_in_use "$KAFKA_PORT" && die "port $KAFKA_PORT on $KAFKA_HOST is taken by something that is not a Kafka broker"
     local cport; cport="$(controller_port)"
     port_in_use "$cport" && die "controller port $cport on $KAFKA_HOST is taken (set KAFKA_CONTROLLER_PORT)"
+    port_in_use "$KAFKA_SECURE_PORT" && die "secured listener port $KAFKA_SECURE_PORT on $KAFKA_HOST is taken (set KAFKA_SECURE_PORT)"
     render_conf "$cport"
 
     if [[ ! -f "$LOG_DIR/meta.properties" ]]; then
@@ -345,9 +373,30 @@ cmd_run() {
   kjava WARN -Xmx512m "$@"
 }
 
+# SCRAM-SHA-512 credentials for a principal of the secured listener (created or replaced).
+cmd_user() {
+  (($# == 2)) || die "usage: kafka.sh user NAME PASSWORD"
+  cmd_fetch
+  check_java
+  ktool kafka.admin.ConfigCommand --bootstrap-server "$BOOTSTRAP" --command-config "$(admin_conf)" \
+    --alter --entity-type users --entity-name "$1" \
+    --add-config "SCRAM-SHA-512=[iterations=4096,password=$2]" >&2
+}
+
+# Kafka's ACL tool against the local broker (as the super user), e.g.
+#   kafka.sh acl --add --allow-principal User:validator --operation Read --topic corral.events.raw
+cmd_acl() {
+  (($#)) || die "usage: kafka.sh acl AclCommand-ARGS... (see docs/security.md)"
+  cmd_fetch
+  check_java
+  ktool org.apache.kafka.tools.AclCommand --bootstrap-server "$BOOTSTRAP" --command-config "$(admin_conf)" "$@" >&2
+}
+
 cmd_env() {
   echo "KAFKA_VERSION=$KAFKA_VERSION"
   echo "KAFKA_BOOTSTRAP=$BOOTSTRAP"
+  echo "KAFKA_SECURE_BOOTSTRAP=$KAFKA_HOST:$KAFKA_SECURE_PORT"
+  echo "KAFKA_CA=$TLS_DIR/ca.pem"
   echo "KAFKA_LIB=$KAFKA_LIB"
   echo "KAFKA_DATA_DIR=$KAFKA_DATA_DIR"
   echo "KAFKA_SERVER_LOG=$SERVER_LOG"
@@ -420,7 +469,9 @@ usage: deploy/local/kafka.sh COMMAND [ARGS]
   perf               broker baseline: ProducerPerformance then ConsumerPerformance, 1 KB records
   topics-cli ARGS    org.apache.kafka.tools.TopicCommand with --bootstrap-server $BOOTSTRAP
   run CLASS ARGS     any Java main class on the Kafka classpath (console tools, TransactionsCommand, ...)
-  env                print KAFKA_BOOTSTRAP, KAFKA_LIB, ... as NAME=value lines
+  env                print KAFKA_BOOTSTRAP, KAFKA_SECURE_BOOTSTRAP, KAFKA_CA, ... as NAME=value lines
+  user NAME PASSWORD SCRAM-SHA-512 credentials for NAME on the secured listener ($KAFKA_HOST:$KAFKA_SECURE_PORT)
+  acl ARGS           org.apache.kafka.tools.AclCommand as the super user (--add/--remove/--list ...)
 EOF
 }
 
@@ -437,6 +488,8 @@ main() {
     topics-cli | topics) cmd_topics "$@" ;;
     run) cmd_run "$@" ;;
     env) cmd_env ;;
+    user) cmd_user "$@" ;;
+    acl) cmd_acl "$@" ;;
     -h | --help | help) usage ;;
     "") usage; exit 2 ;;
     *) usage >&2; die "unknown command '$cmd'" ;;

@@ -48,6 +48,9 @@ pub struct Args {
         value_delimiter = ';'
     )]
     pub kafka: Vec<String>,
+    /// A properties file of client settings (`name=value` lines), as in every service.
+    #[arg(long, env = "CORRAL_KAFKA_CONFIG", value_name = "FILE")]
+    pub kafka_config: Option<PathBuf>,
     /// Topic name prefix [default: corral.].
     #[arg(long, env = "CORRAL_TOPIC_PREFIX")]
     pub topic_prefix: Option<String>,
@@ -97,6 +100,16 @@ pub struct Args {
     /// Retry-After seconds on 503 and 429 [default: 1].
     #[arg(long, env = "CORRAL_COLLECTOR_RETRY_AFTER_SECONDS")]
     pub retry_after_seconds: Option<u64>,
+    /// How long a request's headers may take to arrive, in ms; slow clients are dropped
+    /// [default: 10000].
+    #[arg(long, env = "CORRAL_COLLECTOR_HEADER_TIMEOUT_MS")]
+    pub header_timeout_ms: Option<u64>,
+    /// How long a request's body may take to arrive, in ms; 408 after that [default: 10000].
+    #[arg(long, env = "CORRAL_COLLECTOR_BODY_TIMEOUT_MS")]
+    pub body_timeout_ms: Option<u64>,
+    /// Requests per second per write key (429 with Retry-After above it) [default: no limit].
+    #[arg(long, env = "CORRAL_COLLECTOR_RATE_LIMIT_PER_KEY")]
+    pub rate_limit_per_key: Option<u32>,
     /// Log JSON lines (production).
     #[arg(long, env = "CORRAL_LOG_JSON")]
     pub log_json: bool,
@@ -178,7 +191,15 @@ pub struct Config {
     pub limits: Limits,
     pub delivery_timeout_ms: u64,
     pub retry_after_seconds: u64,
+    pub header_timeout: std::time::Duration,
+    pub body_timeout: std::time::Duration,
+    /// Requests per second per write key; `None`: no limit.
+    pub rate_limit_per_key: Option<std::num::NonZeroU32>,
     pub log_json: bool,
+}
+
+fn ms(n: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(n.max(1))
 }
 
 /// Parses `KEY=SOURCE[:SPACE]`.
@@ -246,13 +267,17 @@ impl Config {
             )
         };
 
+        // The config file's properties, then the shared sources (properties file,
+        // CORRAL_KAFKA_PROP_* variables, --kafka), as in every service.
         let mut kafka_properties = file.kafka.properties;
-        for p in &args.kafka {
-            let (k, v) = p
-                .split_once('=')
-                .ok_or_else(|| ConfigError::KafkaProperty(p.clone()))?;
-            kafka_properties.insert(k.trim().to_string(), v.trim().to_string());
-        }
+        kafka_properties.extend(
+            corral_runtime::cli::client_properties(
+                args.kafka_config.as_deref(),
+                std::env::vars(),
+                &args.kafka,
+            )
+            .map_err(|e| ConfigError::KafkaProperty(e.to_string()))?,
+        );
 
         let mut using_demo_key = false;
         let entries: Vec<(String, Source)> = if !args.write_keys.is_empty() {
@@ -349,6 +374,9 @@ impl Config {
                 .or(file.retry_after_seconds)
                 .unwrap_or(1)
                 .max(1),
+            header_timeout: ms(args.header_timeout_ms.unwrap_or(10_000)),
+            body_timeout: ms(args.body_timeout_ms.unwrap_or(10_000)),
+            rate_limit_per_key: args.rate_limit_per_key.and_then(std::num::NonZeroU32::new),
             log_json: args.log_json,
         })
     }

@@ -45,6 +45,12 @@ pub enum IngestError {
     NotFound(String),
     #[error("method {0} is not allowed here; use POST")]
     MethodNotAllowed(String),
+    #[error("the request body did not arrive within {0:?}; send it faster or in smaller batches")]
+    BodyTimeout(std::time::Duration),
+    #[error(
+        "this write key sent more requests than its limit; retry after {retry_after_seconds}s"
+    )]
+    KeyRateLimited { retry_after_seconds: u64 },
 }
 
 impl IngestError {
@@ -60,7 +66,8 @@ impl IngestError {
             | TooManyMessages { .. } => StatusCode::BAD_REQUEST,
             MissingWriteKey | InvalidWriteKey | InvalidAuthorization(_) => StatusCode::UNAUTHORIZED,
             Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            Overloaded | KeyRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             NotFound(_) => StatusCode::NOT_FOUND,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -81,7 +88,8 @@ impl IngestError {
             InvalidWriteKey => "invalid_write_key",
             InvalidAuthorization(_) => "invalid_authorization",
             Unavailable(_) => "unavailable",
-            Overloaded => "rate_limited",
+            Overloaded | KeyRateLimited { .. } => "rate_limited",
+            BodyTimeout(_) => "request_timeout",
             NotFound(_) => "not_found",
             MethodNotAllowed(_) => "method_not_allowed",
         }
@@ -89,7 +97,12 @@ impl IngestError {
 
     /// Whether the client should retry (and gets `Retry-After`).
     pub fn retryable(&self) -> bool {
-        matches!(self, IngestError::Unavailable(_) | IngestError::Overloaded)
+        matches!(
+            self,
+            IngestError::Unavailable(_)
+                | IngestError::Overloaded
+                | IngestError::KeyRateLimited { .. }
+        )
     }
 
     /// The response, with `Retry-After: <seconds>` on retryable errors.
@@ -97,7 +110,13 @@ impl IngestError {
         let body = serde_json::json!({ "code": self.code(), "message": self.to_string() });
         let mut resp = (self.status(), axum::Json(body)).into_response();
         if self.retryable() {
-            if let Ok(v) = HeaderValue::from_str(&retry_after_seconds.max(1).to_string()) {
+            let seconds = match self {
+                IngestError::KeyRateLimited {
+                    retry_after_seconds,
+                } => *retry_after_seconds,
+                _ => retry_after_seconds,
+            };
+            if let Ok(v) = HeaderValue::from_str(&seconds.max(1).to_string()) {
                 resp.headers_mut().insert("retry-after", v);
             }
         }
@@ -150,7 +169,8 @@ pub enum ConfigError {
     WriteKey(String),
     #[error("invalid trusted proxy {0:?}: expected an IP address or CIDR such as 10.0.0.0/8")]
     TrustedProxy(String),
-    #[error("invalid Kafka property {0:?}: expected NAME=VALUE")]
+    /// A client property that is not NAME=VALUE, or a properties file that cannot be read.
+    #[error("Kafka client properties: {0}")]
     KafkaProperty(String),
     #[error("invalid configuration: {0}")]
     Invalid(String),

@@ -18,6 +18,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::auth::{self, WriteKeys};
 use crate::error::IngestError;
+use crate::guard::Guards;
 use crate::ingest::{self, Endpoint, Limits, Normalized, Receipt};
 use crate::ip::{self, Cidr};
 use crate::metrics::Metrics;
@@ -33,6 +34,7 @@ pub struct App<S> {
     pub metrics: Metrics,
     pub raw_topic: String,
     pub retry_after_seconds: u64,
+    pub guards: Guards,
 }
 
 /// Paths and the endpoint each serves (the one-letter forms are analytics.js's).
@@ -82,7 +84,8 @@ pub fn router<S: Sink>(app: Arc<App<S>>) -> Router {
 const ALLOW_HEADERS: &str = "Authorization, Content-Type, Content-Encoding, X-Retry-Count";
 
 /// CORS for analytics.js: preflights are answered here; every response carries
-/// `Access-Control-Allow-Origin` (the request's Origin, so credentialed requests work too).
+/// `Access-Control-Allow-Origin` (the request's Origin). Never `Allow-Credentials`: a page's
+/// cookies have no business at the collector, and the write key travels in the request itself.
 async fn cors(req: Request, next: Next) -> Response {
     let origin = req.headers().get("origin").cloned();
     if req.method() == Method::OPTIONS {
@@ -111,10 +114,6 @@ fn set_origin(h: &mut HeaderMap, origin: Option<HeaderValue>) {
     match origin {
         Some(o) => {
             h.insert("access-control-allow-origin", o);
-            h.insert(
-                "access-control-allow-credentials",
-                HeaderValue::from_static("true"),
-            );
             h.append("vary", HeaderValue::from_static("Origin"));
         }
         None => {
@@ -187,7 +186,10 @@ async fn ingest_request<S: Sink>(
         auth::HeaderCredential::None => None,
     };
     let limit = app.limits.max_request_bytes;
-    let raw = read_body(body, headers, limit).await?;
+    let timeout = app.guards.body_timeout;
+    let raw = tokio::time::timeout(timeout, read_body(body, headers, limit))
+        .await
+        .map_err(|_| IngestError::BodyTimeout(timeout))??;
     app.metrics.request_size.observe(raw.len() as f64);
     let encoding = headers
         .get("content-encoding")
@@ -202,6 +204,13 @@ async fn ingest_request<S: Sink>(
         Some(s) => s,
         None => auth::resolve(&app.keys, &header_cred, envelope.write_key.as_deref())?,
     };
+    if let Some(limiter) = &app.guards.per_key {
+        limiter
+            .check(&source.key_id)
+            .map_err(|wait| IngestError::KeyRateLimited {
+                retry_after_seconds: wait.as_secs_f64().ceil() as u64,
+            })?;
+    }
 
     let client_ip = peer.map(|p| {
         let xff = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
@@ -389,6 +398,7 @@ mod tests {
             metrics: Metrics::new(&registry).unwrap(),
             raw_topic: "t.events.raw".into(),
             retry_after_seconds: 2,
+            guards: Guards::default(),
         })
     }
 

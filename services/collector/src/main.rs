@@ -3,7 +3,6 @@
 //! Local stack: `corral-collector` with no flags listens on 127.0.0.1:8080, writes to
 //! `corral.events.raw` on 127.0.0.1:9092 and accepts the write key `corral-demo`.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use corral_collector::config::{Args, Config};
+use corral_collector::guard::{Guards, KeyRateLimiter};
 use corral_collector::http::{self, App};
 use corral_collector::metrics::Metrics;
 use corral_collector::readiness::{self, shutdown_signal};
@@ -47,6 +47,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         metrics,
         raw_topic: cfg.raw_topic.clone(),
         retry_after_seconds: cfg.retry_after_seconds,
+        guards: Guards {
+            header_timeout: cfg.header_timeout,
+            body_timeout: cfg.body_timeout,
+            per_key: cfg.rate_limit_per_key.map(KeyRateLimiter::new),
+        },
     });
 
     // Readiness: probe Kafka until it answers and both topics exist, and again whenever a
@@ -86,13 +91,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             )
         })?;
     tracing::info!(listen = %cfg.listen, raw_topic = %cfg.raw_topic, dlq_topic = %cfg.dlq_topic, bootstrap = %cfg.kafka_bootstrap, "collector listening");
-    axum::serve(
-        listener,
-        api.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .context("serving HTTP")?;
+    corral_collector::serve::serve(listener, api, cfg.header_timeout, shutdown_signal()).await;
     tracing::info!("shutting down: flushing the producer");
     let flush_app = app.clone();
     tokio::task::spawn_blocking(move || flush_app.sink.flush(Duration::from_secs(10)))

@@ -178,6 +178,11 @@ fn documented_errors_cors_and_dead_letters() {
         pre.header("access-control-allow-headers"),
         Some("authorization,content-type,x-retry-count")
     );
+    assert_eq!(
+        pre.header("access-control-allow-credentials"),
+        None,
+        "credentials are never allowed cross-origin"
+    );
 
     // Accepted: gzip batch with writeKey in the body, batch-level context merged; every single
     // endpoint and short alias; the Origin is echoed on the actual request.

@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
-use crate::{print_json, Output};
+use crate::{print_json, Kafka, Output};
 use corral_ops::audiences::{self as admin, AdminError, DefinitionsTopic};
 
 #[derive(Args)]
@@ -66,10 +66,10 @@ pub enum AudiencesAction {
     },
 }
 
-fn topic(bootstrap: &str, w: Where) -> DefinitionsTopic {
+fn topic(kafka: &Kafka, w: Where) -> DefinitionsTopic {
     DefinitionsTopic {
-        bootstrap: bootstrap.to_string(),
-        kafka: BTreeMap::new(),
+        bootstrap: kafka.bootstrap.clone(),
+        kafka: kafka.properties.clone(),
         topic: w
             .topic
             .unwrap_or_else(|| format!("{}definitions", w.prefix)),
@@ -78,13 +78,13 @@ fn topic(bootstrap: &str, w: Where) -> DefinitionsTopic {
 }
 
 pub fn audiences(
-    bootstrap: &str,
+    kafka: &Kafka,
     output: Output,
     action: AudiencesAction,
 ) -> anyhow::Result<ExitCode> {
     match action {
         AudiencesAction::Apply { file, at, by } => {
-            match admin::apply_file(&topic(bootstrap, at), &file, by) {
+            match admin::apply_file(&topic(kafka, at), &file, by) {
                 Ok(lines) => {
                     for l in lines {
                         println!("{l}");
@@ -100,7 +100,7 @@ pub fn audiences(
             }
         }
         AudiencesAction::List { at } => {
-            let listed = admin::list(&topic(bootstrap, at))?;
+            let listed = admin::list(&topic(kafka, at))?;
             if output == Output::Json {
                 let rows: Vec<_> = listed
                     .iter()
@@ -134,7 +134,7 @@ pub fn audiences(
             }
             Ok(ExitCode::SUCCESS)
         }
-        AudiencesAction::Delete { key, at } => match admin::delete(&topic(bootstrap, at), &key) {
+        AudiencesAction::Delete { key, at } => match admin::delete(&topic(kafka, at), &key) {
             Ok(kind) => {
                 println!("deleted {kind} {key}");
                 Ok(ExitCode::SUCCESS)
@@ -151,7 +151,7 @@ pub fn audiences(
             wait,
             timeout,
         } => {
-            let defs = admin::list(&topic(bootstrap, at))?;
+            let defs = admin::list(&topic(kafka, at))?;
             let progress = if wait {
                 match wait_for_backfill(&compute_admin, &timeout)? {
                     Some(p) => p,

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
+
+use crate::Kafka;
 use corral_ops::destinations::{apply_destinations, load_file, replay_deliveries, ReplayFilter};
 
 #[derive(Subcommand)]
@@ -46,7 +48,7 @@ pub enum ReplayCommand {
     },
 }
 
-pub fn destinations(bootstrap: &str, action: DestinationsAction) -> anyhow::Result<ExitCode> {
+pub fn destinations(kafka: &Kafka, action: DestinationsAction) -> anyhow::Result<ExitCode> {
     match action {
         DestinationsAction::Validate { file } => match load_file(&file) {
             Ok(f) => {
@@ -63,7 +65,13 @@ pub fn destinations(bootstrap: &str, action: DestinationsAction) -> anyhow::Resu
             }
         },
         DestinationsAction::Apply { file, prefix, by } => {
-            for r in apply_destinations(bootstrap, &format!("{prefix}definitions"), &file, by)? {
+            for r in apply_destinations(
+                &kafka.bootstrap,
+                &kafka.properties,
+                &format!("{prefix}definitions"),
+                &file,
+                by,
+            )? {
                 println!("{r}");
             }
             Ok(ExitCode::SUCCESS)
@@ -71,9 +79,9 @@ pub fn destinations(bootstrap: &str, action: DestinationsAction) -> anyhow::Resu
     }
 }
 
-pub fn replay(bootstrap: &str, action: ReplayCommand) -> anyhow::Result<ExitCode> {
+pub fn replay(kafka: &Kafka, action: ReplayCommand) -> anyhow::Result<ExitCode> {
     match action {
-        ReplayCommand::Plans(a) => crate::plans::replay(bootstrap, a),
+        ReplayCommand::Plans(a) => crate::plans::replay(kafka, a),
         ReplayCommand::Deliveries {
             since,
             destination,
@@ -95,7 +103,8 @@ pub fn replay(bootstrap: &str, action: ReplayCommand) -> anyhow::Result<ExitCode
             };
             let bar = crate::read_progress("reading dead-lettered deliveries");
             let n = replay_deliveries(
-                bootstrap,
+                &kafka.bootstrap,
+                &kafka.properties,
                 &format!("{prefix}deliveries.dlq"),
                 &format!("{prefix}deliveries.replay"),
                 &filter,

@@ -36,14 +36,8 @@ use corral_runtime::topics::{Manifest, TopicAdmin};
 #[derive(Parser)]
 #[command(name = "corralctl", version, about = "Operate a Corral deployment")]
 struct Cli {
-    /// Kafka bootstrap servers.
-    #[arg(
-        long,
-        global = true,
-        env = "CORRAL_KAFKA_BOOTSTRAP",
-        default_value = "127.0.0.1:9092"
-    )]
-    bootstrap: String,
+    #[command(flatten)]
+    kafka: corral_runtime::KafkaArgs,
     /// How list and status commands print: aligned text, or JSON for scripts.
     #[arg(
         long,
@@ -128,6 +122,9 @@ enum TopicsAction {
         /// Topic name prefix (overrides the manifest's).
         #[arg(long, env = "CORRAL_TOPIC_PREFIX")]
         prefix: Option<String>,
+        /// Replication factor of every topic (overrides the manifest's; -1: the broker's default).
+        #[arg(long, env = "CORRAL_REPLICATION_FACTOR", allow_negative_numbers = true)]
+        replication_factor: Option<i32>,
     },
 }
 
@@ -137,24 +134,42 @@ enum DefinitionsAction {
     Validate { file: PathBuf },
 }
 
+/// Where Kafka is and the client properties every command's clients take.
+pub struct Kafka {
+    pub bootstrap: String,
+    pub properties: BTreeMap<String, String>,
+}
+
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    let kafka = &Kafka {
+        bootstrap: cli.kafka.bootstrap.clone(),
+        properties: cli.kafka.properties()?,
+    };
     match cli.command {
-        Command::Tail(args) => tail::tail(&cli.bootstrap, args).map(|()| ExitCode::SUCCESS),
-        Command::Plans { action } => plans::plans(&cli.bootstrap, action),
-        Command::Audiences { action } => audiences::audiences(&cli.bootstrap, cli.output, action),
-        Command::Sources { action } => sources::sources(&cli.bootstrap, cli.output, action),
+        Command::Tail(args) => tail::tail(kafka, args).map(|()| ExitCode::SUCCESS),
+        Command::Plans { action } => plans::plans(kafka, action),
+        Command::Audiences { action } => audiences::audiences(kafka, cli.output, action),
+        Command::Sources { action } => sources::sources(kafka, cli.output, action),
         Command::Identity(args) => identity::identity(args),
         Command::Profile(args) => profile::profile(args),
-        Command::Replay { action } => destinations::replay(&cli.bootstrap, action),
-        Command::Destinations { action } => destinations::destinations(&cli.bootstrap, action),
+        Command::Replay { action } => destinations::replay(kafka, action),
+        Command::Destinations { action } => destinations::destinations(kafka, action),
         Command::Topics {
-            action: TopicsAction::Apply { manifest, prefix },
+            action:
+                TopicsAction::Apply {
+                    manifest,
+                    prefix,
+                    replication_factor,
+                },
         } => {
             let text = std::fs::read_to_string(&manifest)
                 .with_context(|| format!("reading topic manifest {}", manifest.display()))?;
-            let desired = Manifest::from_yaml(&text)?.desired(prefix.as_deref())?;
-            let admin = TopicAdmin::connect(&cli.bootstrap, &BTreeMap::new())?;
+            let mut desired = Manifest::from_yaml(&text)?.desired(prefix.as_deref())?;
+            if let Some(rf) = replication_factor {
+                desired.iter_mut().for_each(|t| t.replication_factor = rf);
+            }
+            let admin = TopicAdmin::connect(&kafka.bootstrap, &kafka.properties)?;
             let report = admin.apply(&desired)?;
             println!("{report}");
             Ok(if report.drift.is_empty() {

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
+use crate::Kafka;
+
 #[derive(Subcommand)]
 pub enum PlansAction {
     /// Check a tracking plan file: every error with file, line and a plain message.
@@ -47,7 +49,7 @@ pub enum ReplayAction {
     },
 }
 
-pub fn plans(bootstrap: &str, action: PlansAction) -> anyhow::Result<ExitCode> {
+pub fn plans(kafka: &Kafka, action: PlansAction) -> anyhow::Result<ExitCode> {
     match action {
         PlansAction::Validate { file } => {
             let text = std::fs::read_to_string(&file)
@@ -70,7 +72,13 @@ pub fn plans(bootstrap: &str, action: PlansAction) -> anyhow::Result<ExitCode> {
             by,
         } => {
             let topic = topic.unwrap_or_else(|| format!("{prefix}definitions"));
-            match corral_ops::plans::kafka::apply_plan(bootstrap, &topic, &file, by) {
+            match corral_ops::plans::kafka::apply_plan(
+                &kafka.bootstrap,
+                &kafka.properties,
+                &topic,
+                &file,
+                by,
+            ) {
                 Ok(r) => {
                     println!("{r}");
                     Ok(ExitCode::SUCCESS)
@@ -93,7 +101,7 @@ pub fn plans(bootstrap: &str, action: PlansAction) -> anyhow::Result<ExitCode> {
     }
 }
 
-pub fn replay(bootstrap: &str, action: ReplayAction) -> anyhow::Result<ExitCode> {
+pub fn replay(kafka: &Kafka, action: ReplayAction) -> anyhow::Result<ExitCode> {
     let ReplayAction::Blocked {
         since,
         until,
@@ -115,7 +123,8 @@ pub fn replay(bootstrap: &str, action: ReplayAction) -> anyhow::Result<ExitCode>
     };
     let bar = crate::read_progress("reading blocked events");
     let n = corral_ops::plans::kafka::replay_blocked(
-        bootstrap,
+        &kafka.bootstrap,
+        &kafka.properties,
         &format!("{prefix}events.blocked"),
         &format!("{prefix}events.raw"),
         &filter,

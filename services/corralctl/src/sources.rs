@@ -2,14 +2,13 @@
 //! topic, followed live by the collector. The file format, hashing and operations live in
 //! `corral_ops::sources` (the same code the collector reads with and its tests call).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use crate::{print_json, Output};
+use crate::{print_json, Kafka, Output};
 use corral_ops::sources::{self, DefinitionsTopic, SourcesError};
 
 #[derive(Args)]
@@ -51,20 +50,20 @@ pub enum SourcesAction {
     },
 }
 
-fn topic(bootstrap: &str, w: Where) -> DefinitionsTopic {
+fn topic(kafka: &Kafka, w: Where) -> DefinitionsTopic {
     DefinitionsTopic {
-        bootstrap: bootstrap.to_string(),
-        kafka: BTreeMap::new(),
+        bootstrap: kafka.bootstrap.clone(),
+        kafka: kafka.properties.clone(),
         topic: w
             .topic
             .unwrap_or_else(|| format!("{}definitions", w.prefix)),
     }
 }
 
-pub fn sources(bootstrap: &str, output: Output, action: SourcesAction) -> anyhow::Result<ExitCode> {
+pub fn sources(kafka: &Kafka, output: Output, action: SourcesAction) -> anyhow::Result<ExitCode> {
     match action {
         SourcesAction::Apply { file, at, by } => {
-            match sources::apply_file(&topic(bootstrap, at), &file, by) {
+            match sources::apply_file(&topic(kafka, at), &file, by) {
                 Ok(lines) => {
                     for l in lines {
                         println!("{l}");
@@ -80,7 +79,7 @@ pub fn sources(bootstrap: &str, output: Output, action: SourcesAction) -> anyhow
             }
         }
         SourcesAction::List { space, at } => {
-            let listed = sources::list(&topic(bootstrap, at), space.as_deref())?;
+            let listed = sources::list(&topic(kafka, at), space.as_deref())?;
             if output == Output::Json {
                 let rows: Vec<_> = listed
                     .iter()
@@ -116,7 +115,7 @@ pub fn sources(bootstrap: &str, output: Output, action: SourcesAction) -> anyhow
             Ok(ExitCode::SUCCESS)
         }
         SourcesAction::Delete { source, space, at } => {
-            match sources::delete(&topic(bootstrap, at), &space, &source) {
+            match sources::delete(&topic(kafka, at), &space, &source) {
                 Ok(()) => {
                     println!("deleted source {source} in space {space}");
                     Ok(ExitCode::SUCCESS)

@@ -2,7 +2,7 @@
 //! schema (`{"partition":..,"offset":..,"key":..,"value":{..}}`). Committed records only.
 //! Undecodable values are printed with the decoder's error and their bytes in hex, never skipped.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -93,9 +93,9 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-pub fn tail(bootstrap: &str, args: TailArgs) -> anyhow::Result<()> {
+pub fn tail(kafka: &crate::Kafka, args: TailArgs) -> anyhow::Result<()> {
     let topic = full_name(&args);
-    let consumer = reader::committed_reader(bootstrap, &BTreeMap::new(), "corralctl-tail")?;
+    let consumer = reader::committed_reader(&kafka.bootstrap, &kafka.properties, "corralctl-tail")?;
     let from = if args.from_beginning {
         reader::Start::Beginning
     } else {

@@ -624,6 +624,7 @@ fn segment_calls_flow_through_every_service_to_a_webhook() {
     let dlq = w.out.dlq();
     assert!(dlq.is_empty(), "events.dlq: {dlq:?}");
     w.stack.assert_running();
+    every_metric_is_documented(&w.stack);
     eprintln!(
         "pipeline: {} raw, {} valid, {} blocked, {} violations, {} resolved, {} merges, \
          {} membership changes, {} trait changes, {} webhook requests",
@@ -637,4 +638,49 @@ fn segment_calls_flow_through_every_service_to_a_webhook() {
         w.out.traits().len(),
         w.hook.requests().len()
     );
+}
+
+/// Scrapes every service's `/metrics`: each name it exposes has the `corral_` prefix once and is
+/// named in the service guides or docs/runtime.md (whose runtime names omit the prefix).
+fn every_metric_is_documented(stack: &common::Stack) {
+    let docs: String = [
+        "collector",
+        "validator",
+        "identity",
+        "compute",
+        "fanout",
+        "runtime",
+    ]
+    .iter()
+    .map(|d| std::fs::read_to_string(repo_root().join(format!("docs/{d}.md"))).unwrap())
+    .collect();
+    for service in ["collector", "validator", "identity", "compute", "fanout"] {
+        let Some((200, body)) = corral_tests::http::http_get(stack.admin(service), "/metrics")
+        else {
+            panic!("{service} serves no /metrics");
+        };
+        let names: std::collections::BTreeSet<&str> = body
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .map(|n| {
+                ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| n.strip_suffix(s))
+                    .unwrap_or(n)
+            })
+            .collect();
+        assert!(names.len() > 5, "{service}: {body}");
+        for name in names {
+            assert!(
+                name.starts_with("corral_") && !name.starts_with("corral_corral_"),
+                "{service} exposes {name}: one corral_ prefix expected"
+            );
+            let bare = name.trim_start_matches("corral_");
+            assert!(
+                docs.contains(name) || docs.contains(&format!("`{bare}")),
+                "{service} exposes {name}, which no guide in docs/ names"
+            );
+        }
+    }
 }

@@ -28,49 +28,46 @@ impl FanoutMetrics {
         let m = Self {
             deliveries: IntCounterVec::new(
                 Opts::new(
-                    "corral_fanout_deliveries_total",
+                    "fanout_deliveries_total",
                     "Delivery attempts' outcomes by destination.",
                 ),
                 &["destination", "outcome"],
             )?,
             retry_queue_depth: IntGaugeVec::new(
                 Opts::new(
-                    "corral_fanout_retry_queue_depth",
+                    "fanout_retry_queue_depth",
                     "Deliveries waiting for a retry, by destination.",
                 ),
                 &["destination"],
             )?,
             retry_queue_oldest_age: IntGaugeVec::new(
                 Opts::new(
-                    "corral_fanout_retry_queue_oldest_age_seconds",
+                    "fanout_retry_queue_oldest_age_seconds",
                     "Age of the oldest delivery waiting for a retry, by destination.",
                 ),
                 &["destination"],
             )?,
             in_flight: IntGaugeVec::new(
                 Opts::new(
-                    "corral_fanout_in_flight_requests",
+                    "fanout_in_flight_requests",
                     "Requests sent and not yet answered.",
                 ),
                 &["destination"],
             )?,
             rate_limit_wait: prometheus::CounterVec::new(
                 Opts::new(
-                    "corral_fanout_rate_limit_wait_seconds_total",
+                    "fanout_rate_limit_wait_seconds_total",
                     "Time deliveries waited for the rate limiter or a Retry-After pause.",
                 ),
                 &["destination"],
             )?,
             throttled: IntCounterVec::new(
-                Opts::new(
-                    "corral_fanout_throttled_total",
-                    "429 responses, by destination.",
-                ),
+                Opts::new("fanout_throttled_total", "429 responses, by destination."),
                 &["destination"],
             )?,
             latency: HistogramVec::new(
                 HistogramOpts::new(
-                    "corral_fanout_delivery_latency_seconds",
+                    "fanout_delivery_latency_seconds",
                     "From the change (record time) to the successful request, by destination.",
                 )
                 .buckets(vec![
@@ -81,25 +78,22 @@ impl FanoutMetrics {
             )?,
             list_syncs: IntCounterVec::new(
                 Opts::new(
-                    "corral_fanout_list_syncs_total",
+                    "fanout_list_syncs_total",
                     "List syncs started, by destination.",
                 ),
                 &["destination"],
             )?,
             changes: IntCounterVec::new(
-                Opts::new(
-                    "corral_fanout_changes_total",
-                    "Input changes read, by kind.",
-                ),
+                Opts::new("fanout_changes_total", "Input changes read, by kind."),
                 &["kind"],
             )?,
-            destinations: IntGauge::new("corral_fanout_destinations", "Destinations loaded.")?,
+            destinations: IntGauge::new("fanout_destinations", "Destinations loaded.")?,
             undecodable_definitions: IntCounter::new(
-                "corral_fanout_undecodable_definitions_total",
+                "fanout_undecodable_definitions_total",
                 "Destination definitions that could not be read.",
             )?,
             request_duration: Histogram::with_opts(HistogramOpts::new(
-                "corral_fanout_request_duration_seconds",
+                "fanout_request_duration_seconds",
                 "HTTP request duration.",
             ))?,
         };

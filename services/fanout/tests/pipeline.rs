@@ -582,8 +582,14 @@ fn destinations_from_the_definitions_topic_and_replay_of_dead_letters() {
     )
     .unwrap();
     use corral_fanout::ops::{apply_destinations, replay_deliveries, Applied, ReplayFilter};
-    let applied =
-        apply_destinations(&bootstrap(), &definitions, &file, Some("test".into())).unwrap();
+    let applied = apply_destinations(
+        &bootstrap(),
+        &Default::default(),
+        &definitions,
+        &file,
+        Some("test".into()),
+    )
+    .unwrap();
     assert_eq!(
         applied,
         [Applied::Created {
@@ -591,7 +597,8 @@ fn destinations_from_the_definitions_topic_and_replay_of_dead_letters() {
             key: "hook".into()
         }]
     );
-    let again = apply_destinations(&bootstrap(), &definitions, &file, None).unwrap();
+    let again =
+        apply_destinations(&bootstrap(), &Default::default(), &definitions, &file, None).unwrap();
     assert_eq!(
         again,
         [Applied::Unchanged {
@@ -608,7 +615,14 @@ fn destinations_from_the_definitions_topic_and_replay_of_dead_letters() {
         format!("destinations:\n  - key: feed\n    type: kafka\n    topic: {absent_topic}\n    connections: [{{audience: a, mode: identify}}]\n"),
     )
     .unwrap();
-    let err = apply_destinations(&bootstrap(), &definitions, &missing, None).unwrap_err();
+    let err = apply_destinations(
+        &bootstrap(),
+        &Default::default(),
+        &definitions,
+        &missing,
+        None,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("does not exist"), "{err}");
     let svc = s.spawn_with(&[], &[]);
     s.membership(&[change("p1", "a", true, T0, ids("u1", &[]))]);
@@ -624,6 +638,7 @@ fn destinations_from_the_definitions_topic_and_replay_of_dead_letters() {
     };
     let n = replay_deliveries(
         &bootstrap(),
+        &Default::default(),
         &s.topic("deliveries.dlq"),
         &s.topic("deliveries.replay"),
         &filter,

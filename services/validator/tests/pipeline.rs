@@ -66,7 +66,14 @@ impl Setup {
             .path()
             .join(format!("plan-{}.yaml", rand::random::<u32>()));
         std::fs::write(&path, text).unwrap();
-        apply_plan(&bootstrap(), &self.definitions, &path, Some("test".into())).unwrap()
+        apply_plan(
+            &bootstrap(),
+            &Default::default(),
+            &self.definitions,
+            &path,
+            Some("test".into()),
+        )
+        .unwrap()
     }
 
     fn spawn(&self) -> Service {
@@ -416,7 +423,15 @@ fn plan_changes_take_effect_without_restart_and_blocked_messages_replay() {
         since_ms: 0,
         ..Default::default()
     };
-    let n = replay_blocked(&bootstrap(), &s.blocked, &s.raw, &filter, &mut |_| {}).unwrap();
+    let n = replay_blocked(
+        &bootstrap(),
+        &Default::default(),
+        &s.blocked,
+        &s.raw,
+        &filter,
+        &mut |_| {},
+    )
+    .unwrap();
     assert_eq!(n, ids.len());
     let valid = s.await_count(&s.valid, valid.len() + n);
     let replayed: BTreeSet<String> = valid_ids(&valid).into_iter().collect();

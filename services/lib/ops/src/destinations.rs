@@ -50,7 +50,11 @@ pub fn load_file(path: &Path) -> Result<DestinationsFile, OpsError> {
 /// Writes every destination of `path` whose body changed to the definitions topic.
 /// Fanout writes to a Kafka destination inside its transaction, and the broker does not create
 /// topics: a destination whose topic is missing would fail every commit. Refuse it up front.
-fn check_kafka_targets(bootstrap: &str, file: &DestinationsFile) -> Result<(), OpsError> {
+fn check_kafka_targets(
+    bootstrap: &str,
+    kafka: &BTreeMap<String, String>,
+    file: &DestinationsFile,
+) -> Result<(), OpsError> {
     let topics: Vec<(&str, &str)> = file
         .destinations
         .iter()
@@ -60,7 +64,7 @@ fn check_kafka_targets(bootstrap: &str, file: &DestinationsFile) -> Result<(), O
     if topics.is_empty() {
         return Ok(());
     }
-    let admin = corral_runtime::topics::TopicAdmin::connect(bootstrap, &BTreeMap::new())?;
+    let admin = corral_runtime::topics::TopicAdmin::connect(bootstrap, kafka)?;
     for (key, topic) in topics {
         if admin.partitions(topic)?.is_none() {
             return Err(OpsError::Invalid(format!(
@@ -74,12 +78,13 @@ fn check_kafka_targets(bootstrap: &str, file: &DestinationsFile) -> Result<(), O
 
 pub fn apply_destinations(
     bootstrap: &str,
+    kafka: &BTreeMap<String, String>,
     definitions_topic: &str,
     path: &Path,
     updated_by: Option<String>,
 ) -> Result<Vec<Applied>, OpsError> {
     let file = load_file(path)?;
-    check_kafka_targets(bootstrap, &file)?;
+    check_kafka_targets(bootstrap, kafka, &file)?;
     let mut desired = Vec::with_capacity(file.destinations.len());
     for spec in &file.destinations {
         desired.push(Desired {
@@ -92,7 +97,7 @@ pub fn apply_destinations(
     }
     apply_versioned(
         bootstrap,
-        &BTreeMap::new(),
+        kafka,
         definitions_topic,
         &desired,
         updated_by.as_deref(),
@@ -113,6 +118,7 @@ pub struct ReplayFilter {
 /// `progress` is called with the records read so far.
 pub fn replay_deliveries(
     bootstrap: &str,
+    kafka: &BTreeMap<String, String>,
     dlq_topic: &str,
     replay_topic: &str,
     filter: &ReplayFilter,
@@ -120,7 +126,7 @@ pub fn replay_deliveries(
 ) -> Result<usize, OpsError> {
     copy_selected(
         bootstrap,
-        &BTreeMap::new(),
+        kafka,
         "corralctl-replay-deliveries",
         dlq_topic,
         Start::Beginning,

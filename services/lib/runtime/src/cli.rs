@@ -43,23 +43,8 @@ pub mod names {
 /// also read from its `CORRAL_*` variable.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RuntimeArgs {
-    /// Kafka bootstrap servers.
-    #[arg(
-        long,
-        visible_alias = "kafka-bootstrap",
-        env = "CORRAL_KAFKA_BOOTSTRAP",
-        default_value = "127.0.0.1:9092"
-    )]
-    pub bootstrap: String,
-    /// Extra librdkafka property for every Kafka client of the service, NAME=VALUE (repeatable;
-    /// `;`-separated in the variable): TLS, SASL, tuning.
-    #[arg(
-        long = "kafka",
-        value_name = "NAME=VALUE",
-        env = "CORRAL_KAFKA_PROPERTIES",
-        value_delimiter = ';'
-    )]
-    pub kafka: Vec<String>,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
     /// Consumer group, transactional id prefix and changelog prefix [default: the service's name].
     #[arg(long, visible_alias = "application-id", env = "CORRAL_APPLICATION_ID")]
     pub app: Option<String>,
@@ -72,6 +57,10 @@ pub struct RuntimeArgs {
     pub topic_prefix: String,
     #[command(flatten)]
     pub topics: TopicArgs,
+    /// Replication factor of the topics the service creates (changelogs, internal topics);
+    /// -1 takes the broker's `default.replication.factor`.
+    #[arg(long, env = "CORRAL_REPLICATION_FACTOR", default_value_t = -1, allow_negative_numbers = true)]
+    pub replication_factor: i32,
     /// Where the RocksDB state stores live.
     #[arg(long, env = "CORRAL_STATE_DIR", default_value = "state")]
     pub state_dir: PathBuf,
@@ -90,6 +79,85 @@ pub struct RuntimeArgs {
     /// Test-only crash injection, e.g. `after_commit@3`.
     #[arg(long, env = "CORRAL_FAULT")]
     pub fault: Option<String>,
+}
+
+/// How to reach Kafka: the same flags in every service and in `corralctl`. Client properties
+/// (librdkafka's names: `security.protocol`, `sasl.mechanism`, `ssl.ca.location`, …) come from a
+/// properties file, then `CORRAL_KAFKA_PROP_*` variables, then `--kafka` flags, each overriding
+/// the one before, and reach every client the process creates.
+#[derive(clap::Args, Debug, Clone)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers.
+    #[arg(
+        long,
+        global = true,
+        visible_alias = "kafka-bootstrap",
+        env = "CORRAL_KAFKA_BOOTSTRAP",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub bootstrap: String,
+    /// A librdkafka client property, NAME=VALUE (repeatable; `;`-separated in the variable).
+    #[arg(
+        long = "kafka",
+        global = true,
+        value_name = "NAME=VALUE",
+        env = "CORRAL_KAFKA_PROPERTIES",
+        value_delimiter = ';'
+    )]
+    pub properties: Vec<String>,
+    /// A properties file of client settings (`name=value` lines, `#` comments), e.g. the one a
+    /// managed Kafka service hands out.
+    #[arg(long, global = true, env = "CORRAL_KAFKA_CONFIG", value_name = "FILE")]
+    pub kafka_config: Option<PathBuf>,
+}
+
+/// Variables named `CORRAL_KAFKA_PROP_<NAME>` set the client property `<name>` with `_` read as
+/// `.` (`CORRAL_KAFKA_PROP_SASL_PASSWORD` → `sasl.password`): secrets from the environment.
+pub const KAFKA_PROPERTY_ENV_PREFIX: &str = "CORRAL_KAFKA_PROP_";
+
+impl KafkaArgs {
+    /// The client properties: file, then `CORRAL_KAFKA_PROP_*`, then `--kafka`.
+    pub fn properties(&self) -> Result<BTreeMap<String, String>, RuntimeError> {
+        client_properties(
+            self.kafka_config.as_deref(),
+            std::env::vars(),
+            &self.properties,
+        )
+    }
+}
+
+/// Client properties from a properties file, the environment (`CORRAL_KAFKA_PROP_*`) and
+/// `NAME=VALUE` flags, later sources overriding earlier ones.
+pub fn client_properties(
+    file: Option<&std::path::Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    flags: &[String],
+) -> Result<BTreeMap<String, String>, RuntimeError> {
+    let mut out = BTreeMap::new();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            RuntimeError::Config(format!("reading Kafka properties {}: {e}", path.display()))
+        })?;
+        let lines: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('!'))
+            .map(String::from)
+            .collect();
+        out.extend(
+            parse_properties(&lines)
+                .map_err(|e| RuntimeError::Config(format!("in {}: {e}", path.display())))?,
+        );
+    }
+    for (k, v) in env {
+        if let Some(name) = k.strip_prefix(KAFKA_PROPERTY_ENV_PREFIX) {
+            if !name.is_empty() {
+                out.insert(name.to_ascii_lowercase().replace('_', "."), v);
+            }
+        }
+    }
+    out.extend(parse_properties(flags)?);
+    Ok(out)
 }
 
 /// One flag and one variable per topic, each a full name that replaces the prefix + the standard
@@ -241,9 +309,9 @@ impl RuntimeArgs {
         }
     }
 
-    /// The parsed `--kafka` properties.
+    /// The client properties (see [`KafkaArgs`]).
     pub fn kafka_properties(&self) -> Result<BTreeMap<String, String>, RuntimeError> {
-        parse_properties(&self.kafka)
+        self.kafka.properties()
     }
 
     /// A [`RuntimeConfig`] for `application_id` with these flags applied (topic names, the
@@ -259,7 +327,8 @@ impl RuntimeArgs {
         kafka: BTreeMap<String, String>,
         fault: Option<Fault>,
     ) -> RuntimeConfig {
-        let mut cfg = RuntimeConfig::new(application_id, &self.instance, &self.bootstrap);
+        let mut cfg = RuntimeConfig::new(application_id, &self.instance, &self.kafka.bootstrap);
+        cfg.replication_factor = self.replication_factor;
         cfg.topics = self.topic_names();
         cfg.topic_prefix = self.topic_prefix.clone();
         cfg.dlq_topic = cfg.topics.name(names::DLQ);
@@ -339,6 +408,57 @@ mod tests {
         let names = TopicNames::new("p.").with("events.raw", "raw");
         assert_eq!(names.of::<corral_codec::ValidEvent>(), "p.events.valid");
         assert_eq!(names.name("events.raw"), "raw");
+    }
+
+    #[test]
+    fn client_properties_come_from_a_file_the_environment_and_flags_in_that_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("client.properties");
+        std::fs::write(
+            &file,
+            "# from the provider\nsecurity.protocol=SASL_SSL\nsasl.mechanism=PLAIN\nsasl.username=file\n",
+        )
+        .unwrap();
+        let env = [
+            (
+                "CORRAL_KAFKA_PROP_SASL_USERNAME".to_string(),
+                "env".to_string(),
+            ),
+            (
+                "CORRAL_KAFKA_PROP_SASL_PASSWORD".to_string(),
+                "secret".to_string(),
+            ),
+            (
+                "CORRAL_KAFKA_BOOTSTRAP".to_string(),
+                "not a property".to_string(),
+            ),
+        ];
+        let got =
+            client_properties(Some(&file), env, &["sasl.mechanism=SCRAM-SHA-512".into()]).unwrap();
+        assert_eq!(got["security.protocol"], "SASL_SSL");
+        assert_eq!(got["sasl.username"], "env");
+        assert_eq!(got["sasl.password"], "secret");
+        assert_eq!(got["sasl.mechanism"], "SCRAM-SHA-512");
+        assert_eq!(got.len(), 4);
+        let missing = client_properties(Some(&dir.path().join("none")), [], &[]).unwrap_err();
+        assert!(
+            missing.to_string().contains("reading Kafka properties"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn the_replication_factor_defaults_to_the_brokers() {
+        let cli = Cli::try_parse_from(["svc"]).unwrap();
+        assert_eq!(
+            cli.runtime.runtime_config("a").unwrap().replication_factor,
+            -1
+        );
+        let cli = Cli::try_parse_from(["svc", "--replication-factor", "3"]).unwrap();
+        assert_eq!(
+            cli.runtime.runtime_config("a").unwrap().replication_factor,
+            3
+        );
     }
 
     #[test]

@@ -110,8 +110,10 @@ pub struct RuntimeConfig {
     pub transaction_timeout: Duration,
     /// Commit early when the open transaction's state writes exceed this many bytes.
     pub max_uncommitted_bytes: usize,
-    /// Passed through to librdkafka (both clients).
+    /// Passed through to librdkafka (every client).
     pub kafka: BTreeMap<String, String>,
+    /// Replication factor of the changelogs the runtime creates; -1: the broker's default.
+    pub replication_factor: i32,
     /// Admin endpoint address (`/metrics`, `/healthz`, `/readyz`); `None` serves none.
     pub admin_addr: Option<SocketAddr>,
     /// Test-only crash injection (`CORRAL_FAULT`).
@@ -139,6 +141,7 @@ impl RuntimeConfig {
             transaction_timeout: Duration::from_secs(10),
             max_uncommitted_bytes: 64 * 1024 * 1024,
             kafka: BTreeMap::new(),
+            replication_factor: -1,
             admin_addr: None,
             fault: None,
             session_timeout: Duration::from_secs(10),

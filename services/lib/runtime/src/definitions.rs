@@ -159,9 +159,16 @@ pub fn publish(
     }
     p.send(record)
         .map_err(|(e, _)| kafka("writing a definition")(e))?;
-    p.flush(Duration::from_secs(30))
-        .map_err(kafka("writing a definition"))?;
+    let flushed = p.flush(Duration::from_secs(30));
     let failure = p.context().failure.lock().ok().and_then(|mut f| f.take());
+    // An idempotent producer refused by the broker (no Write ACL) fails fatally and purges the
+    // record: the fatal error, not the purge, says what to fix.
+    if let Some((code, reason)) = p.client().fatal_error() {
+        return Err(RuntimeError::Admin(format!(
+            "writing definition {key} to {topic}: {code:?}: {reason} (does this principal have Write on {topic}?)"
+        )));
+    }
+    flushed.map_err(kafka("writing a definition"))?;
     match failure {
         Some(e) => Err(kafka("writing a definition")(e)),
         None => Ok(()),

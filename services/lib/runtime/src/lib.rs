@@ -49,7 +49,7 @@ use corral_telemetry::Health;
 use prometheus::Registry;
 use tracing::{error, info};
 
-pub use cli::{RuntimeArgs, TopicNames};
+pub use cli::{KafkaArgs, RuntimeArgs, TopicNames};
 pub use config::{Fault, FaultPoint, RuntimeConfig, StoreSpec};
 pub use error::{classify, RuntimeError, TxnAction};
 pub use processor::{
@@ -130,7 +130,7 @@ impl StreamRuntime {
             let topic = DesiredTopic {
                 name: self.cfg.changelog_topic(&s.name),
                 partitions,
-                replication_factor: 1,
+                replication_factor: self.cfg.replication_factor,
                 cleanup_policy: CleanupPolicy::Compact,
                 retention_ms: None,
             };

@@ -115,7 +115,7 @@ impl Service {
     }
 
     pub fn bootstrap(&self) -> &str {
-        &self.args.bootstrap
+        &self.args.kafka.bootstrap
     }
 
     /// librdkafka properties for every client (`--kafka`).
@@ -257,7 +257,7 @@ impl Service {
         admin.create(&DesiredTopic {
             name: topic.to_string(),
             partitions,
-            replication_factor: 1,
+            replication_factor: self.args.replication_factor,
             cleanup_policy,
             retention_ms,
         })?;

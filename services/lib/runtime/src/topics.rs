@@ -9,7 +9,9 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::ClientContext;
 use serde::Deserialize;
 
 use crate::error::RuntimeError;
@@ -153,6 +155,11 @@ pub enum Drift {
         want: i64,
         have: Option<i64>,
     },
+    ReplicationFactor {
+        topic: String,
+        want: i32,
+        have: i32,
+    },
 }
 
 impl fmt::Display for Drift {
@@ -165,6 +172,10 @@ impl fmt::Display for Drift {
             Drift::CleanupPolicy { topic, want, have } => write!(
                 f,
                 "{topic}: cleanup.policy is `{have}`, manifest says `{want}`"
+            ),
+            Drift::ReplicationFactor { topic, want, have } => write!(
+                f,
+                "{topic}: replication factor is {have}, manifest says {want} (change it with a partition reassignment)"
             ),
             Drift::Retention { topic, want, have } => write!(
                 f,
@@ -203,9 +214,34 @@ impl fmt::Display for ApplyReport {
     }
 }
 
+/// Remembers the last error librdkafka reported on a client: a wrong password or an untrusted
+/// certificate shows there as what it is, while the request that failed only says the broker
+/// could not be reached.
+#[derive(Default)]
+pub struct LastError(std::sync::Mutex<Option<String>>);
+
+impl LastError {
+    pub fn last(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|g| g.clone())
+    }
+}
+
+impl ConsumerContext for LastError {}
+
+impl ClientContext for LastError {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::error!(%error, reason, "Kafka client error");
+        if let Ok(mut g) = self.0.lock() {
+            *g = Some(format!("{error}: {reason}"));
+        }
+    }
+}
+
 /// A small synchronous wrapper over rdkafka's admin client.
 pub struct TopicAdmin {
     admin: AdminClient<DefaultClientContext>,
+    /// Reads metadata; unlike the admin client it is polled, so it hears why a request failed.
+    metadata: BaseConsumer<LastError>,
     runtime: tokio::runtime::Runtime,
     timeout: Duration,
 }
@@ -227,12 +263,18 @@ impl TopicAdmin {
         let admin = c
             .create()
             .map_err(|e| admin_err("creating the admin client", e))?;
+        let metadata = c
+            .clone()
+            .set("group.id", "corral-admin")
+            .create_with_context(LastError::default())
+            .map_err(|e| admin_err("creating the metadata client", e))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| admin_err("starting the admin runtime", e))?;
         Ok(Self {
             admin,
+            metadata,
             runtime,
             timeout: Duration::from_secs(30),
         })
@@ -240,21 +282,38 @@ impl TopicAdmin {
 
     /// Partition count of `topic`, or `None` when it does not exist.
     pub fn partitions(&self, topic: &str) -> Result<Option<i32>, RuntimeError> {
+        Ok(self.shape(topic)?.map(|(partitions, _)| partitions))
+    }
+
+    /// Partition count and replication factor (of its first partition) of `topic`, or `None`
+    /// when it does not exist.
+    pub fn shape(&self, topic: &str) -> Result<Option<(i32, i32)>, RuntimeError> {
         let md = self
-            .admin
-            .inner()
+            .metadata
             .fetch_metadata(Some(topic), self.timeout)
             .map_err(|e| {
-                admin_err(
-                    &format!("reading metadata of {topic} (is Kafka running? `make up` starts it)"),
-                    e,
-                )
+                // The client's own error events say why (authentication, TLS); they arrive on poll.
+                for _ in 0..10 {
+                    if self.metadata.context().last().is_some() {
+                        break;
+                    }
+                    let _ = self.metadata.poll(Duration::from_millis(100));
+                }
+                let why = match self.metadata.context().last() {
+                    Some(client) => format!("{e}; the client reported: {client}"),
+                    None => format!("{e} (is Kafka running? `make up` starts it)"),
+                };
+                admin_err(&format!("reading metadata of {topic}"), why)
             })?;
         let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
             return Ok(None);
         };
+        let replicas = t
+            .partitions()
+            .first()
+            .map_or(0, |p| p.replicas().len() as i32);
         match t.error() {
-            None => Ok(Some(t.partitions().len() as i32)),
+            None => Ok(Some((t.partitions().len() as i32, replicas))),
             Some(e) if RDKafkaErrorCode::from(e) == RDKafkaErrorCode::UnknownTopicOrPartition => {
                 Ok(None)
             }
@@ -305,6 +364,13 @@ impl TopicAdmin {
         match res.into_iter().next() {
             Some(Ok(_)) => Ok(true),
             Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) | None => Ok(false),
+            Some(Err((name, RDKafkaErrorCode::InvalidReplicationFactor))) => Err(admin_err(
+                &format!("creating {name}"),
+                format!(
+                    "the broker refuses replication factor {} (more than its brokers?); set --replication-factor (CORRAL_REPLICATION_FACTOR), -1 for the broker's default",
+                    topic.replication_factor
+                ),
+            )),
             Some(Err((name, e))) => Err(admin_err(&format!("creating {name}"), e)),
         }
     }
@@ -322,7 +388,7 @@ impl TopicAdmin {
     pub fn apply(&self, desired: &[DesiredTopic]) -> Result<ApplyReport, RuntimeError> {
         let mut report = ApplyReport::default();
         for t in desired {
-            match self.partitions(&t.name)? {
+            match self.shape(&t.name)? {
                 None => {
                     if self.create(t)? {
                         report.created.push(t.name.clone());
@@ -330,8 +396,15 @@ impl TopicAdmin {
                         report.unchanged.push(t.name.clone());
                     }
                 }
-                Some(have) => {
+                Some((have, replicas)) => {
                     let before = report.drift.len();
+                    if t.replication_factor > 0 && replicas != t.replication_factor {
+                        report.drift.push(Drift::ReplicationFactor {
+                            topic: t.name.clone(),
+                            want: t.replication_factor,
+                            have: replicas,
+                        });
+                    }
                     if have != t.partitions {
                         report.drift.push(Drift::Partitions {
                             topic: t.name.clone(),

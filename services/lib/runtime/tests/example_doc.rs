@@ -10,7 +10,10 @@ fn the_runtime_guide_shows_the_compiled_example() {
         .nth(1)
         .and_then(|rest| rest.split("```").next())
         .unwrap_or_default();
-    assert!(block.lines().count() > 30, "docs/runtime.md lost its example");
+    assert!(
+        block.lines().count() > 30,
+        "docs/runtime.md lost its example"
+    );
     let mut lines = example.lines();
     for wanted in block.lines().filter(|l| !l.trim().is_empty()) {
         assert!(

@@ -26,6 +26,7 @@ pub enum KafkaOpError {
 /// are not written again). Refuses a plan that claims a source another plan of the space has.
 pub fn apply_plan(
     bootstrap: &str,
+    kafka: &BTreeMap<String, String>,
     definitions_topic: &str,
     path: &Path,
     updated_by: Option<String>,
@@ -63,7 +64,7 @@ pub fn apply_plan(
     };
     let mut applied = apply_versioned(
         bootstrap,
-        &BTreeMap::from([("group.id".into(), "corralctl-definitions".into())]),
+        kafka,
         definitions_topic,
         std::slice::from_ref(&desired),
         updated_by.as_deref(),
@@ -89,6 +90,7 @@ pub struct ReplayFilter {
 /// `progress` is called with the records read so far.
 pub fn replay_blocked(
     bootstrap: &str,
+    kafka: &BTreeMap<String, String>,
     blocked_topic: &str,
     raw_topic: &str,
     filter: &ReplayFilter,
@@ -96,7 +98,7 @@ pub fn replay_blocked(
 ) -> Result<usize, KafkaOpError> {
     copy_selected(
         bootstrap,
-        &BTreeMap::new(),
+        kafka,
         "corralctl-replay",
         blocked_topic,
         Start::Time(filter.since_ms),
