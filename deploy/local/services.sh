@@ -25,8 +25,8 @@ log() { echo "services.sh: $*" >&2; }
 SERVICES=(
   "collector|9101|--listen 127.0.0.1:8080 --admin-listen 127.0.0.1:9101 --write-key corral-demo=demo:default"
   "validator|9102|--admin 127.0.0.1:9102 --instance 0 --state-dir $state_dir"
-  "identity|9103|--admin 127.0.0.1:9103 --query 127.0.0.1:9113 --instance 0 --state-dir $state_dir --rules $root/examples/identity.yaml"
-  "compute|9104|--admin 127.0.0.1:9104 --query 127.0.0.1:9114 --instance 0 --state-dir $state_dir/compute"
+  "identity|9103|--admin 127.0.0.1:9103 --query 127.0.0.1:9113 --query-auth off --instance 0 --state-dir $state_dir --rules $root/examples/identity.yaml"
+  "compute|9104|--admin 127.0.0.1:9104 --query 127.0.0.1:9114 --query-auth off --instance 0 --state-dir $state_dir/compute"
   "fanout|9105|--admin 127.0.0.1:9105 --instance 0 --state-dir $state_dir/fanout"
 )
 

@@ -163,7 +163,22 @@ fn profile_query_answers_traits_computed_traits_audiences_and_ids() {
         ],
     );
 
-    let client = QueryClient::new(&addr).with_timeout(Duration::from_secs(5));
+    // The interface reads only with a token of the space asked for.
+    let token = |space: &str| {
+        let created = corral_ops::tokens::create(
+            &bootstrap(),
+            &BTreeMap::new(),
+            &t("definitions"),
+            space,
+            "test",
+            Some("test"),
+        )
+        .unwrap();
+        Some(created.token)
+    };
+    let client = QueryClient::new(&addr)
+        .with_timeout(Duration::from_secs(5))
+        .with_token(token(SPACE));
     let expected_u1 = json!({
         "profile_id": "u1",
         "space": SPACE,
@@ -208,9 +223,37 @@ fn profile_query_answers_traits_computed_traits_audiences_and_ids() {
         }
         other => panic!("expected 404, got {other:?}"),
     }
-    assert!(matches!(
-        client.profile("another-space", "u1"),
-        Err(ClientError::NotFound(_))
-    ));
+    // A token of one space reads nothing of another (403); another space's token finds no
+    // profile u1 there (profiles are per space); no token or an unknown one: 401.
+    match client.profile("another-space", "u1") {
+        Err(ClientError::Forbidden(e)) => assert!(e.contains("is for space demo"), "{e}"),
+        other => panic!("expected 403, got {other:?}"),
+    }
+    let other = QueryClient::new(&addr).with_token(token("another-space"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let answer = loop {
+        let a = other.profile("another-space", "u1");
+        if !matches!(a, Err(ClientError::Unauthorized(_))) || Instant::now() > deadline {
+            break a;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        matches!(answer, Err(ClientError::NotFound(_))),
+        "{answer:?}"
+    );
+    for anonymous in [
+        QueryClient::new(&addr),
+        QueryClient::new(&addr).with_token(Some("crl_guess".into())),
+    ] {
+        match anonymous.profile(SPACE, "u1") {
+            Err(ClientError::Unauthorized(e)) => assert!(e.contains("token"), "{e}"),
+            other => panic!("expected 401, got {other:?}"),
+        }
+    }
+    assert!(
+        QueryClient::new(&addr).ready().unwrap(),
+        "/readyz needs no token"
+    );
     svc.terminate();
 }

@@ -17,6 +17,9 @@ pub struct IdentityArgs {
     /// Space the profile belongs to.
     #[arg(long, global = true, env = "CORRAL_SPACE", default_value = "default")]
     space: String,
+    /// A token of the space (`corralctl tokens create`).
+    #[arg(long, global = true, env = "CORRAL_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     action: IdentityAction,
 }
@@ -37,7 +40,7 @@ enum IdentityAction {
 }
 
 pub fn identity(args: IdentityArgs) -> anyhow::Result<ExitCode> {
-    let client = QueryClient::new(&args.identity_query);
+    let client = QueryClient::new(&args.identity_query).with_token(args.token.clone());
     // Printed from the typed answers, so fields keep the interface's order (profile id first).
     let answer = match &args.action {
         IdentityAction::Lookup { id } => client

@@ -16,6 +16,7 @@
 //! - `corralctl profile show TYPE:VALUE`: traits, computed traits, audiences and external ids
 //!   from identity's and compute's query interfaces (see `profile.rs`).
 //! - `corralctl sources apply|list|delete`: sources and write keys (see `sources.rs`).
+//! - `corralctl tokens create|list|delete`: tokens for the query interfaces (see `tokens.rs`).
 
 mod audiences;
 mod destinations;
@@ -24,6 +25,7 @@ mod plans;
 mod profile;
 mod sources;
 mod tail;
+mod tokens;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -102,6 +104,11 @@ enum Command {
         #[command(subcommand)]
         action: sources::SourcesAction,
     },
+    /// Tokens for the query interfaces (`identity`, `profile`), one space each.
+    Tokens {
+        #[command(subcommand)]
+        action: tokens::TokensAction,
+    },
     /// Profiles from identity's query interface: the profile of an external id, a profile's ids.
     Identity(identity::IdentityArgs),
     /// A profile's traits, computed traits, audiences and external ids (identity + compute).
@@ -151,6 +158,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Plans { action } => plans::plans(kafka, action),
         Command::Audiences { action } => audiences::audiences(kafka, cli.output, action),
         Command::Sources { action } => sources::sources(kafka, cli.output, action),
+        Command::Tokens { action } => tokens::tokens(kafka, cli.output, action),
         Command::Identity(args) => identity::identity(args),
         Command::Profile(args) => profile::profile(args),
         Command::Replay { action } => destinations::replay(kafka, action),

@@ -36,6 +36,9 @@ pub struct ProfileArgs {
     /// Space the profile belongs to.
     #[arg(long, global = true, env = "CORRAL_SPACE", default_value = "default")]
     space: String,
+    /// A token of the space (`corralctl tokens create`).
+    #[arg(long, global = true, env = "CORRAL_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     action: ProfileAction,
 }
@@ -52,7 +55,10 @@ enum ProfileAction {
 
 pub fn profile(args: ProfileArgs) -> anyhow::Result<ExitCode> {
     let ProfileAction::Show { id } = &args.action;
-    let identity = match IdentityClient::new(&args.identity_query).profile(&args.space, id) {
+    let identity = match IdentityClient::new(&args.identity_query)
+        .with_token(args.token.clone())
+        .profile(&args.space, id)
+    {
         Ok(p) => p,
         Err(IdentityError::NotFound(e)) => {
             eprintln!("not found: {e}");
@@ -65,15 +71,17 @@ pub fn profile(args: ProfileArgs) -> anyhow::Result<ExitCode> {
     };
     // Identity knows a profile before compute has processed any of its events: that profile
     // has no traits or memberships yet, which is an answer, not an error.
-    let computed =
-        match ComputeClient::new(&args.compute_query).profile(&args.space, &identity.profile_id) {
-            Ok(p) => Some(p),
-            Err(ComputeError::NotFound(_)) => None,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return Ok(ExitCode::from(2));
-            }
-        };
+    let computed = match ComputeClient::new(&args.compute_query)
+        .with_token(args.token.clone())
+        .profile(&args.space, &identity.profile_id)
+    {
+        Ok(p) => Some(p),
+        Err(ComputeError::NotFound(_)) => None,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let (traits, computed_traits, audiences) = match computed {
         Some(p) => (p.traits, p.computed_traits, p.audiences),
         None => Default::default(),

@@ -7,7 +7,8 @@
 //! - [`destination`], [`destinations`]: fanout's destination specs, `destinations apply` and
 //!   `replay deliveries`;
 //! - [`sources`]: sources and their hashed write keys (`sources apply|list|delete`);
-//! - [`query`]: clients of identity's and compute's query interfaces, with their wire types.
+//! - [`query`]: clients of identity's and compute's query interfaces, with their wire types;
+//! - [`tokens`]: the tokens those interfaces require (`tokens create|list|delete`).
 //!
 //! Every write to the `definitions` topic goes through `corral_runtime::definitions`
 //! (`apply_versioned`: unchanged definitions are not written again, a change is the next
@@ -19,6 +20,7 @@ pub mod destinations;
 pub mod plans;
 pub mod query;
 pub mod sources;
+pub mod tokens;
 
 /// Durations in flags and definition files share the runtime's one format.
 pub use corral_runtime::config::parse_duration_ms;

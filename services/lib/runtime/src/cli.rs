@@ -73,6 +73,15 @@ pub struct RuntimeArgs {
     /// Admin endpoint (`/metrics`, `/healthz`, `/readyz`); none when absent.
     #[arg(long, env = "CORRAL_ADMIN_ADDR")]
     pub admin: Option<SocketAddr>,
+    /// Query interfaces (`--query`) require a token of the space they read (`corralctl tokens
+    /// create`); `off` answers anyone, for a local stack only.
+    #[arg(
+        long,
+        value_enum,
+        env = "CORRAL_QUERY_AUTH",
+        default_value = "required"
+    )]
+    pub query_auth: QueryAuth,
     /// Log JSON lines (production) instead of text.
     #[arg(long, env = "CORRAL_LOG_JSON")]
     pub log_json: bool,
@@ -158,6 +167,13 @@ pub fn client_properties(
     }
     out.extend(parse_properties(flags)?);
     Ok(out)
+}
+
+/// Whether the query interfaces check tokens.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryAuth {
+    Required,
+    Off,
 }
 
 /// One flag and one variable per topic, each a full name that replaces the prefix + the standard

@@ -28,6 +28,7 @@
 //! Guarantee: killing an instance at any moment never loses an input's effect and never applies
 //! it twice, in state or in output read with `read_committed`.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod definitions;

@@ -31,7 +31,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-use crate::cli::{names, RuntimeArgs, TopicNames};
+use crate::auth::{protect, ApiTokens};
+use crate::cli::{names, QueryAuth, RuntimeArgs, TopicNames};
 use crate::definitions::DefinitionEvent;
 use crate::error::RuntimeError;
 use crate::follow::{follow_topic, ChangelogRecord};
@@ -78,6 +79,8 @@ pub struct Service {
     shutdown: Arc<AtomicBool>,
     edges: Vec<JoinHandle<()>>,
     parts: Vec<Part>,
+    /// Query tokens, followed with the definitions (see [`crate::auth`]).
+    tokens: Arc<ApiTokens>,
 }
 
 impl Service {
@@ -98,6 +101,7 @@ impl Service {
             shutdown,
             edges: vec![signals],
             parts: Vec::new(),
+            tokens: ApiTokens::new(),
         })
     }
 
@@ -163,10 +167,15 @@ impl Service {
     /// Follows the `definitions` topic, calling `on_event` for every record in order, and
     /// returns once it was read to its end (see the module doc). `what` names the definitions
     /// the service uses, for the log.
-    pub fn follow_definitions<F>(&mut self, what: &str, on_event: F) -> Result<(), ServiceError>
+    pub fn follow_definitions<F>(&mut self, what: &str, mut on_event: F) -> Result<(), ServiceError>
     where
         F: FnMut(DefinitionEvent<'_>) + Send + 'static,
     {
+        let tokens = self.tokens.clone();
+        let on_event = move |event: DefinitionEvent<'_>| {
+            tokens.apply(&event);
+            on_event(event)
+        };
         let topic = self.topics.name(names::DEFINITIONS);
         let caught_up = Arc::new(AtomicBool::new(false));
         if TopicAdmin::connect(self.bootstrap(), &self.kafka)?
@@ -274,6 +283,13 @@ impl Service {
         router: axum::Router,
     ) -> Result<(), ServiceError> {
         if let Some(addr) = addr {
+            let router = match self.args.query_auth {
+                QueryAuth::Required => protect(router, self.tokens.clone()),
+                QueryAuth::Off => {
+                    warn!(%addr, "query interface without tokens (--query-auth off): anyone can read any space");
+                    router
+                }
+            };
             let handle =
                 corral_telemetry::serve_in_thread(name, addr, router, self.shutdown.clone())?;
             self.edges.push(handle);

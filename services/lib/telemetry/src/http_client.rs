@@ -38,6 +38,16 @@ pub enum HttpClientError {
 /// One `GET path` to `addr` (`host:port`, also sent as `Host`); the status and the body (de-chunked
 /// when chunked). `timeout` bounds the connect and every read and write.
 pub fn get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>), HttpClientError> {
+    get_with(addr, path, timeout, None)
+}
+
+/// [`get`] with an `Authorization` header value (a query interface's token).
+pub fn get_with(
+    addr: &str,
+    path: &str,
+    timeout: Duration,
+    authorization: Option<&str>,
+) -> Result<(u16, Vec<u8>), HttpClientError> {
     let io = |source| HttpClientError::Io {
         addr: addr.to_string(),
         source,
@@ -45,9 +55,12 @@ pub fn get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>), 
     let mut s = connect(addr, timeout)?;
     s.set_read_timeout(Some(timeout)).map_err(io)?;
     s.set_write_timeout(Some(timeout)).map_err(io)?;
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n{auth}Connection: close\r\n\r\n"
     )
     .map_err(io)?;
     let mut raw = Vec::new();

@@ -52,6 +52,11 @@ impl QueryClient {
         QueryClient(self.0.with_timeout(timeout))
     }
 
+    /// Sends `token` with every request.
+    pub fn with_token(self, token: Option<String>) -> QueryClient {
+        QueryClient(self.0.with_token(token))
+    }
+
     pub fn addr(&self) -> &str {
         self.0.addr()
     }

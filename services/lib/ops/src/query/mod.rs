@@ -48,6 +48,12 @@ pub enum ClientError {
     /// 400: malformed request.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// 401: no token, or an unknown one.
+    #[error("not authorized: {0}")]
+    Unauthorized(String),
+    /// 403: a token of another space.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// 503: the instance is still loading.
     #[error("not ready: {0}")]
     Unavailable(String),
@@ -62,6 +68,8 @@ pub struct QueryClient {
     service: &'static str,
     addr: String,
     timeout: Duration,
+    /// Sent as `Authorization: Bearer` (see `corral_runtime::auth`).
+    token: Option<String>,
 }
 
 impl QueryClient {
@@ -73,7 +81,14 @@ impl QueryClient {
             service,
             addr: addr.trim_end_matches('/').to_string(),
             timeout: Duration::from_secs(10),
+            token: None,
         }
+    }
+
+    /// Sends `token` with every request (the query interfaces require one of the space read).
+    pub fn with_token(mut self, token: Option<String>) -> QueryClient {
+        self.token = token.filter(|t| !t.is_empty());
+        self
     }
 
     pub fn with_timeout(mut self, timeout: Duration) -> QueryClient {
@@ -106,6 +121,8 @@ impl QueryClient {
         Err(match status {
             404 => ClientError::NotFound(message),
             400 => ClientError::BadRequest(message),
+            401 => ClientError::Unauthorized(message),
+            403 => ClientError::Forbidden(message),
             503 => ClientError::Unavailable(message),
             status => ClientError::Status { status, message },
         })
@@ -114,20 +131,23 @@ impl QueryClient {
     /// One GET; the status and the (de-chunked) body.
     fn get(&self, path: &str) -> Result<(u16, Vec<u8>), ClientError> {
         let service = self.service;
-        http_client::get(&self.addr, path, self.timeout).map_err(|e| match e {
-            HttpClientError::Address(a) => ClientError::Address(a),
-            HttpClientError::Connect { addr, source } => ClientError::Connect {
-                service,
-                addr,
-                source,
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        http_client::get_with(&self.addr, path, self.timeout, auth.as_deref()).map_err(
+            |e| match e {
+                HttpClientError::Address(a) => ClientError::Address(a),
+                HttpClientError::Connect { addr, source } => ClientError::Connect {
+                    service,
+                    addr,
+                    source,
+                },
+                HttpClientError::Io { addr, source } => ClientError::Io {
+                    service,
+                    addr,
+                    source,
+                },
+                HttpClientError::Malformed { addr, what } => ClientError::Malformed { addr, what },
             },
-            HttpClientError::Io { addr, source } => ClientError::Io {
-                service,
-                addr,
-                source,
-            },
-            HttpClientError::Malformed { addr, what } => ClientError::Malformed { addr, what },
-        })
+        )
     }
 }
 
