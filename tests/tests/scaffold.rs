@@ -120,3 +120,44 @@ fn the_minimal_example_counts_exactly_once_across_a_sigkill_and_stops_on_sigterm
     assert!(consumed.is_some(), "{metrics}");
     assert!(second.terminate().success(), "SIGTERM is a clean stop");
 }
+
+#[test]
+fn a_replication_factor_the_broker_refuses_stops_the_service_with_a_clear_error() {
+    let prefix = format!("{}.", unique("scaffold-rf"));
+    create_topic(&format!("{prefix}events.valid"), 1, CleanupPolicy::Delete);
+    create_topic(&format!("{prefix}events.dlq"), 1, CleanupPolicy::Delete);
+    let state = tempfile::tempdir().unwrap();
+    // The local broker is one node: a factor of 3 cannot be met.
+    let mut child = std::process::Command::new(example())
+        .args([
+            "--app",
+            &unique("rf"),
+            "--topic-prefix",
+            &prefix,
+            "--state-dir",
+        ])
+        .arg(state.path())
+        .args(["--replication-factor", "3"])
+        .env("CORRAL_KAFKA_BOOTSTRAP", bootstrap())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a refused replication factor left the service hanging");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(
+        err.contains("replication factor 3") && err.contains("--replication-factor"),
+        "the error should name the factor and the flag: {err}"
+    );
+}
