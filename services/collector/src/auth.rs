@@ -26,16 +26,15 @@ pub struct Source {
 
 /// The write keys the collector accepts, looked up by SHA-256 (no plaintext kept in memory).
 ///
-/// Three layers, in order: the *fixed* keys (flags, environment, config file), then the keys of
-/// the sources in the `definitions` topic (updated live, see [`DefinedKeys`]), then the
-/// local-stack demo key, consulted only while nothing else is configured. A fixed key wins over
+/// Two layers, in order: the *fixed* keys (flags, environment, config file), then the keys of
+/// the sources in the `definitions` topic (updated live, see [`DefinedKeys`]). There is no
+/// implicit key: the local demo configures its own with `--write-key`. A fixed key wins over
 /// a defined one with the same hash, so an operator's explicit configuration cannot be taken
 /// over by a record in the topic. Clones share the defined layer.
 #[derive(Debug, Clone, Default)]
 pub struct WriteKeys {
     fixed: HashMap<KeyHash, Arc<Source>>,
     defined: Arc<RwLock<DefinedKeys>>,
-    demo: Option<(KeyHash, Arc<Source>)>,
 }
 
 impl WriteKeys {
@@ -49,15 +48,7 @@ impl WriteKeys {
         }
     }
 
-    /// Only the demo key, and only while the definitions topic holds no source.
-    pub fn demo(key: &str, source: Source) -> Self {
-        WriteKeys {
-            demo: Some((KeyHash::of(key), Arc::new(source))),
-            ..WriteKeys::default()
-        }
-    }
-
-    /// Fixed keys (the demo key is not counted).
+    /// Fixed keys.
     pub fn len(&self) -> usize {
         self.fixed.len()
     }
@@ -78,13 +69,7 @@ impl WriteKeys {
         }
         // A poisoned lock means a writer panicked mid-update: fail closed (401), not open.
         let defined = self.defined.read().ok()?;
-        if let Some(s) = defined.get(&hash) {
-            return Some(s);
-        }
-        match &self.demo {
-            Some((h, s)) if defined.sources() == 0 && *h == hash => Some(s.clone()),
-            _ => None,
-        }
+        defined.get(&hash)
     }
 
     /// Whether `hash` is a fixed key (shadows a defined one).
@@ -342,19 +327,6 @@ mod tests {
         assert_eq!(keys.get("k").unwrap().source_id, "a");
         keys.defined().write().unwrap().remove("acme/source/a");
         assert_eq!(keys.get("k").unwrap().source_id, "b");
-    }
-
-    #[test]
-    fn demo_key_only_while_no_source_is_defined() {
-        let keys = WriteKeys::demo("corral-demo", src("demo"));
-        assert_eq!(keys.get("corral-demo").unwrap().source_id, "demo");
-        keys.defined()
-            .write()
-            .unwrap()
-            .upsert("acme/source/web", &defined("web", &[]));
-        assert!(keys.get("corral-demo").is_none());
-        keys.defined().write().unwrap().remove("acme/source/web");
-        assert!(keys.get("corral-demo").is_some());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Configuration: flags, `CORRAL_*` environment variables, an optional YAML file, defaults; in
 //! that order of precedence. The defaults are the local stack's (`make up`): listen on
-//! 127.0.0.1:8080, Kafka on 127.0.0.1:9092, topics `corral.events.raw` / `corral.events.dlq`, and
-//! the write key `corral-demo` for source `demo` in space `default`.
+//! 127.0.0.1:8080, Kafka on 127.0.0.1:9092, topics `corral.events.raw` / `corral.events.dlq`; no
+//! write key is implied (the local stack passes the demo's with `--write-key`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,7 +18,6 @@ use crate::ip::Cidr;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9092";
 pub const DEFAULT_PREFIX: &str = "corral.";
-pub const DEMO_WRITE_KEY: &str = "corral-demo=demo:default";
 
 /// Command line (each flag also reads its `CORRAL_*` variable).
 #[derive(Debug, Clone, Default, Parser)]
@@ -61,8 +60,8 @@ pub struct Args {
     #[arg(long, env = "CORRAL_TOPIC_DLQ")]
     pub dlq_topic: Option<String>,
     /// Write key, KEY=SOURCE or KEY=SOURCE:SPACE (space defaults to `default`); repeatable, or
-    /// comma-separated in the variable. Replaces the keys of the config file.
-    /// [default: corral-demo=demo:default]
+    /// comma-separated in the variable. Replaces the keys of the config file. Without any, only
+    /// the sources in the definitions topic are accepted.
     #[arg(
         long = "write-key",
         env = "CORRAL_COLLECTOR_WRITE_KEYS",
@@ -186,7 +185,6 @@ pub struct Config {
     /// `None`: sources are not followed (`--no-definitions`).
     pub definitions_topic: Option<String>,
     pub write_keys: WriteKeys,
-    pub using_demo_key: bool,
     pub trusted_proxies: Vec<Cidr>,
     pub limits: Limits,
     pub delivery_timeout_ms: u64,
@@ -279,7 +277,6 @@ impl Config {
             .map_err(|e| ConfigError::KafkaProperty(e.to_string()))?,
         );
 
-        let mut using_demo_key = false;
         let entries: Vec<(String, Source)> = if !args.write_keys.is_empty() {
             args.write_keys
                 .iter()
@@ -301,13 +298,9 @@ impl Config {
                 })
                 .collect()
         } else {
-            using_demo_key = true;
             Vec::new()
         };
-        let write_keys = if using_demo_key {
-            let (k, s) = parse_write_key(DEMO_WRITE_KEY)?;
-            WriteKeys::demo(&k, s)
-        } else if entries.is_empty() && definitions_topic.is_none() {
+        let write_keys = if entries.is_empty() && definitions_topic.is_none() {
             return Err(ConfigError::Invalid(
                 "no write keys configured and --no-definitions given".into(),
             ));
@@ -365,7 +358,6 @@ impl Config {
             dlq_topic,
             definitions_topic,
             write_keys,
-            using_demo_key,
             trusted_proxies,
             limits,
             delivery_timeout_ms,
@@ -395,12 +387,9 @@ mod tests {
         assert_eq!(c.raw_topic, "corral.events.raw");
         assert_eq!(c.dlq_topic, "corral.events.dlq");
         assert_eq!(c.definitions_topic.as_deref(), Some("corral.definitions"));
-        let s = c.write_keys.get("corral-demo").unwrap();
-        assert_eq!(
-            (s.source_id.as_str(), s.space_id.as_str()),
-            ("demo", "default")
-        );
-        assert!(c.using_demo_key);
+        // No implicit key: the local demo passes its own `--write-key`.
+        assert!(c.write_keys.get("corral-demo").is_none());
+        assert!(c.write_keys.is_empty());
         assert_eq!(c.limits, Limits::default());
     }
 

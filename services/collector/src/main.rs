@@ -1,7 +1,8 @@
 //! `corral-collector`: Segment's HTTP Tracking API → Kafka `events.raw`.
 //!
 //! Local stack: `corral-collector` with no flags listens on 127.0.0.1:8080, writes to
-//! `corral.events.raw` on 127.0.0.1:9092 and accepts the write key `corral-demo`.
+//! `corral.events.raw` on 127.0.0.1:9092 and accepts the write keys of the sources in
+//! `corral.definitions`; `deploy/local/services.sh` adds the demo's `--write-key corral-demo`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -29,8 +30,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
-    if cfg.using_demo_key {
-        tracing::warn!("no write keys configured: accepting the local-stack demo key corral-demo (source demo, space default) while the definitions topic holds no source");
+    if cfg.write_keys.is_empty() {
+        tracing::warn!("no write keys configured: only the sources in the definitions topic are accepted (`corralctl sources apply`, or --write-key)");
     }
     let reg = registry("collector");
     register_build_info(&reg, env!("CARGO_PKG_VERSION"))?;
