@@ -1,13 +1,13 @@
 //! Corral against the local broker's secured listener: SASL_SSL with SCRAM-SHA-512, TLS from the
 //! local test CA, ACLs enforced by KRaft's StandardAuthorizer (deploy/local/kafka.sh). A service
 //! (the runtime's minimal example, built on the same scaffold as every service) runs there with a
-//! principal of its own and only the ACLs docs/security.md lists; a wrong password and a plaintext
-//! client are refused with a clear error; a principal without write on `definitions` cannot
-//! change a definition.
+//! principal of its own and only the ACLs docs/security.md lists; with a wrong password it stays
+//! up, not ready, saying why; a plaintext client is refused; a principal without write on
+//! `definitions` cannot change a definition.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use corral_runtime::topics::{CleanupPolicy, TopicAdmin};
@@ -167,25 +167,39 @@ fn a_service_runs_over_sasl_ssl_with_least_privilege_and_bad_credentials_are_ref
     }
     assert!(svc.terminate().success());
 
-    // A wrong password: the service stops with an error that says authentication failed.
+    // A wrong password: the service stays up, not ready, and its /readyz and log say that
+    // authentication failed; it tries again with a growing pause instead of crash-looping.
     let other_state = tempfile::tempdir().unwrap();
-    let mut wrong = command("not-the-password", other_state.path())
-        .stderr(Stdio::piped())
-        .spawn()
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", corral_tests::http::free_port())
+        .parse()
         .unwrap();
+    let mut wrong = Service {
+        child: command("not-the-password", other_state.path())
+            .args(["--admin", &admin.to_string()])
+            .spawn()
+            .unwrap(),
+        name: "minimal-wrong-password".into(),
+    };
     let deadline = Instant::now() + Duration::from_secs(90);
-    while wrong.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = wrong.kill();
-            panic!("a service with a wrong password kept running without saying why");
+    let why = loop {
+        match corral_tests::http::http_get(admin, "/readyz") {
+            Some((503, body)) if body.to_lowercase().contains("authentication") => break body,
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(300)),
+            other => panic!("/readyz should say authentication failed: {other:?}"),
         }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut wrong.stderr.take().unwrap(), &mut out).unwrap();
+    };
+    assert!(why.contains("SASL"), "{why}");
     assert!(
-        out.to_lowercase().contains("authentication"),
-        "the error should say authentication failed: {out}"
+        wrong.is_running(),
+        "a wrong password must not stop (and crash-loop) the service"
+    );
+    assert!(matches!(
+        corral_tests::http::http_get(admin, "/healthz"),
+        Some((200, _))
+    ));
+    assert!(
+        wrong.terminate().success(),
+        "SIGTERM while waiting for Kafka is a clean stop"
     );
 
     // A plaintext client on the secured port is refused with an error, not a hang.

@@ -20,7 +20,10 @@
 //!   counts as empty and is followed once created), so no record meets a partial set of
 //!   definitions; while it loads, a line says so every 30 s, and SIGTERM stops the wait;
 //! - one shutdown flag: SIGTERM or SIGINT, or any part stopping (a stream runtime, a follower),
-//!   stops every part; each runtime commits its batch first; `run` returns the first error.
+//!   stops every part; each runtime commits its batch first; `run` returns the first error;
+//! - Kafka unreachable or refusing the login at start (broker down, wrong password, untrusted
+//!   certificate) is not a crash: the admin endpoint is up from the start, `/readyz` says what
+//!   start-up waits for, and it tries again with a growing pause.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -81,7 +84,19 @@ pub struct Service {
     parts: Vec<Part>,
     /// Query tokens, followed with the definitions (see [`crate::auth`]).
     tokens: Arc<ApiTokens>,
+    /// The admin endpoint until the runtimes serve it: `/readyz` says what start-up waits for.
+    early_admin: Option<EarlyAdmin>,
 }
+
+/// `/healthz` and `/readyz` while the service starts (Kafka unreachable, a wrong password...).
+struct EarlyAdmin {
+    health: Arc<corral_telemetry::Health>,
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+/// Start-up waits for Kafka with this back-off between attempts, at most.
+const KAFKA_RETRY_MAX: Duration = Duration::from_secs(30);
 
 impl Service {
     /// Starts logging, reads the shared flags and handles SIGTERM/SIGINT. `name` is the
@@ -92,6 +107,26 @@ impl Service {
         let fault = args.fault()?;
         let shutdown = Arc::new(AtomicBool::new(false));
         let signals = spawn_signal_handler(shutdown.clone())?;
+        let early_admin = match args.admin {
+            Some(addr) => {
+                let health = corral_telemetry::Health::new();
+                health.set_not_ready("starting: connecting to Kafka");
+                let registry = corral_telemetry::registry(&args.app_or(name));
+                let stop = Arc::new(AtomicBool::new(false));
+                let thread = corral_telemetry::serve_in_thread(
+                    "admin-start",
+                    addr,
+                    corral_telemetry::admin_router(registry, health.clone()),
+                    stop.clone(),
+                )?;
+                Some(EarlyAdmin {
+                    health,
+                    stop,
+                    thread,
+                })
+            }
+            None => None,
+        };
         Ok(Self {
             app: args.app_or(name),
             topics: args.topic_names(),
@@ -102,6 +137,7 @@ impl Service {
             edges: vec![signals],
             parts: Vec::new(),
             tokens: ApiTokens::new(),
+            early_admin,
         })
     }
 
@@ -178,10 +214,8 @@ impl Service {
         };
         let topic = self.topics.name(names::DEFINITIONS);
         let caught_up = Arc::new(AtomicBool::new(false));
-        if TopicAdmin::connect(self.bootstrap(), &self.kafka)?
-            .partitions(&topic)?
-            .is_none()
-        {
+        let admin = self.wait_for_kafka(&topic)?;
+        if admin.partitions(&topic)?.is_none() {
             warn!(topic, "definitions topic does not exist: starting with no {what}, following it once it is created");
             caught_up.store(true, Ordering::SeqCst);
         }
@@ -254,7 +288,7 @@ impl Service {
         cleanup_policy: CleanupPolicy,
         retention_ms: Option<i64>,
     ) -> Result<i32, ServiceError> {
-        let admin = TopicAdmin::connect(self.bootstrap(), &self.kafka)?;
+        let admin = self.wait_for_kafka(like)?;
         let partitions = admin.partitions(like)?.ok_or_else(|| {
             RuntimeError::Admin(format!(
                 "topic {like} does not exist; create it with `corralctl topics apply`"
@@ -272,6 +306,41 @@ impl Service {
         })?;
         info!(topic, partitions, "created internal topic");
         Ok(partitions)
+    }
+
+    /// An admin client once Kafka answers a metadata request for `topic`. Until then (broker
+    /// down, wrong password, untrusted certificate) the service stays up and not ready, its
+    /// `/readyz` and log saying why, and tries again with a growing pause (no crash loop);
+    /// SIGTERM meanwhile ends the process cleanly.
+    fn wait_for_kafka(&self, topic: &str) -> Result<TopicAdmin, ServiceError> {
+        let mut pause = Duration::from_secs(1);
+        loop {
+            let attempt = TopicAdmin::connect(self.bootstrap(), &self.kafka).and_then(|admin| {
+                admin.partitions(topic)?;
+                Ok(admin)
+            });
+            let error = match attempt {
+                Ok(admin) => return Ok(admin),
+                Err(e @ RuntimeError::Config(_)) => return Err(e.into()),
+                Err(e) => e,
+            };
+            let why = format!("cannot use Kafka at {}: {error}", self.bootstrap());
+            warn!(retry_in_s = pause.as_secs(), "{why}");
+            if let Some(early) = &self.early_admin {
+                early.health.set_not_ready(why);
+            }
+            let until = Instant::now() + pause;
+            while Instant::now() < until {
+                if self.shutdown.load(Ordering::SeqCst) {
+                    // Nothing has run yet, so nothing needs committing: SIGTERM while Kafka is
+                    // unreachable is a clean stop, as it is once running.
+                    info!("stopped while waiting for Kafka");
+                    std::process::exit(0);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            pause = (pause * 2).min(KAFKA_RETRY_MAX);
+        }
     }
 
     /// Serves `router` on `addr` (a query interface) until shutdown; nothing when `addr` is
@@ -299,7 +368,12 @@ impl Service {
 
     /// Runs every added runtime, each on its own thread, until SIGTERM or until one stops
     /// (which stops the others); then stops the edges. Returns the first error.
-    pub fn run(self) -> Result<(), ServiceError> {
+    pub fn run(mut self) -> Result<(), ServiceError> {
+        // The runtimes serve the admin endpoint from here on, on the same address.
+        if let Some(early) = self.early_admin.take() {
+            early.stop.store(true, Ordering::SeqCst);
+            let _ = early.thread.join();
+        }
         let mut threads = Vec::new();
         for part in self.parts {
             let stop = self.shutdown.clone();
