@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::{print_json, Kafka, Output};
 use corral_ops::sources::{self, DefinitionsTopic, SourcesError};
 
+/// Where the definitions topic is (also `tokens`).
 #[derive(Args)]
 pub struct Where {
     #[arg(long, env = "CORRAL_TOPIC_PREFIX", default_value = "corral.")]
@@ -18,6 +19,14 @@ pub struct Where {
     /// Full name of the definitions topic (default: prefix + `definitions`).
     #[arg(long)]
     topic: Option<String>,
+}
+
+impl Where {
+    pub fn definitions_topic(&self) -> String {
+        self.topic
+            .clone()
+            .unwrap_or_else(|| format!("{}definitions", self.prefix))
+    }
 }
 
 #[derive(Subcommand)]
@@ -54,9 +63,7 @@ fn topic(kafka: &Kafka, w: Where) -> DefinitionsTopic {
     DefinitionsTopic {
         bootstrap: kafka.bootstrap.clone(),
         kafka: kafka.properties.clone(),
-        topic: w
-            .topic
-            .unwrap_or_else(|| format!("{}definitions", w.prefix)),
+        topic: w.definitions_topic(),
     }
 }
 

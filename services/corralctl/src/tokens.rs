@@ -3,15 +3,10 @@
 
 use std::process::ExitCode;
 
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 
+use crate::sources::Where;
 use crate::{print_json, Kafka, Output};
-
-#[derive(Args)]
-pub struct Where {
-    #[arg(long, env = "CORRAL_TOPIC_PREFIX", default_value = "corral.")]
-    prefix: String,
-}
 
 #[derive(Subcommand)]
 pub enum TokensAction {
@@ -48,7 +43,7 @@ pub enum TokensAction {
 }
 
 pub fn tokens(kafka: &Kafka, output: Output, action: TokensAction) -> anyhow::Result<ExitCode> {
-    let topic = |w: &Where| format!("{}definitions", w.prefix);
+    let topic = Where::definitions_topic;
     let (b, p) = (&kafka.bootstrap, &kafka.properties);
     match action {
         TokensAction::Create { space, id, at, by } => {

@@ -1,8 +1,6 @@
 //! Compute's query interface (`corral_compute::query::router`): its answer types and a client,
 //! for `corralctl profile show` and the tests. Errors are mapped to compute's.
 
-use std::time::Duration;
-
 use corral_telemetry::http_client::encode_segment;
 
 use serde::{Deserialize, Serialize};
@@ -38,40 +36,24 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:9114";
 
 pub use super::ClientError;
 
-/// A client of one compute instance's query interface.
+/// The compute query interface.
 #[derive(Debug, Clone)]
-pub struct QueryClient(super::QueryClient);
+pub struct Compute;
+
+impl super::Interface for Compute {
+    const SERVICE: &'static str = "compute";
+}
+
+/// A client of one compute instance's query interface.
+pub type QueryClient = super::QueryClient<Compute>;
 
 impl QueryClient {
-    /// `addr` is `host:port`; a leading `http://` and a trailing `/` are accepted.
-    pub fn new(addr: &str) -> QueryClient {
-        QueryClient(super::QueryClient::new("compute", addr))
-    }
-
-    pub fn with_timeout(self, timeout: Duration) -> QueryClient {
-        QueryClient(self.0.with_timeout(timeout))
-    }
-
-    /// Sends `token` with every request.
-    pub fn with_token(self, token: Option<String>) -> QueryClient {
-        QueryClient(self.0.with_token(token))
-    }
-
-    pub fn addr(&self) -> &str {
-        self.0.addr()
-    }
-
     /// The profile as compute holds it.
     pub fn profile(&self, space: &str, profile_id: &str) -> Result<ProfileAnswer, ClientError> {
-        self.0.get_json(&format!(
+        self.get_json(&format!(
             "/v1/spaces/{}/profiles/{}",
             encode_segment(space),
             encode_segment(profile_id)
         ))
-    }
-
-    /// Whether the instance has loaded its profiles (its `/readyz`).
-    pub fn ready(&self) -> Result<bool, ClientError> {
-        self.0.ready()
     }
 }

@@ -1,8 +1,6 @@
 //! Identity's query interface (`corral_identity::view::router`): its answer types and a client,
 //! for `corralctl identity`, `corralctl profile` and the tests. Errors are mapped to identity's.
 
-use std::time::Duration;
-
 use corral_telemetry::http_client::encode_segment;
 
 use serde::{Deserialize, Serialize};
@@ -47,42 +45,26 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:9113";
 
 pub use super::ClientError;
 
-/// A client of one identity instance's query interface.
+/// The identity query interface.
 #[derive(Debug, Clone)]
-pub struct QueryClient(super::QueryClient);
+pub struct Identity;
+
+impl super::Interface for Identity {
+    const SERVICE: &'static str = "identity";
+}
+
+/// A client of one identity instance's query interface.
+pub type QueryClient = super::QueryClient<Identity>;
 
 impl QueryClient {
-    /// `addr` is `host:port`; a leading `http://` and a trailing `/` are accepted.
-    pub fn new(addr: &str) -> QueryClient {
-        QueryClient(super::QueryClient::new("identity", addr))
-    }
-
-    pub fn with_timeout(self, timeout: Duration) -> QueryClient {
-        QueryClient(self.0.with_timeout(timeout))
-    }
-
-    /// Sends `token` with every request.
-    pub fn with_token(self, token: Option<String>) -> QueryClient {
-        QueryClient(self.0.with_token(token))
-    }
-
-    pub fn addr(&self) -> &str {
-        self.0.addr()
-    }
-
     /// The live profile of `id` (`type:value`, or a profile id: a retired one forwards).
     pub fn profile(&self, space: &str, id: &str) -> Result<ProfileView, ClientError> {
-        self.0.get_json(&profile_path(space, id, false))
+        self.get_json(&profile_path(space, id, false))
     }
 
     /// The external ids of the profile `id` names, with its live profile id.
     pub fn external_ids(&self, space: &str, id: &str) -> Result<ExternalIdsView, ClientError> {
-        self.0.get_json(&profile_path(space, id, true))
-    }
-
-    /// Whether the instance has loaded the graph (its `/readyz`).
-    pub fn ready(&self) -> Result<bool, ClientError> {
-        self.0.ready()
+        self.get_json(&profile_path(space, id, true))
     }
 }
 

@@ -61,37 +61,43 @@ pub enum ClientError {
     Status { status: u16, message: String },
 }
 
-/// A client of one instance's query interface: GETs with a timeout, JSON answers, the
-/// interface's error bodies mapped to [`ClientError`].
+/// Which service's query interface a [`QueryClient`] talks to (its name, for messages).
+pub trait Interface {
+    const SERVICE: &'static str;
+}
+
+/// A client of one instance's query interface `K`: GETs with a timeout, JSON answers, the
+/// interface's error bodies mapped to [`ClientError`]. Each interface adds its reads
+/// (`identity::QueryClient::profile`, ...).
 #[derive(Debug, Clone)]
-pub struct QueryClient {
-    service: &'static str,
+pub struct QueryClient<K> {
     addr: String,
     timeout: Duration,
     /// Sent as `Authorization: Bearer` (see `corral_runtime::auth`).
     token: Option<String>,
+    interface: std::marker::PhantomData<K>,
 }
 
-impl QueryClient {
+impl<K: Interface> QueryClient<K> {
     /// `addr` is `host:port`; a leading `http://` and a trailing `/` are accepted.
-    pub fn new(service: &'static str, addr: &str) -> QueryClient {
+    pub fn new(addr: &str) -> Self {
         let addr = addr.trim();
         let addr = addr.strip_prefix("http://").unwrap_or(addr);
         QueryClient {
-            service,
             addr: addr.trim_end_matches('/').to_string(),
             timeout: Duration::from_secs(10),
             token: None,
+            interface: std::marker::PhantomData,
         }
     }
 
     /// Sends `token` with every request (the query interfaces require one of the space read).
-    pub fn with_token(mut self, token: Option<String>) -> QueryClient {
+    pub fn with_token(mut self, token: Option<String>) -> Self {
         self.token = token.filter(|t| !t.is_empty());
         self
     }
 
-    pub fn with_timeout(mut self, timeout: Duration) -> QueryClient {
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
@@ -130,7 +136,7 @@ impl QueryClient {
 
     /// One GET; the status and the (de-chunked) body.
     fn get(&self, path: &str) -> Result<(u16, Vec<u8>), ClientError> {
-        let service = self.service;
+        let service = K::SERVICE;
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         http_client::get_with(&self.addr, path, self.timeout, auth.as_deref()).map_err(
             |e| match e {
@@ -158,12 +164,13 @@ mod tests {
 
     #[test]
     fn addresses_accept_a_scheme_and_refuse_nonsense() {
+        type Client = QueryClient<compute::Compute>;
         assert_eq!(
-            QueryClient::new("compute", "http://127.0.0.1:9114/").addr(),
+            Client::new("http://127.0.0.1:9114/").addr(),
             "127.0.0.1:9114"
         );
         assert!(matches!(
-            QueryClient::new("compute", "not an address").ready(),
+            Client::new("not an address").ready(),
             Err(ClientError::Address(_))
         ));
     }
