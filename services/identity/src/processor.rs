@@ -12,7 +12,7 @@ use corral_codec::{
     AvroRecord, ExternalId, ProfileMerge, ResolvedEvent, SegmentMessage, ValidEvent,
 };
 use corral_runtime::cli::names;
-use corral_runtime::{InputRecord, ProcessContext, ProcessError, Processor};
+use corral_runtime::{InputRecord, Output, ProcessContext, ProcessError, Processor};
 
 use crate::engine::{resolve, Cap, MergeKind, Outcome, Resolution};
 use crate::ids::extract;
@@ -52,12 +52,13 @@ impl Processor for RouterProcessor {
                 .inc();
         })?;
         // Keyed by space: the murmur2 partitioner picks the bucket, the same one every time.
-        let by_space = ctx.topic(names::BY_SPACE);
-        ctx.emit(
-            &by_space,
-            Some(ev.message.space_id.into_bytes()),
-            record.value.map(<[u8]>::to_vec),
-        );
+        let topic = ctx.topic(names::BY_SPACE);
+        ctx.emit_to(Output {
+            topic,
+            key: Some(ev.message.space_id.into_bytes()),
+            value: record.value.map(<[u8]>::to_vec),
+            partition: None,
+        });
         self.metrics.routed.inc();
         Ok(())
     }

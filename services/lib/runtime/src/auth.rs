@@ -134,7 +134,10 @@ fn token_of(header: &str) -> Option<String> {
     match scheme.to_ascii_lowercase().as_str() {
         "bearer" => Some(rest.trim().to_string()).filter(|t| !t.is_empty()),
         "basic" => {
-            let decoded = base64_decode(rest.trim())?;
+            use base64::Engine;
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(rest.trim())
+                .ok()?;
             let text = String::from_utf8(decoded).ok()?;
             let user = text.split(':').next().unwrap_or_default();
             Some(user.to_string()).filter(|t| !t.is_empty())
@@ -143,58 +146,17 @@ fn token_of(header: &str) -> Option<String> {
     }
 }
 
-/// Standard base64 (the Basic scheme's), without a dependency for 20 lines.
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let bytes: Vec<u8> = s.bytes().filter(|c| *c != b'=').collect();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut n = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            n |= value(*c)? << (18 - 6 * i);
-        }
-        let take = chunk.len().saturating_sub(1);
-        out.extend(n.to_be_bytes()[1..1 + take].iter());
-    }
-    Some(out)
-}
-
 /// The space a query path names (`/v1/spaces/{space}/...`).
 fn space_of(path: &str) -> Option<String> {
     let mut parts = path.trim_start_matches('/').split('/');
     match (parts.next(), parts.next(), parts.next()) {
-        (Some("v1"), Some("spaces"), Some(space)) if !space.is_empty() => {
-            Some(percent_decode(space))
-        }
+        (Some("v1"), Some("spaces"), Some(space)) if !space.is_empty() => Some(
+            percent_encoding::percent_decode_str(space)
+                .decode_utf8_lossy()
+                .into_owned(),
+        ),
         _ => None,
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `router` behind `tokens` (see the module doc).

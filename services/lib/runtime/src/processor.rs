@@ -247,7 +247,7 @@ impl<'a> ProcessContext<'a> {
         record: &R,
     ) -> Result<(), ProcessError> {
         let topic = self.topics.of::<R>();
-        self.emit_record_to(&topic, key, record)
+        self.push_record(topic, key.into(), record)
     }
 
     /// Encodes `record` and produces it to `topic` (a re-keyed copy of a standard topic, such as
@@ -258,10 +258,25 @@ impl<'a> ProcessContext<'a> {
         key: impl Into<Vec<u8>>,
         record: &R,
     ) -> Result<(), ProcessError> {
+        self.push_record(topic.to_string(), key.into(), record)
+    }
+
+    /// One owned topic name per output, as `emit` has.
+    fn push_record<R: AvroRecord>(
+        &mut self,
+        topic: String,
+        key: Vec<u8>,
+        record: &R,
+    ) -> Result<(), ProcessError> {
         let value = record
             .encode()
             .map_err(|e| ProcessError::Fatal(format!("encoding a {} record: {e}", R::TOPIC)))?;
-        self.emit(topic, Some(key.into()), Some(value));
+        self.outputs.push(Output {
+            topic,
+            key: Some(key),
+            value: Some(value),
+            partition: None,
+        });
         Ok(())
     }
 

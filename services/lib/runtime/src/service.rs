@@ -214,8 +214,7 @@ impl Service {
         };
         let topic = self.topics.name(names::DEFINITIONS);
         let caught_up = Arc::new(AtomicBool::new(false));
-        let admin = self.wait_for_kafka(&topic)?;
-        if admin.partitions(&topic)?.is_none() {
+        if self.wait_for_kafka(&topic)?.1.is_none() {
             warn!(topic, "definitions topic does not exist: starting with no {what}, following it once it is created");
             caught_up.store(true, Ordering::SeqCst);
         }
@@ -232,6 +231,11 @@ impl Service {
             on_event,
         )?;
         self.edges.push(handle);
+        if let Some(early) = &self.early_admin {
+            early
+                .health
+                .set_not_ready(format!("starting: loading {what} from {topic}"));
+        }
         let started = Instant::now();
         let mut next_note = Duration::from_secs(10);
         while !caught_up.load(Ordering::SeqCst) {
@@ -288,8 +292,8 @@ impl Service {
         cleanup_policy: CleanupPolicy,
         retention_ms: Option<i64>,
     ) -> Result<i32, ServiceError> {
-        let admin = self.wait_for_kafka(like)?;
-        let partitions = admin.partitions(like)?.ok_or_else(|| {
+        let (admin, like_partitions) = self.wait_for_kafka(like)?;
+        let partitions = like_partitions.ok_or_else(|| {
             RuntimeError::Admin(format!(
                 "topic {like} does not exist; create it with `corralctl topics apply`"
             ))
@@ -312,15 +316,23 @@ impl Service {
     /// down, wrong password, untrusted certificate) the service stays up and not ready, its
     /// `/readyz` and log saying why, and tries again with a growing pause (no crash loop);
     /// SIGTERM meanwhile ends the process cleanly.
-    fn wait_for_kafka(&self, topic: &str) -> Result<TopicAdmin, ServiceError> {
+    /// Returns the admin client and `topic`'s partition count (`None`: it does not exist).
+    fn wait_for_kafka(&self, topic: &str) -> Result<(TopicAdmin, Option<i32>), ServiceError> {
         let mut pause = Duration::from_secs(1);
         loop {
             let attempt = TopicAdmin::connect(self.bootstrap(), &self.kafka).and_then(|admin| {
-                admin.partitions(topic)?;
-                Ok(admin)
+                let partitions = admin.partitions(topic)?;
+                Ok((admin, partitions))
             });
             let error = match attempt {
-                Ok(admin) => return Ok(admin),
+                Ok(found) => {
+                    if let Some(early) = &self.early_admin {
+                        early
+                            .health
+                            .set_not_ready("starting: Kafka answers; loading");
+                    }
+                    return Ok(found);
+                }
                 Err(e @ RuntimeError::Config(_)) => return Err(e.into()),
                 Err(e) => e,
             };
