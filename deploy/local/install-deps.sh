@@ -51,6 +51,12 @@ if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip'
   need_pkg python3-venv
 fi
 
+# the image (deploy/container/build.sh) and the chart-to-process test: podman with runc, and a
+# Debian base made with mmdebstrap (no container registry is reachable on these machines)
+need_pkg podman
+need_pkg runc
+need_pkg mmdebstrap
+
 if ! command -v cargo >/dev/null 2>&1; then
   log "warning: cargo is not on PATH (on this kind of machine Rust comes from rustup, preinstalled)"
 fi
