@@ -3,9 +3,11 @@
 //! `read_committed`, and driving service processes (spawn, SIGKILL, SIGTERM).
 //!
 //! [`http`]: free ports, an admin GET, and a recording HTTP receiver (a destination stand-in).
+//! [`secure`]: the broker's SASL_SSL listener, its users and ACLs.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failed setup should stop the test loudly
 
 pub mod http;
+pub mod secure;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

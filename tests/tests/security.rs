@@ -11,47 +11,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use corral_runtime::topics::{CleanupPolicy, TopicAdmin};
-use corral_tests::{bootstrap, create_topic, produce, read_committed, repo_root, unique, Service};
-
-/// `kafka.sh env` as a map (the secured listener's address and the CA).
-fn broker_env() -> BTreeMap<String, String> {
-    bootstrap();
-    let out = Command::new("bash")
-        .arg(repo_root().join("deploy/local/kafka.sh"))
-        .arg("env")
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-fn kafka_sh(args: &[&str]) {
-    let status = Command::new("bash")
-        .arg(repo_root().join("deploy/local/kafka.sh"))
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(status.success(), "kafka.sh {args:?} failed");
-}
-
-/// The client properties of `user` on the secured listener.
-fn sasl_ssl(
-    env: &BTreeMap<String, String>,
-    user: &str,
-    password: &str,
-) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("security.protocol".into(), "SASL_SSL".into()),
-        ("sasl.mechanism".into(), "SCRAM-SHA-512".into()),
-        ("sasl.username".into(), user.into()),
-        ("sasl.password".into(), password.into()),
-        ("ssl.ca.location".into(), env["KAFKA_CA"].clone()),
-    ])
-}
+use corral_tests::secure::{as_env, broker_env, kafka_sh, sasl_ssl};
+use corral_tests::{create_topic, produce, read_committed, repo_root, unique, Service};
 
 fn allow(principal: &str, operations: &[&str], resource: &[&str]) {
     let mut args = vec!["acl", "--add", "--allow-principal"];
@@ -129,12 +90,7 @@ fn a_service_runs_over_sasl_ssl_with_least_privilege_and_bad_credentials_are_ref
             .arg(state)
             .env("CORRAL_KAFKA_BOOTSTRAP", &secure)
             .env("RUST_LOG", "warn");
-        for (k, v) in sasl_ssl(&env, &user, password) {
-            cmd.env(
-                format!("CORRAL_KAFKA_PROP_{}", k.to_uppercase().replace('.', "_")),
-                v,
-            );
-        }
+        cmd.envs(as_env(&sasl_ssl(&env, &user, password)));
         cmd
     };
 

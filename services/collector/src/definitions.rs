@@ -143,7 +143,7 @@ pub fn start(
     let mut cfg = consumer_properties(kafka_cfg);
     // Names the reader in broker logs and ACLs; it never joins the group nor commits.
     cfg.entry("group.id".into())
-        .or_insert_with(|| "corral-collector-definitions".into());
+        .or_insert_with(|| corral_runtime::definitions::COLLECTOR_GROUP.into());
     let thread = follow(
         bootstrap,
         &cfg,

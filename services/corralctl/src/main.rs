@@ -17,7 +17,9 @@
 //!   from identity's and compute's query interfaces (see `profile.rs`).
 //! - `corralctl sources apply|list|delete`: sources and write keys (see `sources.rs`).
 //! - `corralctl tokens create|list|delete`: tokens for the query interfaces (see `tokens.rs`).
+//! - `corralctl acls`: least-privilege Kafka ACLs, one principal per service (see `acls.rs`).
 
+mod acls;
 mod audiences;
 mod destinations;
 mod identity;
@@ -113,6 +115,9 @@ enum Command {
     Identity(identity::IdentityArgs),
     /// A profile's traits, computed traits, audiences and external ids (identity + compute).
     Profile(profile::ProfileArgs),
+    /// Least-privilege Kafka ACLs (one principal per service, operators alone write
+    /// definitions) as `kafka-acls.sh` calls, or JSON with `--output json`.
+    Acls(Box<acls::AclsArgs>),
     /// Replay quarantined messages.
     Replay {
         #[command(subcommand)]
@@ -159,6 +164,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Audiences { action } => audiences::audiences(kafka, cli.output, action),
         Command::Sources { action } => sources::sources(kafka, cli.output, action),
         Command::Tokens { action } => tokens::tokens(kafka, cli.output, action),
+        Command::Acls(args) => acls::acls(cli.output, *args).map(|()| ExitCode::SUCCESS),
         Command::Identity(args) => identity::identity(args),
         Command::Profile(args) => profile::profile(args),
         Command::Replay { action } => destinations::replay(kafka, action),

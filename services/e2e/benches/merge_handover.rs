@@ -15,7 +15,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -84,6 +84,7 @@ fn main() {
         write_keys: Vec::new(),
         instances: 1,
         fanout: false,
+        env: BTreeMap::new(),
     });
     stack.wait_ready(Duration::from_secs(90));
 

@@ -528,6 +528,7 @@ fn merges_keep_every_event() {
         write_keys,
         instances,
         fanout: false,
+        env: BTreeMap::new(),
     });
     stack.wait_ready(Duration::from_secs(90));
     let topic = |name: &str| TopicReader::new(&bootstrap, &format!("{prefix}{name}"));

@@ -246,6 +246,7 @@ fn segment_calls_flow_through_every_service_to_a_webhook() {
         write_keys: vec![format!("{WRITE_KEY}=e2e-source:{SPACE}")],
         instances: 1,
         fanout: true,
+        env: BTreeMap::new(),
     });
     stack.wait_ready(Duration::from_secs(60));
 

@@ -80,6 +80,7 @@ pub struct Proc {
     pub log: PathBuf,
     pub admin: SocketAddr,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 /// The running stack. On drop every process is killed; if the test is failing, the end of each
@@ -91,14 +92,27 @@ pub struct Stack {
 impl Stack {
     /// Starts `corral-{service}`; `name` tells instances apart (`compute-1`) and names its log.
     pub fn spawn(&mut self, name: &str, args: &[String], admin: SocketAddr, dir: &Path) {
+        self.spawn_with_env(name, args, &[], admin, dir);
+    }
+
+    /// [`Stack::spawn`] with extra environment variables (client properties, secrets).
+    pub fn spawn_with_env(
+        &mut self,
+        name: &str,
+        args: &[String],
+        env: &[(String, String)],
+        admin: SocketAddr,
+        dir: &Path,
+    ) {
         let log = dir.join(format!("{name}.log"));
-        let child = start(name, args, &log);
+        let child = start(name, args, env, &log);
         self.procs.push(Proc {
             name: name.to_string(),
             child,
             log,
             admin,
             args: args.to_vec(),
+            env: env.to_vec(),
         });
     }
 
@@ -107,7 +121,7 @@ impl Stack {
         let p = &mut self.procs[i];
         let _ = p.child.kill();
         let _ = p.child.wait();
-        p.child = start(&p.name, &p.args, &p.log);
+        p.child = start(&p.name, &p.args, &p.env, &p.log);
     }
 
     /// Waits until every service answers `/readyz` with 200; fails early when one exits.
@@ -156,7 +170,7 @@ impl Stack {
 }
 
 /// Starts a service binary (its name before any `-instance` suffix) appending to `log`.
-fn start(name: &str, args: &[String], log: &Path) -> Child {
+fn start(name: &str, args: &[String], env: &[(String, String)], log: &Path) -> Child {
     let service = name.split('-').next().unwrap_or(name);
     let bin = binary(&format!("corral-{service}"));
     let file = std::fs::OpenOptions::new()
@@ -173,6 +187,7 @@ fn start(name: &str, args: &[String], log: &Path) -> Child {
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
         )
+        .envs(env.iter().cloned())
         .spawn()
         .unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()))
 }
@@ -192,6 +207,9 @@ pub struct PipelineConfig<'a> {
     pub instances: usize,
     /// Start corral-fanout too.
     pub fanout: bool,
+    /// Extra environment of each service, by name (`collector`, `validator`, …): client
+    /// properties of its own principal on a secured listener, say.
+    pub env: BTreeMap<&'a str, Vec<(String, String)>>,
 }
 
 fn addr(port: u16) -> SocketAddr {
@@ -218,7 +236,14 @@ pub fn start_pipeline(c: &PipelineConfig<'_>) -> (Stack, String) {
         args.push("--write-key".into());
         args.push(k.clone());
     }
-    stack.spawn("collector", &args, collector_admin, c.dir);
+    let env_of = |service: &str| c.env.get(service).cloned().unwrap_or_default();
+    stack.spawn_with_env(
+        "collector",
+        &args,
+        &env_of("collector"),
+        collector_admin,
+        c.dir,
+    );
     let rules = repo_root().join("examples/identity.yaml");
     let mut services: Vec<(&str, &str)> = vec![
         ("validator", "--app"),
@@ -255,7 +280,7 @@ pub fn start_pipeline(c: &PipelineConfig<'_>) -> (Stack, String) {
                 args.push("--rules".into());
                 args.push(rules.display().to_string());
             }
-            stack.spawn(&name, &args, admin, c.dir);
+            stack.spawn_with_env(&name, &args, &env_of(service), admin, c.dir);
         }
     }
     (stack, format!("http://{}", addr(api_port)))

@@ -1,6 +1,7 @@
 //! Operator actions on a Corral deployment, and the definition formats they share with the
 //! services. `corralctl` is a thin command line over this crate, so it links no service.
 //!
+//! - [`acls`]: least-privilege Kafka ACLs per service (`corralctl acls`);
 //! - [`plans`]: tracking plans (file format, the evaluation engine the validator runs, a dry run
 //!   of one event), `plans apply` and `replay blocked`;
 //! - [`audiences`]: audiences and computed traits (`audiences apply|list|delete|status`);
@@ -14,6 +15,7 @@
 //! (`apply_versioned`: unchanged definitions are not written again, a change is the next
 //! version); every read of a topic through `corral_runtime::reader` (`read_committed`).
 
+pub mod acls;
 pub mod audiences;
 pub mod destination;
 pub mod destinations;

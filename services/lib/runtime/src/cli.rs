@@ -213,6 +213,14 @@ pub struct TopicArgs {
 }
 
 impl TopicArgs {
+    /// The names under `prefix` with these overrides.
+    pub fn names(&self, prefix: &str) -> TopicNames {
+        TopicNames {
+            prefix: prefix.to_string(),
+            overrides: self.overrides(),
+        }
+    }
+
     /// The overrides given, by standard name.
     fn overrides(&self) -> BTreeMap<String, String> {
         let given = [
@@ -319,10 +327,7 @@ impl RuntimeArgs {
 
     /// The topic names these flags give.
     pub fn topic_names(&self) -> TopicNames {
-        TopicNames {
-            prefix: self.topic_prefix.clone(),
-            overrides: self.topics.overrides(),
-        }
+        self.topics.names(&self.topic_prefix)
     }
 
     /// The client properties (see [`KafkaArgs`]).

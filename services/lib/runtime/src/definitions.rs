@@ -32,6 +32,11 @@ use tracing::warn;
 use crate::error::RuntimeError;
 use crate::reader::{read_to_end, Flow, Start};
 
+/// The group name one-off reads of the definitions topic give (they never join it); ACLs name it.
+pub const READER_GROUP: &str = "corral-definitions-reader";
+/// The group name the collector's definitions follower gives (it never joins it either).
+pub const COLLECTOR_GROUP: &str = "corral-collector-definitions";
+
 /// The Kafka key of a definition.
 pub fn definition_key(space_id: &str, kind: &str, key: &str) -> String {
     format!("{space_id}/{kind}/{key}")
@@ -78,7 +83,7 @@ pub fn read_all(
 ) -> Result<BTreeMap<String, Definition>, RuntimeError> {
     let group = kafka_cfg
         .get("group.id")
-        .map_or("corral-definitions-reader", String::as_str);
+        .map_or(READER_GROUP, String::as_str);
     let mut out = BTreeMap::new();
     read_to_end(
         bootstrap,
@@ -122,7 +127,7 @@ where
 {
     let group = kafka_cfg
         .get("group.id")
-        .map_or("corral-definitions-reader", String::as_str);
+        .map_or(READER_GROUP, String::as_str);
     crate::follow::follow_topic(
         bootstrap,
         kafka_cfg,

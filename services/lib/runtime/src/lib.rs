@@ -50,7 +50,7 @@ use corral_telemetry::Health;
 use prometheus::Registry;
 use tracing::{error, info};
 
-pub use cli::{KafkaArgs, RuntimeArgs, TopicNames};
+pub use cli::{KafkaArgs, RuntimeArgs, TopicArgs, TopicNames};
 pub use config::{Fault, FaultPoint, RuntimeConfig, StoreSpec};
 pub use error::{classify, RuntimeError, TxnAction};
 pub use processor::{
