@@ -23,6 +23,16 @@ fn example() -> String {
 }
 
 fn start(app: &str, prefix: &str, state: &std::path::Path, admin_addr: SocketAddr) -> Service {
+    start_with(app, prefix, state, admin_addr, &[])
+}
+
+fn start_with(
+    app: &str,
+    prefix: &str,
+    state: &std::path::Path,
+    admin_addr: SocketAddr,
+    env: &[(&str, String)],
+) -> Service {
     let args = [
         "--app",
         app,
@@ -36,12 +46,67 @@ fn start(app: &str, prefix: &str, state: &std::path::Path, admin_addr: SocketAdd
         "50",
     ]
     .map(String::from);
-    Service::spawn(
-        "minimal",
-        &example(),
-        &args,
-        &[("CORRAL_KAFKA_BOOTSTRAP", bootstrap())],
-    )
+    let mut env = env.to_vec();
+    env.push(("CORRAL_KAFKA_BOOTSTRAP", bootstrap()));
+    Service::spawn("minimal", &example(), &args, &env)
+}
+
+/// `corral_kafka_consumer_lag_records` of `topic`, by partition, from the admin port.
+fn lag(admin_addr: SocketAddr, topic: &str) -> BTreeMap<String, f64> {
+    let Some((200, body)) = http_get(admin_addr, "/metrics") else {
+        return BTreeMap::new();
+    };
+    body.lines()
+        .filter(|l| l.starts_with("corral_kafka_consumer_lag_records{") && l.contains(topic))
+        .filter_map(|l| {
+            let partition = l.split("partition=\"").nth(1)?.split('"').next()?;
+            let value = l.rsplit(' ').next()?.parse().ok()?;
+            Some((partition.to_string(), value))
+        })
+        .collect()
+}
+
+#[test]
+fn consumer_lag_is_exported_per_partition_and_falls_to_zero_once_the_input_is_processed() {
+    let prefix = format!("{}.", unique("lag"));
+    let input = format!("{prefix}events.valid");
+    create_topic(&input, 3, CleanupPolicy::Delete);
+    create_topic(&format!("{prefix}events.dlq"), 1, CleanupPolicy::Delete);
+    // A backlog before the service starts: lag is what it has not processed yet.
+    let n = 150_000;
+    produce(
+        &input,
+        (0..n).map(|i| (format!("k{}", i % 1000).into_bytes(), b"e".to_vec())),
+    );
+    let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let svc = start_with(
+        &unique("lag-app"),
+        &prefix,
+        state.path(),
+        admin_addr,
+        &[("CORRAL_KAFKA_PROP_STATISTICS_INTERVAL_MS", "100".into())],
+    );
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut highest = 0.0_f64;
+    loop {
+        let now = lag(admin_addr, &input);
+        highest = now.values().copied().fold(highest, f64::max);
+        if now.len() == 3 && now.values().all(|v| *v == 0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lag never fell to 0 on every partition: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        highest > 0.0,
+        "the backlog of {n} records never showed as lag"
+    );
+    assert!(highest <= n as f64);
+    assert!(svc.terminate().success());
 }
 
 fn wait_for_topic(topic: &str) -> i32 {

@@ -14,6 +14,7 @@ pub struct RuntimeMetrics {
     pub commit_duration: Histogram,
     pub rebalances: IntCounterVec,
     pub assigned_partitions: IntGauge,
+    pub consumer_lag: IntGaugeVec,
     pub restore_remaining: IntGaugeVec,
     pub restored_records: IntCounterVec,
     pub restore_active: IntGauge,
@@ -61,6 +62,13 @@ impl RuntimeMetrics {
                 "kafka_assigned_partitions",
                 "Input partitions currently assigned to this instance.",
             )?,
+            consumer_lag: IntGaugeVec::new(
+                Opts::new(
+                    "kafka_consumer_lag_records",
+                    "Records of an assigned input partition not yet processed (last stable offset - position), per topic and partition, from the consumer's statistics every few seconds.",
+                ),
+                &["topic", "partition"],
+            )?,
             restore_remaining: IntGaugeVec::new(
                 Opts::new(
                     "state_restore_remaining_records",
@@ -105,6 +113,7 @@ impl RuntimeMetrics {
         registry.register(Box::new(m.commit_duration.clone()))?;
         registry.register(Box::new(m.rebalances.clone()))?;
         registry.register(Box::new(m.assigned_partitions.clone()))?;
+        registry.register(Box::new(m.consumer_lag.clone()))?;
         registry.register(Box::new(m.restore_remaining.clone()))?;
         registry.register(Box::new(m.restored_records.clone()))?;
         registry.register(Box::new(m.restore_active.clone()))?;

@@ -129,7 +129,41 @@ impl EngineContext {
     }
 }
 
-impl ClientContext for EngineContext {}
+impl ClientContext for EngineContext {
+    /// Lag per assigned input partition, from librdkafka's statistics (no request of its own):
+    /// the last stable offset (what `read_committed` may read) minus the next record to process.
+    /// It runs on the stream thread inside `poll`, like the rebalance callbacks.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let engine = self.lock();
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if !engine.assigned.contains(&(topic.clone(), *partition)) {
+                    continue;
+                }
+                let position = if p.app_offset >= 0 {
+                    p.app_offset
+                } else {
+                    p.committed_offset
+                };
+                let end = if p.ls_offset >= 0 {
+                    p.ls_offset
+                } else {
+                    p.hi_offset
+                };
+                if position >= 0 && end >= 0 {
+                    engine
+                        .metrics
+                        .consumer_lag
+                        .with_label_values(&[topic.as_str(), &partition.to_string()])
+                        .set((end - position).max(0));
+                }
+            }
+        }
+    }
+}
+
+/// How often librdkafka reports the statistics the lag gauge comes from, unless configured.
+const STATISTICS_INTERVAL_MS: &str = "5000";
 
 impl ConsumerContext for EngineContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -157,6 +191,10 @@ impl ConsumerContext for EngineContext {
                 engine
                     .assigned
                     .remove(&(elem.topic().to_string(), elem.partition()));
+                let _ = engine
+                    .metrics
+                    .consumer_lag
+                    .remove_label_values(&[elem.topic(), &elem.partition().to_string()]);
                 engine
                     .pending_offsets
                     .remove(&(elem.topic().to_string(), elem.partition()));
@@ -960,6 +998,9 @@ fn run_generation(setup: &ThreadSetup) -> Result<(), RuntimeError> {
             setup.cfg.session_timeout.as_millis().to_string(),
         )
         .set("enable.partition.eof", "false");
+    if !cfg.kafka.contains_key("statistics.interval.ms") {
+        cc.set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
+    }
     let consumer: BaseConsumer<EngineContext> = cc
         .create_with_context(EngineContext {
             engine: Mutex::new(engine),
