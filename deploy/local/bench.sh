@@ -9,14 +9,15 @@
 # runtime (exactly-once pass-through at 100 ms and 1 s commit intervals, latency, restore),
 # criterion (codec and query micro-benchmarks), each service's own load generator
 # (collector, validator, identity, compute, fanout), merges (the merge hand-over latency through
-# identity and compute), and tmpfs: the runtime's and compute's
+# identity and compute), security (the runtime's pass-through and latency with the service under
+# test on the broker's SASL_SSL listener against the plaintext one, in the same run), and tmpfs: the runtime's and compute's
 # latency again against a second broker whose log lives in /dev/shm (started for the part on
 # port 9292, stopped after), which separates the broker's disk stalls from our own tail.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
-parts="${BENCH_ONLY:-baseline runtime criterion collector validator identity compute merges fanout tmpfs}"
+parts="${BENCH_ONLY:-baseline runtime security criterion collector validator identity compute merges fanout tmpfs}"
 out="$root/.run/bench/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"
 log() { echo "bench.sh: $*" >&2; }
@@ -60,6 +61,27 @@ fi
 if want runtime; then
   log "runtime: exactly-once pass-through, latency, restore"
   target/release/corral-loadgen --records "${RUNTIME_RECORDS:-300000}" | tee "$out/runtime.txt"
+fi
+
+if want security; then
+  log "security: pass-through and latency, the service on SASL_SSL (SCRAM-SHA-512, TLS) vs plaintext"
+  # A principal allowed everything on this throwaway broker: the figure is TLS and SASL's cost,
+  # not the authorizer's (ACL checks are per request and cached).
+  deploy/local/kafka.sh user corral-bench bench-password
+  deploy/local/kafka.sh acl --add --allow-principal User:corral-bench --operation All \
+    --topic '*' --group '*' --transactional-id '*'
+  secure_bootstrap="$(deploy/local/kafka.sh env | sed -n 's/^KAFKA_SECURE_BOOTSTRAP=//p')"
+  ca="$(deploy/local/kafka.sh env | sed -n 's/^KAFKA_CA=//p')"
+  for run in plaintext sasl_ssl plaintext sasl_ssl; do
+    extra=()
+    if [[ $run == sasl_ssl ]]; then
+      extra=(--service-bootstrap "$secure_bootstrap" --service-kafka security.protocol=SASL_SSL
+        --service-kafka sasl.mechanism=SCRAM-SHA-512 --service-kafka sasl.username=corral-bench
+        --service-kafka sasl.password=bench-password --service-kafka "ssl.ca.location=$ca")
+    fi
+    target/release/corral-loadgen --parts throughput,latency --records "${RUNTIME_RECORDS:-300000}" "${extra[@]}" \
+      | sed "s/^/$run /" | tee -a "$out/security.txt"
+  done
 fi
 
 if want criterion; then

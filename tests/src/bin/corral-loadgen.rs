@@ -35,9 +35,14 @@ struct Args {
         default_value = "throughput,latency,restore"
     )]
     parts: Vec<String>,
-    /// librdkafka settings for the service under test (`key=value`, repeatable), to try knobs.
+    /// librdkafka settings for the service under test (`key=value`, repeatable), to try knobs
+    /// or a secured listener's client settings.
     #[arg(long = "service-kafka")]
     service_kafka: Vec<String>,
+    /// Where the service under test connects [default: the test broker's plaintext listener];
+    /// the load generator itself always produces and reads on the plaintext one.
+    #[arg(long)]
+    service_bootstrap: Option<String>,
 }
 
 const COUNTER: &str = "corral-counter";
@@ -57,7 +62,10 @@ fn spawn(
 ) -> Service {
     let mut args = vec![
         "--bootstrap".to_string(),
-        corral_tests::bootstrap(),
+        args_in
+            .service_bootstrap
+            .clone()
+            .unwrap_or_else(corral_tests::bootstrap),
         "--app".into(),
         app.into(),
         "--instance".into(),
