@@ -11,7 +11,7 @@ CARGO ?= cargo
 export KAFKA_PORT ?= 9092
 export CORRAL_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(KAFKA_PORT)
 
-.PHONY: help deps build up down run demo status test test-fuzz soak soak-merges bench lint fmt clean-state
+.PHONY: help deps build up down run demo status test test-chart test-fuzz soak soak-merges bench lint fmt clean-state image
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -20,6 +20,7 @@ deps: ## install system packages, the Kafka jars and the Segment test clients wh
 	@deploy/local/install-deps.sh
 	@deploy/local/kafka.sh fetch >/dev/null
 	@if [[ -x tests/clients/install.sh ]]; then tests/clients/install.sh; fi
+	@helm/test.sh --install
 
 build: ## build every binary (dev profile, dependencies optimised)
 	@deploy/local/install-deps.sh
@@ -41,12 +42,19 @@ status: ## what runs
 run: up ## the main job: start everything, load the examples, stream a demo and show what happens
 	@deploy/local/demo.sh
 
-test: deps ## every test: unit, property, and end-to-end against the real local Kafka
+test: deps ## every test: unit, property, end-to-end against the real local Kafka, the Helm chart offline
+	helm/test.sh
 	@deploy/local/kafka.sh start
 	$(CARGO) build --workspace --bins
 	@mkdir -p .run
 	@status=0; $(CARGO) test --workspace --no-fail-fast 2>&1 | tee .run/test.log || status=$$?; \
 	  deploy/local/test-summary.sh .run/test.log; exit $$status
+
+test-chart: ## the Helm chart's offline checks alone: lint, render, validate against the Kubernetes schemas (helm/test.sh)
+	helm/test.sh
+
+image: build ## the container image localhost/corral:dev from the binaries of `make build` (deploy/container/build.sh)
+	deploy/container/build.sh --from-host
 
 test-fuzz: ## run the query parser's fuzz target briefly (FUZZ_SECONDS, default 60)
 	services/lib/query/fuzz/run.sh
