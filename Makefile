@@ -16,10 +16,11 @@ export CORRAL_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(KAFKA_PORT)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-deps: ## install system packages, the Kafka jars and the Segment test clients when missing
+deps: ## install system packages, the Kafka jars, the Segment test clients and analytics.js when missing
 	@deploy/local/install-deps.sh
 	@deploy/local/kafka.sh fetch >/dev/null
 	@if [[ -x tests/clients/install.sh ]]; then tests/clients/install.sh; fi
+	@if [[ -x tests/browser/install.sh ]]; then tests/browser/install.sh; fi
 	@helm/test.sh --install
 
 build: ## build every binary (dev profile, dependencies optimised)

@@ -51,6 +51,9 @@ if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip'
   need_pkg python3-venv
 fi
 
+# the browser test (services/collector/tests/browser.rs): analytics.js in headless Chromium
+command -v chromium >/dev/null 2>&1 || need_pkg chromium
+
 # the image (deploy/container/build.sh) and the chart-to-process test: podman with runc, and a
 # Debian base made with mmdebstrap (no container registry is reachable on these machines)
 need_pkg podman
