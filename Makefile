@@ -43,16 +43,20 @@ status: ## what runs
 run: up ## the main job: start everything, load the examples, stream a demo and show what happens
 	@deploy/local/demo.sh
 
-test: deps ## every test: unit, property, end-to-end against the real local Kafka, the Helm chart offline
+test: deps ## every test: unit, property, end-to-end against the real local Kafka, the Helm chart offline and under podman
 	helm/test.sh
 	@deploy/local/kafka.sh start
 	$(CARGO) build --workspace --bins
 	@mkdir -p .run
 	@status=0; $(CARGO) test --workspace --no-fail-fast 2>&1 | tee .run/test.log || status=$$?; \
-	  deploy/local/test-summary.sh .run/test.log; exit $$status
+	  deploy/local/test-summary.sh .run/test.log; \
+	  helm/chart-to-process.sh || { status=$$?; echo "FAILED: helm/chart-to-process.sh (the chart's workloads under podman)"; }; \
+	  exit $$status
 
-test-chart: ## the Helm chart's offline checks alone: lint, render, validate against the Kubernetes schemas (helm/test.sh)
+test-chart: build ## the Helm chart alone: offline checks (helm/test.sh), then its workloads under podman with the demo (helm/chart-to-process.sh)
 	helm/test.sh
+	@deploy/local/kafka.sh start
+	helm/chart-to-process.sh
 
 image: build ## the container image localhost/corral:dev from the binaries of `make build` (deploy/container/build.sh)
 	deploy/container/build.sh --from-host

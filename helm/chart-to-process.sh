@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# "Chart to process": what offline validation cannot show. Renders helm/corral with
+# ci/minimal-values.yaml and starts every workload exactly as rendered (image, command, args,
+# env, mounts, user, read-only root) under podman against the local broker, then sends the
+# demo's calls through the containers and waits for the audience change at a webhook.
+#
+#   helm/chart-to-process.sh      (make test runs it; needs `make build` and the local broker)
+#
+# Steps: the image from the host's binaries (deploy/container/build.sh --from-host); the setup
+# Job (topics apply, and the examples' tracking plan, audiences and a webhook destination as
+# definitions as code); the collector and the four StatefulSets (pod ordinal 0), each until
+# its readinessProbe (/readyz) answers; Segment calls to the collector's Service port; the
+# webhook gets "Audience Entered" then "Audience Exited"; SIGTERM stops every container within
+# its terminationGracePeriodSeconds. Each run has its own topic prefix and consumer groups, so
+# it runs next to other tests and `make up`; its topics are deleted afterwards.
+#
+# With --network host the containers share the host's ports, so each workload comes from a
+# render with its own adminPort/queryPort/collector.port (C2P_PORT_BASE, default 19300); every
+# other value is ci/minimal-values.yaml's.
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+chart="$root/helm/corral"
+cache="${CORRAL_CACHE:-${HOME:-/root}/.cache/corral}"
+helm="$cache/helm-${HELM_VERSION:-v3.22.0}/helm"
+py="$cache/chart-venv/bin/python"
+base="${C2P_PORT_BASE:-19300}"
+run="c2p$(date +%s)"
+work="$root/.run/chart-to-process/$run"
+bootstrap="${CORRAL_TEST_BOOTSTRAP:-127.0.0.1:${KAFKA_PORT:-9092}}"
+prefix="$run."
+write_key="$run-key"
+hook_port=$((base + 90))
+t_start=$SECONDS
+
+log() { echo "chart-to-process: $*" >&2; }
+die() { echo "chart-to-process: error: $*" >&2; exit 1; }
+
+eval "$("$root/deploy/container/build.sh" --print-env)"
+podman_() { $PODMAN "$@"; }
+
+[[ -x "$helm" && -x "$py" ]] || "$root/helm/test.sh" --install
+"$root/deploy/local/kafka.sh" status >/dev/null || die "no broker on $bootstrap (deploy/local/kafka.sh start)"
+mkdir -p "$work"
+
+started=()
+hook_pid=""
+cleanup() {
+  local rc=$? c
+  for c in "${started[@]}"; do
+    if podman_ container exists "$c"; then
+      if ((rc != 0)); then log "log of $c (last 15 lines):"; podman_ logs --tail 15 "$c" >&2 2>&1 || true; fi
+      podman_ rm -f -t 5 "$c" >/dev/null 2>&1 || true
+    fi
+  done
+  [[ -n "$hook_pid" ]] && kill "$hook_pid" 2>/dev/null || true
+  "$root/deploy/local/kafka.sh" topics-cli --delete --topic "$run\\..*" >/dev/null 2>&1 || true
+  if ((rc == 0)); then rm -rf "$work"; else log "renders, podman arguments and logs: $work"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+
+t0=$SECONDS
+"$root/deploy/container/build.sh" --from-host
+image_s=$((SECONDS - t0))
+
+# the secrets the values refer to, and the definitions the setup job applies
+cat >"$work/secrets.json" <<JSON
+{"corral-write-keys": {"write-keys": "$write_key=demo:default"}}
+JSON
+cat >"$work/destinations.yaml" <<YAML
+space_id: default
+destinations:
+  - key: c2p_webhook
+    type: webhook
+    url: http://127.0.0.1:$hook_port/hook
+    rate_limit_per_second: 50
+    connections:
+      - audience: stuck_before_activation
+        mode: track
+YAML
+
+render() { # name port-offset -> $work/NAME.yaml
+  "$helm" template corral "$chart" --namespace corral --kube-version 1.33.0 \
+    -f "$chart/ci/minimal-values.yaml" \
+    --set kafka.bootstrapServers="$bootstrap" --set-string kafka.topicPrefix="$prefix" \
+    --set validator.applicationId="$run-validator" --set identity.applicationId="$run-identity" \
+    --set compute.applicationId="$run-compute" --set fanout.applicationId="$run-fanout" \
+    --set adminPort=$((base + $2)) --set queryPort=$((base + 50 + $2)) --set collector.port=$((base + 60)) \
+    --set definitions.enabled=true \
+    --set-file 'definitions.files.tracking-plans\.yaml'="$root/examples/tracking-plan.yaml" \
+    --set-file 'definitions.files.definitions\.yaml'="$root/examples/definitions.yaml" \
+    --set-file 'definitions.files.destinations\.yaml'="$work/destinations.yaml" \
+    >"$work/$1.yaml"
+}
+
+start() { # workload-name kind object-name port-offset [--foreground]
+  local wl="$1" kind="$2" obj="$3" spec
+  render "$wl" "$4"
+  spec="$("$py" "$root/helm/tests/pod_to_podman.py" "$work/$wl.yaml" "$kind" "$obj" \
+    --secrets "$work/secrets.json" --files "$work/files-$wl" --container-name "$run-$wl")" \
+    || die "$kind/$obj: cannot reproduce it (above)"
+  echo "$spec" >"$work/$wl.json"
+  mapfile -d '' -t argv < <("$py" -c 'import json,sys; sys.stdout.write("\0".join(json.load(sys.stdin)["argv"]) + "\0")' <<<"$spec")
+  started+=("$run-$wl")
+  if [[ "${5:-}" == --foreground ]]; then
+    podman_ run "${argv[@]}" >"$work/$wl.log" 2>&1 || { cat "$work/$wl.log" >&2; die "$kind/$obj failed"; }
+  else
+    podman_ run -d "${argv[@]}" >/dev/null
+  fi
+}
+
+probe() { "$py" -c 'import json,sys; print(json.load(sys.stdin)["probes"].get(sys.argv[1], ""))' "$2" <"$work/$1.json"; }
+
+log "run $run: topics $prefix*, ports $base+, image localhost/corral:dev ($image_s s)"
+t0=$SECONDS
+start setup Job corral-setup 0 --foreground
+log "setup job: $(grep -c . "$work/setup.log") lines, last: $(tail -n 1 "$work/setup.log") ($((SECONDS - t0)) s)"
+
+t0=$SECONDS
+start collector Deployment corral-collector 0
+start validator StatefulSet corral-validator 2
+start identity StatefulSet corral-identity 4
+start compute StatefulSet corral-compute 6
+start fanout StatefulSet corral-fanout 8
+for wl in collector validator identity compute fanout; do
+  url="$(probe "$wl" readinessProbe)"; live="$(probe "$wl" livenessProbe)"
+  [[ -n "$url" && -n "$live" ]] || die "$wl has no readiness or liveness probe"
+  deadline=$((SECONDS + ${C2P_READY_TIMEOUT:-120}))
+  until curl -fs -o /dev/null --max-time 2 "$url"; do
+    [[ "$(podman_ inspect -f '{{.State.Running}}' "$run-$wl")" == true ]] || die "$wl exited before it was ready"
+    ((SECONDS < deadline)) || { curl -sS --max-time 2 "$url" >&2 || true; die "$wl not ready on $url"; }
+    sleep 0.5
+  done
+  curl -fsS -o /dev/null --max-time 2 "$live" || die "$wl ready but not live on $live"
+  log "$wl ready on $url ($((SECONDS - t0)) s after the first start)"
+done
+ready_s=$((SECONDS - t0))
+
+# the demo: a trial user who created the account 3 days ago enters stuck_before_activation,
+# and leaves it on "Activation Milestone Reached"
+python3 "$root/deploy/local/webhook-receiver.py" "$hook_port" "$work/webhook.jsonl" >/dev/null 2>&1 &
+hook_pid=$!
+collector="http://127.0.0.1:$((base + 60))"
+user="ada-$run"
+post() {
+  local code
+  code="$(curl -sS -o "$work/response" -w '%{http_code}' -u "$write_key:" -H 'Content-Type: application/json' \
+    "$collector$1" -d "$2")"
+  [[ "$code" == 200 ]] || die "POST $1 answered $code: $(cat "$work/response")"
+}
+await_webhook() { # event seconds
+  local deadline=$((SECONDS + $2))
+  until [[ -f "$work/webhook.jsonl" ]] && grep -F "$user" "$work/webhook.jsonl" | grep -qF "\"$1\""; do
+    ((SECONDS < deadline)) || die "no '$1' for $user at the webhook after $2 s"
+    sleep 0.5
+  done
+}
+t0=$SECONDS
+three_days_ago="$(date -u -d '3 days ago' +%Y-%m-%dT%H:%M:%S.000Z)"
+post /v1/identify "{\"userId\":\"$user\",\"traits\":{\"plan\":\"trial\"},\"timestamp\":\"$three_days_ago\"}"
+post /v1/track "{\"userId\":\"$user\",\"event\":\"Account Created\",\"timestamp\":\"$three_days_ago\"}"
+await_webhook "Audience Entered" 60
+entered_s=$((SECONDS - t0))
+post /v1/track "{\"userId\":\"$user\",\"event\":\"Activation Milestone Reached\"}"
+await_webhook "Audience Exited" 60
+log "webhook: Audience Entered after ${entered_s} s, Audience Exited $((SECONDS - t0 - entered_s)) s after the next call"
+
+# SIGTERM, as the kubelet stops a pod: each must exit 0 within its grace period
+for wl in collector validator identity compute fanout; do
+  grace="$("$py" -c 'import json,sys; print(json.load(sys.stdin)["grace"])' <"$work/$wl.json")"
+  t0=$SECONDS
+  podman_ stop -t "$grace" "$run-$wl" >/dev/null
+  code="$(podman_ inspect -f '{{.State.ExitCode}}' "$run-$wl")"
+  [[ "$code" == 0 ]] || die "$wl exited $code on SIGTERM"
+  ((SECONDS - t0 < grace)) || die "$wl needed the whole grace period ($grace s) to stop"
+done
+log "ok: setup job, 5 workloads ready in $ready_s s, demo through the containers, clean SIGTERM ($((SECONDS - t_start)) s in all)"
