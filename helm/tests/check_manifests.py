@@ -103,6 +103,7 @@ def check_objects(name, docs, kube, repo, known):
         if kind == "Deployment":
             c = doc["spec"]["template"]["spec"]["containers"][0]
             check_probes(where, c)
+    check_wiring(name, docs)
     for doc in docs:
         if doc.get("kind") == "ScaledObject":
             where = f"{name}: ScaledObject/{doc['metadata']['name']}"
@@ -116,6 +117,54 @@ def check_objects(name, docs, kube, repo, known):
                 for key in ("bootstrapServers", "consumerGroup", "topic", "lagThreshold"):
                     if not t["metadata"].get(key):
                         fail(where, f"kafka trigger without {key}")
+
+
+def matches(selector_labels, labels):
+    return all(labels.get(k) == v for k, v in selector_labels.items())
+
+
+def check_wiring(name, docs):
+    """Services reach pods and their named ports; monitors, autoscalers and budgets reach
+    objects that exist."""
+    pods = []  # (workload kind/name, pod labels, container port names)
+    for d in docs:
+        if d["kind"] in ("Deployment", "StatefulSet"):
+            t = d["spec"]["template"]
+            ports = {p["name"] for c in t["spec"]["containers"] for p in c.get("ports", [])}
+            pods.append((f"{d['kind']}/{d['metadata']['name']}", t["metadata"].get("labels", {}), ports))
+            if not matches(d["spec"]["selector"]["matchLabels"], t["metadata"].get("labels", {})):
+                fail(f"{name}: {d['kind']}/{d['metadata']['name']}", "selector does not match its pod template")
+            if d["kind"] == "StatefulSet":
+                svc = d["spec"]["serviceName"]
+                if not any(x["kind"] == "Service" and x["metadata"]["name"] == svc and x["spec"].get("clusterIP") == "None" for x in docs):
+                    fail(f"{name}: StatefulSet/{d['metadata']['name']}", f"no headless Service {svc}")
+    services = [d for d in docs if d["kind"] == "Service"]
+    for svc in services:
+        where = f"{name}: Service/{svc['metadata']['name']}"
+        targets = [p for p in pods if matches(svc["spec"]["selector"], p[1])]
+        if not targets:
+            fail(where, "selects no pod")
+        for port in svc["spec"]["ports"]:
+            tp = port.get("targetPort")
+            if isinstance(tp, str) and not all(tp in p[2] for p in targets):
+                fail(where, f"targetPort {tp} is not a port of every selected pod")
+    for d in docs:
+        where = f"{name}: {d['kind']}/{d['metadata']['name']}"
+        if d["kind"] == "ServiceMonitor":
+            sel = d["spec"]["selector"]
+            chosen = [s for s in services if matches(sel.get("matchLabels", {}), s["metadata"].get("labels", {}))
+                      and all(s["metadata"].get("labels", {}).get(e["key"]) in e.get("values", [])
+                              for e in sel.get("matchExpressions", []) if e["operator"] == "In")]
+            for ep in d["spec"]["endpoints"]:
+                if not any(ep["port"] in {p["name"] for p in s["spec"]["ports"]} for s in chosen):
+                    fail(where, f"endpoint port {ep['port']} is on no selected Service")
+        if d["kind"] in ("HorizontalPodAutoscaler", "ScaledObject"):
+            ref = d["spec"]["scaleTargetRef"]
+            if not any(x["kind"] == ref.get("kind", "Deployment") and x["metadata"]["name"] == ref["name"] for x in docs):
+                fail(where, f"scales {ref.get('kind')}/{ref['name']}, which is not rendered")
+        if d["kind"] == "PodDisruptionBudget":
+            if not any(matches(d["spec"]["selector"]["matchLabels"], p[1]) for p in pods):
+                fail(where, "selects no pod")
 
 
 def check_probes(where, c):
