@@ -14,6 +14,7 @@ use crate::auth::{Source, WriteKeys};
 use crate::error::ConfigError;
 use crate::ingest::Limits;
 use crate::ip::Cidr;
+use crate::settings::PublicUrl;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9092";
@@ -109,6 +110,10 @@ pub struct Args {
     /// Requests per second per write key (429 with Retry-After above it) [default: no limit].
     #[arg(long, env = "CORRAL_COLLECTOR_RATE_LIMIT_PER_KEY")]
     pub rate_limit_per_key: Option<u32>,
+    /// Where browsers reach the collector, e.g. https://collect.example.com: the apiHost that
+    /// /v1/projects/{writeKey}/settings gives analytics.js [default: the request's Host, http].
+    #[arg(long, env = "CORRAL_COLLECTOR_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
     /// Log JSON lines (production).
     #[arg(long, env = "CORRAL_LOG_JSON")]
     pub log_json: bool,
@@ -131,6 +136,7 @@ pub struct FileConfig {
     pub limits: FileLimits,
     pub delivery_timeout_ms: Option<u64>,
     pub retry_after_seconds: Option<u64>,
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -193,6 +199,8 @@ pub struct Config {
     pub body_timeout: std::time::Duration,
     /// Requests per second per write key; `None`: no limit.
     pub rate_limit_per_key: Option<std::num::NonZeroU32>,
+    /// Where browsers reach the collector; `None`: each request's Host.
+    pub public_url: Option<PublicUrl>,
     pub log_json: bool,
 }
 
@@ -346,6 +354,12 @@ impl Config {
                 "delivery timeout must be positive".into(),
             ));
         }
+        let public_url = args
+            .public_url
+            .or(file.public_url)
+            .filter(|u| !u.trim().is_empty())
+            .map(|u| u.parse::<PublicUrl>())
+            .transpose()?;
         Ok(Config {
             listen,
             admin_listen: args.admin_listen.or(file.admin_listen),
@@ -369,6 +383,7 @@ impl Config {
             header_timeout: ms(args.header_timeout_ms.unwrap_or(10_000)),
             body_timeout: ms(args.body_timeout_ms.unwrap_or(10_000)),
             rate_limit_per_key: args.rate_limit_per_key.and_then(std::num::NonZeroU32::new),
+            public_url,
             log_json: args.log_json,
         })
     }
@@ -439,5 +454,21 @@ mod tests {
         let args = Args::parse_from(["c", "--trusted-proxy", "x/y"]);
         assert!(Config::resolve(args, FileConfig::default()).is_err());
         assert!(serde_yaml_ng::from_str::<FileConfig>("lisen: x").is_err());
+        let args = Args::parse_from(["c", "--public-url", "collect.example.com"]);
+        let e = Config::resolve(args, FileConfig::default()).unwrap_err();
+        assert!(e.to_string().contains("http:// or https://"), "{e}");
+    }
+
+    #[test]
+    fn public_url_from_flag_or_file() {
+        let file: FileConfig =
+            serde_yaml_ng::from_str("public_url: https://collect.example.com/\n").unwrap();
+        let c = Config::resolve(Args::default(), file.clone()).unwrap();
+        assert_eq!(c.public_url.unwrap().api_host(), "collect.example.com/v1");
+        let args = Args::parse_from(["c", "--public-url", "http://127.0.0.1:9/x"]);
+        let c = Config::resolve(args, file).unwrap();
+        assert_eq!(c.public_url.unwrap().url(), "http://127.0.0.1:9/x");
+        let c = Config::resolve(Args::default(), FileConfig::default()).unwrap();
+        assert_eq!(c.public_url, None);
     }
 }

@@ -35,6 +35,10 @@ pub enum IngestError {
     MissingWriteKey,
     #[error("the write key is not valid")]
     InvalidWriteKey,
+    /// `GET /v1/projects/{writeKey}/settings` for a key no source has: 404, as a CDN answers for
+    /// a project it does not know, so analytics.js loads nothing and sends nothing.
+    #[error("no source has this write key, so there are no settings for it; check the writeKey given to analytics.js")]
+    UnknownWriteKey,
     #[error("the Authorization header is malformed: {0}")]
     InvalidAuthorization(String),
     #[error("the event store is unavailable, retry later: {0}")]
@@ -43,7 +47,7 @@ pub enum IngestError {
     Overloaded,
     #[error("no such endpoint: {0}")]
     NotFound(String),
-    #[error("method {0} is not allowed here; use POST")]
+    #[error("method {0} is not allowed here; the Tracking API takes POST, settings and analytics.js take GET")]
     MethodNotAllowed(String),
     #[error("the request body did not arrive within {0:?}; send it faster or in smaller batches")]
     BodyTimeout(std::time::Duration),
@@ -68,7 +72,7 @@ impl IngestError {
             Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Overloaded | KeyRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            NotFound(_) => StatusCode::NOT_FOUND,
+            NotFound(_) | UnknownWriteKey => StatusCode::NOT_FOUND,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -85,7 +89,7 @@ impl IngestError {
             MessageTooLarge { .. } => "message_too_large",
             TooManyMessages { .. } => "too_many_messages",
             MissingWriteKey => "missing_write_key",
-            InvalidWriteKey => "invalid_write_key",
+            InvalidWriteKey | UnknownWriteKey => "invalid_write_key",
             InvalidAuthorization(_) => "invalid_authorization",
             Unavailable(_) => "unavailable",
             Overloaded | KeyRateLimited { .. } => "rate_limited",
@@ -172,6 +176,8 @@ pub enum ConfigError {
     /// A client property that is not NAME=VALUE, or a properties file that cannot be read.
     #[error("Kafka client properties: {0}")]
     KafkaProperty(String),
+    #[error("invalid public URL {value:?}: {why} (expected e.g. https://collect.example.com)")]
+    PublicUrl { value: String, why: String },
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }

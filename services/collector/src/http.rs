@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
+use axum::extract::Path;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 use chrono::Utc;
 use corral_codec::{AvroRecord, DeadLetter};
@@ -22,6 +24,7 @@ use crate::guard::Guards;
 use crate::ingest::{self, Endpoint, Limits, Normalized, Receipt};
 use crate::ip::{self, Cidr};
 use crate::metrics::Metrics;
+use crate::settings::{self, PublicUrl};
 use crate::sink::{OutRecord, Sink, Topic};
 use corral_codec::MessageType;
 
@@ -35,6 +38,8 @@ pub struct App<S> {
     pub raw_topic: String,
     pub retry_after_seconds: u64,
     pub guards: Guards,
+    /// Where browsers reach the collector (`--public-url`); `None`: each request's Host.
+    pub public_url: Option<PublicUrl>,
 }
 
 /// Paths and the endpoint each serves (the one-letter forms are analytics.js's).
@@ -70,6 +75,14 @@ pub fn router<S: Sink>(app: Arc<App<S>>) -> Router {
             ),
         );
     }
+    r = r.route(
+        SETTINGS_ROUTE,
+        get(
+            move |State(app): State<Arc<App<S>>>,
+                  key: Result<Path<String>, PathRejection>,
+                  req: Request| async move { project_settings(&app, key, &req) },
+        ),
+    );
     let retry_after = app.retry_after_seconds;
     r.with_state(app)
         .fallback(move |req: Request| async move {
@@ -79,6 +92,73 @@ pub fn router<S: Sink>(app: Arc<App<S>>) -> Router {
             IngestError::MethodNotAllowed(req.method().to_string()).to_response(retry_after)
         })
         .layer(middleware::from_fn(cors))
+}
+
+/// What analytics.js fetches from its `cdnURL` before it sends anything (see [`settings`]).
+pub const SETTINGS_ROUTE: &str = "/v1/projects/{write_key}/settings";
+
+/// `GET /v1/projects/{writeKey}/settings`: the `Segment.io` integration pointed at this
+/// collector, for a write key that it accepts; 404 `invalid_write_key` for any other.
+fn project_settings<S: Sink>(
+    app: &App<S>,
+    key: Result<Path<String>, PathRejection>,
+    req: &Request,
+) -> Response {
+    let started = Instant::now();
+    let resp = match settings_body(app, key, req) {
+        Ok(body) => {
+            let mut resp = (StatusCode::OK, axum::Json(body)).into_response();
+            // Short: a revoked key or a changed --public-url reaches browsers within a minute.
+            resp.headers_mut().insert(
+                "cache-control",
+                HeaderValue::from_static("public, max-age=60"),
+            );
+            resp
+        }
+        Err(e) => {
+            tracing::debug!(code = e.code(), error = %e, "settings request rejected");
+            let mut resp = e.to_response(app.retry_after_seconds);
+            resp.headers_mut()
+                .insert("cache-control", HeaderValue::from_static("no-store"));
+            resp
+        }
+    };
+    app.metrics
+        .requests
+        .with_label_values(&["settings", resp.status().as_str()])
+        .inc();
+    app.metrics
+        .request_duration
+        .with_label_values(&["settings"])
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+fn settings_body<S: Sink>(
+    app: &App<S>,
+    key: Result<Path<String>, PathRejection>,
+    req: &Request,
+) -> Result<serde_json::Value, IngestError> {
+    let Path(key) =
+        key.map_err(|e| IngestError::InvalidRequest(format!("bad write key in the path: {e}")))?;
+    if app.keys.get(&key).is_none() {
+        return Err(IngestError::UnknownWriteKey);
+    }
+    let public = match &app.public_url {
+        Some(p) => p.clone(),
+        None => {
+            let peer = req
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip());
+            settings::from_request(req.headers(), peer, &app.trusted_proxies).ok_or_else(|| {
+                IngestError::InvalidRequest(
+                    "the request has no usable Host header to build the apiHost from; send one, or start the collector with --public-url".into(),
+                )
+            })?
+        }
+    };
+    Ok(settings::cdn_settings(&key, &public))
 }
 
 const ALLOW_HEADERS: &str = "Authorization, Content-Type, Content-Encoding, X-Retry-Count";
@@ -98,7 +178,7 @@ async fn cors(req: Request, next: Next) -> Response {
         let h = resp.headers_mut();
         h.insert(
             "access-control-allow-methods",
-            HeaderValue::from_static("POST, OPTIONS"),
+            HeaderValue::from_static("GET, POST, OPTIONS"),
         );
         h.insert("access-control-allow-headers", requested);
         h.insert("access-control-max-age", HeaderValue::from_static("86400"));
@@ -399,6 +479,7 @@ mod tests {
             raw_topic: "t.events.raw".into(),
             retry_after_seconds: 2,
             guards: Guards::default(),
+            public_url: None,
         })
     }
 
@@ -638,6 +719,95 @@ mod tests {
         assert_eq!(
             h.get("access-control-allow-origin").unwrap(),
             "https://shop.example"
+        );
+    }
+
+    fn get(path: &str) -> axum::http::request::Builder {
+        axum::http::Request::get(path)
+    }
+
+    #[tokio::test]
+    async fn settings_point_analytics_js_at_the_request_host() {
+        let app = app();
+        let req = get("/v1/projects/wk/settings")
+            .header("host", "127.0.0.1:8080")
+            .header("origin", "https://shop.example")
+            .body(Body::empty())
+            .unwrap();
+        let (s, h, body) = call(&app, req).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let io = &body["integrations"]["Segment.io"];
+        assert_eq!(io["apiKey"], "wk");
+        assert_eq!(io["apiHost"], "127.0.0.1:8080/v1");
+        assert_eq!(io["protocol"], "http");
+        assert_eq!(body["integrations"].as_object().unwrap().len(), 1);
+        assert_eq!(body["plan"], serde_json::json!({}));
+        assert_eq!(body["middlewareSettings"], serde_json::json!({}));
+        assert_eq!(body["enabledMiddleware"], serde_json::json!({}));
+        assert_eq!(
+            h.get("access-control-allow-origin").unwrap(),
+            "https://shop.example"
+        );
+        assert!(h
+            .get("cache-control")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("max-age"));
+        assert_eq!(
+            app.metrics
+                .requests
+                .with_label_values(&["settings", "200"])
+                .get(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn settings_for_an_unknown_key_are_404_json() {
+        let app = app();
+        let req = get("/v1/projects/nope/settings")
+            .header("host", "127.0.0.1:8080")
+            .body(Body::empty())
+            .unwrap();
+        let (s, h, body) = call(&app, req).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        assert_eq!(body["code"], "invalid_write_key");
+        assert!(body["message"].as_str().unwrap().contains("write key"));
+        assert_eq!(h.get("cache-control").unwrap(), "no-store");
+        // POST to the settings path is not the Tracking API.
+        let req = post("/v1/projects/wk/settings")
+            .body(Body::empty())
+            .unwrap();
+        let (s, _, body) = call(&app, req).await;
+        assert_eq!(
+            (s, body["code"].as_str()),
+            (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
+        );
+    }
+
+    #[tokio::test]
+    async fn settings_use_the_public_url_when_configured() {
+        let mut inner = Arc::try_unwrap(app()).ok().unwrap();
+        inner.public_url = Some("https://collect.example.com/corral/".parse().unwrap());
+        let app = Arc::new(inner);
+        let req = get("/v1/projects/wk/settings")
+            .header("host", "10.0.0.7:8080")
+            .body(Body::empty())
+            .unwrap();
+        let (s, _, body) = call(&app, req).await;
+        assert_eq!(s, StatusCode::OK);
+        let io = &body["integrations"]["Segment.io"];
+        assert_eq!(io["apiHost"], "collect.example.com/corral/v1");
+        assert_eq!(io["protocol"], "https");
+        // Without a public URL, a request without Host gets a clear 400.
+        let app = self::app();
+        let req = get("/v1/projects/wk/settings").body(Body::empty()).unwrap();
+        let (s, _, body) = call(&app, req).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(
+            body["message"].as_str().unwrap().contains("--public-url"),
+            "{body}"
         );
     }
 

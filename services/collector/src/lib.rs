@@ -3,9 +3,11 @@
 //! Layout (after vectordotdev/vector's sources): [`config`] (flags, env, file), [`error`] (typed
 //! errors and their HTTP answers), [`metrics`], the pure domain logic in [`auth`], [`ip`] and
 //! [`ingest`] (parsing, limits, batch merge, timestamps, dead letters), and the edges: [`http`]
-//! (axum) and [`sink`] (rdkafka). [`sources`] is the `source` definition (file format, write-key
-//! hashing, the operations of `corralctl sources`); [`definitions`] follows the definitions topic
-//! so sources' keys work and stop working without a restart. See `docs/collector.md`.
+//! (axum) and [`sink`] (rdkafka). [`settings`] is what analytics.js loads before it sends
+//! (`/v1/projects/{writeKey}/settings`), pointed at the collector's public URL. [`sources`] is
+//! the `source` definition (file format, write-key hashing, the operations of `corralctl
+//! sources`); [`definitions`] follows the definitions topic so sources' keys work and stop
+//! working without a restart. See `docs/collector.md`.
 
 pub mod auth;
 pub mod config;
@@ -18,5 +20,6 @@ pub mod ip;
 pub mod metrics;
 pub mod readiness;
 pub mod serve;
+pub mod settings;
 pub mod sink;
 pub use corral_ops::sources;

@@ -53,6 +53,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             body_timeout: cfg.body_timeout,
             per_key: cfg.rate_limit_per_key.map(KeyRateLimiter::new),
         },
+        public_url: cfg.public_url.clone(),
     });
 
     // Readiness: probe Kafka until it answers and both topics exist, and again whenever a
@@ -91,6 +92,14 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 cfg.listen
             )
         })?;
+    match &cfg.public_url {
+        Some(u) => {
+            tracing::info!(public_url = %u.url(), "analytics.js settings point browsers at the public URL")
+        }
+        None => tracing::info!(
+            "no --public-url: analytics.js settings point browsers at each request's Host"
+        ),
+    }
     tracing::info!(listen = %cfg.listen, raw_topic = %cfg.raw_topic, dlq_topic = %cfg.dlq_topic, bootstrap = %cfg.kafka_bootstrap, "collector listening");
     corral_collector::serve::serve(listener, api, cfg.header_timeout, shutdown_signal()).await;
     tracing::info!("shutting down: flushing the producer");

@@ -1,0 +1,199 @@
+// analytics.js (@segment/analytics-next, its UMD bundle from npm) in headless Chromium against a
+// collector, as a site installs it: `AnalyticsBrowser.load({ writeKey, cdnURL })` with only
+// cdnURL pointing at the collector. Driven by services/collector/tests/browser.rs.
+//
+// usage: node drive.mjs COLLECTOR_URL WRITE_KEY WRONG_WRITE_KEY RUN_ID
+//
+// Serves a page from its own origin (another port than the collector's, so every call is
+// cross-origin), then in one browser context: identify, track, page, group and alias, each
+// awaited, and a track immediately followed by a navigation to a page without analytics.js (its
+// request must survive the unload). In a fresh context, the wrong write key: loading must fail
+// and nothing may be posted. Prints one JSON report on stdout; the Rust test checks it against
+// the raw topic. Exits 1 on any page error or failed delivery it can see.
+import http from 'node:http'
+import fs from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { chromium } from 'playwright-core'
+
+const [collector, writeKey, wrongKey, run] = process.argv.slice(2)
+if (!run) {
+  console.error('usage: node drive.mjs COLLECTOR_URL WRITE_KEY WRONG_WRITE_KEY RUN_ID')
+  process.exit(2)
+}
+const here = path.dirname(fileURLToPath(import.meta.url))
+const umd = path.join(here, 'node_modules/@segment/analytics-next/dist/umd')
+const executablePath = process.env.CORRAL_CHROMIUM ?? '/usr/bin/chromium'
+const LOCALE = 'de-DE'
+
+const page = (title, body) =>
+  `<!doctype html><html lang="de"><head><meta charset="utf-8"><title>${title}</title></head><body>${body}</body></html>`
+const indexHtml = page(
+  'Corral Shop – Warenkorb',
+  `<h1>Warenkorb</h1>
+<script src="/umd/index.js"></script>
+<script>
+  const q = new URLSearchParams(location.search)
+  window.analytics = AnalyticsNext.AnalyticsBrowser.load({ writeKey: q.get('key'), cdnURL: q.get('cdn') })
+  window.loaded = window.analytics.then(() => 'loaded', (e) => 'failed: ' + (e && e.message))
+</script>`
+)
+const byeHtml = page('Bye', '<p>No analytics here.</p>')
+
+const server = http.createServer((req, res) => {
+  const url = new URL(req.url, 'http://page')
+  if (url.pathname === '/shop/cart') {
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' }).end(indexHtml)
+  } else if (url.pathname === '/bye') {
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' }).end(byeHtml)
+  } else if (/^\/umd\/[\w.-]+\.js$/.test(url.pathname)) {
+    const file = path.join(umd, path.basename(url.pathname))
+    fs.readFile(file, (err, data) => {
+      if (err) res.writeHead(404).end()
+      else res.writeHead(200, { 'content-type': 'text/javascript' }).end(data)
+    })
+  } else {
+    res.writeHead(404).end()
+  }
+})
+await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+const origin = `http://127.0.0.1:${server.address().port}`
+const collectorOrigin = new URL(collector).origin
+
+const browser = await chromium.launch({
+  executablePath,
+  headless: true,
+  // root in CI containers: Chromium's sandbox needs user namespaces it may not have
+  args: ['--no-sandbox', '--disable-dev-shm-usage'],
+})
+const problems = []
+
+// Records every request a context makes: posts to the collector (their JSON bodies), the
+// settings fetch, and anything that leaves the two local origins.
+function watch(context) {
+  const seen = { posts: [], settings: [], foreign: [] }
+  context.on('request', (req) => {
+    const url = new URL(req.url())
+    if (url.origin === collectorOrigin) {
+      if (req.method() === 'POST') {
+        let body = null
+        try {
+          body = JSON.parse(req.postData() ?? 'null')
+        } catch (e) {
+          problems.push(`unparsable body to ${req.url()}: ${e}`)
+        }
+        seen.posts.push({ path: url.pathname, body })
+      } else if (req.method() === 'GET') {
+        seen.settings.push(url.pathname)
+      }
+    } else if (url.origin !== origin && url.protocol !== 'data:' && url.protocol !== 'about:') {
+      seen.foreign.push(req.url())
+    }
+  })
+  context.on('page', (p) => {
+    p.on('pageerror', (e) => problems.push(`page error: ${e}`))
+    p.on('console', (m) => {
+      if (m.type() === 'error') seen.consoleErrors = [...(seen.consoleErrors ?? []), m.text()]
+    })
+  })
+  return seen
+}
+
+const report = { run, origin }
+try {
+  // 1. The right key: every call type, then a track as the page unloads.
+  const context = await browser.newContext({ locale: LOCALE })
+  const seen = watch(context)
+  const tab = await context.newPage()
+  const url = `${origin}/shop/cart?key=${encodeURIComponent(writeKey)}&cdn=${encodeURIComponent(collector)}`
+  await tab.goto(url)
+  const loaded = await tab.evaluate(() => window.loaded)
+  if (loaded !== 'loaded') throw new Error(`analytics.js did not load with the right key: ${loaded}`)
+  const userId = `${run}-browser-user`
+  const aliasId = `${run}-browser-alias`
+  const calls = await tab.evaluate(
+    async ({ userId, aliasId, run }) => {
+      const [analytics] = await window.analytics
+      const out = []
+      const done = (ctx) => {
+        const failed = ctx.failedDelivery()
+        out.push({
+          type: ctx.event.type,
+          messageId: ctx.event.messageId,
+          event: ctx.event.event ?? null,
+          failed: failed ? String(failed.reason) : null,
+        })
+      }
+      done(await analytics.identify(userId, { email: 'ada@example.com', plan: 'pro', name: 'Ädä' }))
+      done(await analytics.track('Checkout Started', { run, total: 42.5, items: [{ sku: 'ü-1' }] }))
+      done(await analytics.page('Shop', 'Cart', { run }))
+      done(await analytics.group(`${run}-browser-group`, { name: 'Ørsted', employees: 42 }))
+      done(await analytics.alias(aliasId))
+      return {
+        calls: out,
+        userAgent: navigator.userAgent,
+        language: navigator.language,
+        href: location.href,
+        title: document.title,
+        anonymousId: analytics.user().anonymousId(),
+      }
+    },
+    { userId, aliasId, run }
+  )
+  Object.assign(report, calls, { userId, aliasId })
+  for (const c of calls.calls) if (c.failed) problems.push(`${c.type} failed: ${c.failed}`)
+
+  // The unload: the track is not awaited; the navigation starts in the same task.
+  const before = seen.posts.length
+  await Promise.all([
+    tab.waitForURL(`${origin}/bye`),
+    tab.evaluate(({ run }) => {
+      window.analytics.track('Left Page', { run })
+      location.href = '/bye'
+    }, { run }),
+  ])
+  const unloadPosts = seen.posts.slice(before)
+  report.unload = unloadPosts.map((p) => ({ path: p.path, messageId: p.body?.messageId, event: p.body?.event }))
+  report.posts = seen.posts.map((p) => ({ path: p.path, type: p.body?.type, messageId: p.body?.messageId }))
+  // What the browser posted, by messageId (the first attempt's body).
+  report.bodies = {}
+  for (const p of seen.posts) {
+    const id = p.body?.messageId
+    if (id && !(id in report.bodies)) report.bodies[id] = p.body
+  }
+  report.settingsRequests = seen.settings
+  report.foreign = seen.foreign
+  report.consoleErrors = seen.consoleErrors ?? []
+  await context.close()
+
+  // 2. A wrong key: settings are refused, so analytics.js never loads and sends nothing.
+  const wrong = await browser.newContext({ locale: LOCALE })
+  const seenWrong = watch(wrong)
+  const tab2 = await wrong.newPage()
+  await tab2.goto(`${origin}/shop/cart?key=${encodeURIComponent(wrongKey)}&cdn=${encodeURIComponent(collector)}`)
+  const settingsStatus = await tab2.evaluate(
+    async ({ cdn, key }) => (await fetch(`${cdn}/v1/projects/${key}/settings`)).status,
+    { cdn: collector, key: wrongKey }
+  )
+  const wrongLoaded = await tab2.evaluate(() => window.loaded)
+  await tab2.evaluate(({ run }) => {
+    window.analytics.identify(`${run}-wrong-user`)
+    window.analytics.track('Should Not Arrive', { run })
+  }, { run })
+  await tab2.waitForTimeout(1500)
+  report.wrongKey = {
+    loaded: wrongLoaded,
+    settingsStatus,
+    posts: seenWrong.posts.length,
+    foreign: seenWrong.foreign,
+  }
+  await wrong.close()
+} catch (e) {
+  problems.push(String(e?.stack ?? e))
+} finally {
+  await browser.close()
+  server.close()
+}
+report.problems = problems
+console.log(JSON.stringify(report))
+process.exit(problems.length ? 1 : 0)
