@@ -33,6 +33,8 @@ die() { echo "helm/test.sh: error: $*" >&2; exit 1; }
 
 install_tools() {
   if [[ ! -x "$helm" ]]; then
+    # the machine's Go, also when /usr/local/go/bin is not on PATH (a non-login shell)
+    if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then PATH="/usr/local/go/bin:$PATH"; fi
     command -v go >/dev/null 2>&1 || die "go is missing: it builds helm $HELM_VERSION (go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION)"
     log "building helm $HELM_VERSION with $(go version | cut -d' ' -f3) (a few minutes, once)"
     mkdir -p "$(dirname "$helm")"
