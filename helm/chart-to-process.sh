@@ -10,8 +10,8 @@
 # Job (topics apply, and the examples' tracking plan, audiences and a webhook destination as
 # definitions as code); the collector and the four StatefulSets (pod ordinal 0), each until
 # its readinessProbe (/readyz) answers; Segment calls to the collector's Service port; the
-# webhook gets "Audience Entered" then "Audience Exited"; SIGTERM stops every container within
-# its terminationGracePeriodSeconds. Each run has its own topic prefix and consumer groups, so
+# webhook gets "Audience Entered" then "Audience Exited"; every stream pod's consumer lag
+# metric is back to 0; SIGTERM stops every container within its terminationGracePeriodSeconds. Each run has its own topic prefix and consumer groups, so
 # it runs next to other tests and `make up`; its topics are deleted afterwards.
 #
 # With --network host the containers share the host's ports, so each workload comes from a
@@ -165,6 +165,19 @@ entered_s=$((SECONDS - t0))
 post /v1/track "{\"userId\":\"$user\",\"event\":\"Activation Milestone Reached\"}"
 await_webhook "Audience Exited" 60
 log "webhook: Audience Entered after ${entered_s} s, Audience Exited $((SECONDS - t0 - entered_s)) s after the next call"
+
+# the lag the dashboard and the CorralConsumerLag alert read: every stream pod exposes it on its
+# admin port, and once the demo is through it is back to 0 (it is refreshed every 5 s)
+deadline=$((SECONDS + 30))
+for wl in validator identity compute fanout; do
+  url="$(probe "$wl" readinessProbe)"; url="${url%/readyz}/metrics"
+  until lag="$(curl -fs --max-time 2 "$url" | awk '/^corral_kafka_consumer_lag_records/ {n++; s += $NF} END {if (n) print s}')" \
+      && [[ "$lag" == 0 ]]; do
+    ((SECONDS < deadline)) || die "$wl: corral_kafka_consumer_lag_records is '${lag:-absent}', not 0, 30 s after the demo"
+    sleep 1
+  done
+done
+log "lag: every stream pod reports corral_kafka_consumer_lag_records, 0 after the demo"
 
 # SIGTERM, as the kubelet stops a pod: each must exit 0 within its grace period
 for wl in collector validator identity compute fanout; do
