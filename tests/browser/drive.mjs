@@ -5,12 +5,13 @@
 // usage: node drive.mjs COLLECTOR_URL WRITE_KEY WRONG_WRITE_KEY RUN_ID
 //
 // Serves a page from its own origin (another port than the collector's, so every call is
-// cross-origin), then in one browser context: identify, track, page, group and alias, each
-// awaited, and a track immediately followed by a navigation to a page without analytics.js (its
-// request must survive the unload). In a fresh context, the wrong write key: loading must fail
+// cross-origin) and reaches the collector through a slow proxy (below), then in one browser context: identify, track, page, group and alias, each
+// awaited, and a track whose request is in flight when the page navigates away (it must
+// survive the unload). In a fresh context, the wrong write key: loading must fail
 // and nothing may be posted. Prints one JSON report on stdout; the Rust test checks it against
 // the raw topic. Exits 1 on any page error or failed delivery it can see.
 import http from 'node:http'
+import net from 'node:net'
 import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -58,7 +59,32 @@ const server = http.createServer((req, res) => {
 })
 await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
 const origin = `http://127.0.0.1:${server.address().port}`
-const collectorOrigin = new URL(collector).origin
+
+// The browser reaches the collector through a proxy that holds every byte from the browser for
+// LATENCY_MS before passing it on (a slow uplink, as on a phone), and drops what it holds when
+// the browser closes the connection. A request cancelled by its page before LATENCY_MS never
+// reaches the collector, as on a real slow network. The collector sees the proxy's address in
+// Host, so its settings (no --public-url) send analytics.js through the proxy too.
+const LATENCY_MS = 300
+const upstreamUrl = new URL(collector)
+const proxy = net.createServer((client) => {
+  const upstream = net.connect(Number(upstreamUrl.port), upstreamUrl.hostname)
+  let open = true
+  const later = (f) => setTimeout(() => open && f(), LATENCY_MS)
+  client.on('data', (chunk) => later(() => upstream.write(chunk)))
+  client.on('end', () => later(() => upstream.end()))
+  client.on('close', () => {
+    open = false
+    upstream.destroy()
+  })
+  upstream.on('data', (chunk) => client.write(chunk))
+  upstream.on('close', () => client.destroy())
+  client.on('error', () => {})
+  upstream.on('error', () => {})
+})
+await new Promise((resolve) => proxy.listen(0, '127.0.0.1', resolve))
+const cdn = `http://127.0.0.1:${proxy.address().port}`
+const collectorOrigin = cdn
 
 const browser = await chromium.launch({
   executablePath,
@@ -99,13 +125,14 @@ function watch(context) {
   return seen
 }
 
-const report = { run, origin }
+const report = { run, origin, cdn }
+let context, wrong
 try {
   // 1. The right key: every call type, then a track as the page unloads.
-  const context = await browser.newContext({ locale: LOCALE })
+  context = await browser.newContext({ locale: LOCALE })
   const seen = watch(context)
   const tab = await context.newPage()
-  const url = `${origin}/shop/cart?key=${encodeURIComponent(writeKey)}&cdn=${encodeURIComponent(collector)}`
+  const url = `${origin}/shop/cart?key=${encodeURIComponent(writeKey)}&cdn=${encodeURIComponent(cdn)}`
   await tab.goto(url)
   const loaded = await tab.evaluate(() => window.loaded)
   if (loaded !== 'loaded') throw new Error(`analytics.js did not load with the right key: ${loaded}`)
@@ -143,13 +170,28 @@ try {
   Object.assign(report, calls, { userId, aliasId })
   for (const c of calls.calls) if (c.failed) problems.push(`${c.type} failed: ${c.failed}`)
 
-  // The unload: the track is not awaited; the navigation starts in the same task.
+  // The unload: the track is not awaited, and the page navigates away (to a page without
+  // analytics.js, so nothing can resend it from storage) in the very task in which analytics.js
+  // hands the track's request to fetch, so the request is in flight as the page unloads. Only a
+  // `keepalive` request survives that; a plain one is cancelled with the page.
   const before = seen.posts.length
+  await tab.exposeFunction('reportKeepalive', (v) => {
+    report.unloadKeepalive = v
+  })
   await Promise.all([
-    tab.waitForURL(`${origin}/bye`),
+    tab.waitForURL('about:blank'),
     tab.evaluate(({ run }) => {
+      const realFetch = window.fetch
+      window.fetch = function (input, init) {
+        const sent = realFetch.apply(this, arguments)
+        if (String(input).endsWith('/v1/t') && String(init?.body).includes('"Left Page"')) {
+          window.fetch = realFetch
+          window.reportKeepalive(String(init?.keepalive))
+          location.href = 'about:blank'
+        }
+        return sent
+      }
       window.analytics.track('Left Page', { run })
-      location.href = '/bye'
     }, { run }),
   ])
   const unloadPosts = seen.posts.slice(before)
@@ -164,16 +206,17 @@ try {
   report.settingsRequests = seen.settings
   report.foreign = seen.foreign
   report.consoleErrors = seen.consoleErrors ?? []
-  await context.close()
+  // The context stays open (closing it would cancel keepalive requests too, as quitting the
+  // browser would) until the end, after the wrong key's part, which takes seconds.
 
   // 2. A wrong key: settings are refused, so analytics.js never loads and sends nothing.
-  const wrong = await browser.newContext({ locale: LOCALE })
+  wrong = await browser.newContext({ locale: LOCALE })
   const seenWrong = watch(wrong)
   const tab2 = await wrong.newPage()
-  await tab2.goto(`${origin}/shop/cart?key=${encodeURIComponent(wrongKey)}&cdn=${encodeURIComponent(collector)}`)
+  await tab2.goto(`${origin}/shop/cart?key=${encodeURIComponent(wrongKey)}&cdn=${encodeURIComponent(cdn)}`)
   const settingsStatus = await tab2.evaluate(
     async ({ cdn, key }) => (await fetch(`${cdn}/v1/projects/${key}/settings`)).status,
-    { cdn: collector, key: wrongKey }
+    { cdn, key: wrongKey }
   )
   const wrongLoaded = await tab2.evaluate(() => window.loaded)
   await tab2.evaluate(({ run }) => {
@@ -188,11 +231,13 @@ try {
     foreign: seenWrong.foreign,
   }
   await wrong.close()
+  await context.close()
 } catch (e) {
   problems.push(String(e?.stack ?? e))
 } finally {
   await browser.close()
   server.close()
+  proxy.close()
 }
 report.problems = problems
 console.log(JSON.stringify(report))

@@ -86,6 +86,10 @@ fn analytics_js_with_only_cdn_url_changed_delivers_every_call_once() {
         .find(|p| p["event"] == "Left Page")
         .unwrap_or_else(|| panic!("no request for the unload track: {report}"));
     assert_eq!(unload["path"], "/v1/t");
+    assert_eq!(
+        report["unloadKeepalive"], "true",
+        "the collector's settings make analytics.js send with keepalive"
+    );
     sent.push((
         unload["messageId"].as_str().unwrap().to_string(),
         "track".into(),
@@ -102,10 +106,7 @@ fn analytics_js_with_only_cdn_url_changed_delivers_every_call_once() {
     assert!(user_agent.contains("HeadlessChrome"), "{user_agent}");
     let page_url = report["href"].as_str().unwrap();
     assert!(
-        page_url.ends_with(&format!(
-            "/shop/cart?key={WRITE_KEY}&cdn=http%3A%2F%2F127.0.0.1%3A{}",
-            c.port
-        )),
+        page_url.contains(&format!("/shop/cart?key={WRITE_KEY}&cdn=")),
         "{page_url}"
     );
     let user_id = report["userId"].as_str().unwrap();
