@@ -2,14 +2,16 @@
 // collector, as a site installs it: `AnalyticsBrowser.load({ writeKey, cdnURL })` with only
 // cdnURL pointing at the collector. Driven by services/collector/tests/browser.rs.
 //
-// usage: node drive.mjs COLLECTOR_URL WRITE_KEY WRONG_WRITE_KEY RUN_ID
+// usage: node drive.mjs COLLECTOR_URL WRITE_KEY WRONG_WRITE_KEY RUN_ID [--snippet]
 //
 // Serves a page from its own origin (another port than the collector's, so every call is
-// cross-origin) and reaches the collector through a slow proxy (below), then in one browser context: identify, track, page, group and alias, each
-// awaited, and a track whose request is in flight when the page navigates away (it must
-// survive the unload). In a fresh context, the wrong write key: loading must fail
-// and nothing may be posted. Prints one JSON report on stdout; the Rust test checks it against
-// the raw topic. Exits 1 on any page error or failed delivery it can see.
+// cross-origin) and reaches the collector through a slow proxy (below). In one browser context:
+// identify, track, page, group and alias, each awaited, and a track whose request is in flight
+// when the page navigates away (it must survive the unload). In a fresh context, the wrong write
+// key: loading must fail and nothing may be posted. With --snippet (the collector serves
+// analytics.js), a third context loads analytics.min.js from the collector with a snippet.
+// Prints one JSON report on stdout; the Rust test checks it against the raw topic. Exits 1 on
+// any page error or failed delivery it can see.
 import http from 'node:http'
 import net from 'node:net'
 import fs from 'node:fs'
@@ -17,9 +19,10 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { chromium } from 'playwright-core'
 
-const [collector, writeKey, wrongKey, run] = process.argv.slice(2)
+const [collector, writeKey, wrongKey, run, snippetArg] = process.argv.slice(2)
+const snippet = snippetArg === '--snippet'
 if (!run) {
-  console.error('usage: node drive.mjs COLLECTOR_URL WRITE_KEY WRONG_WRITE_KEY RUN_ID')
+  console.error('usage: node drive.mjs COLLECTOR_URL WRITE_KEY WRONG_WRITE_KEY RUN_ID [--snippet]')
   process.exit(2)
 }
 const here = path.dirname(fileURLToPath(import.meta.url))
@@ -40,11 +43,51 @@ const indexHtml = page(
 </script>`
 )
 const byeHtml = page('Bye', '<p>No analytics here.</p>')
+// The snippet way: a stub that queues calls, and analytics.min.js loaded from the collector
+// (--analytics-js); `_cdn` tells analytics.js where its settings and chunks are (it finds that
+// in the script's URL by itself only for https).
+const snippetHtml = page(
+  'Corral Shop – Snippet',
+  `<h1>Snippet</h1>
+<script>
+  !function () {
+    var q = new URLSearchParams(location.search)
+    var analytics = (window.analytics = window.analytics || [])
+    if (analytics.initialize || analytics.invoked) return
+    analytics.invoked = true
+    analytics.methods = ['identify', 'track', 'page', 'group', 'alias', 'screen', 'reset', 'ready', 'on', 'once', 'off', 'addSourceMiddleware', 'register', 'setAnonymousId', 'trackLink', 'trackForm', 'debug']
+    analytics.factory = function (method) {
+      return function () {
+        var args = Array.prototype.slice.call(arguments)
+        args.unshift(method)
+        analytics.push(args)
+        return analytics
+      }
+    }
+    for (var i = 0; i < analytics.methods.length; i++) analytics[analytics.methods[i]] = analytics.factory(analytics.methods[i])
+    analytics.load = function (key, options) {
+      var script = document.createElement('script')
+      script.async = true
+      script.src = analytics._cdn + '/analytics.js/v1/' + encodeURIComponent(key) + '/analytics.min.js'
+      document.head.appendChild(script)
+      analytics._writeKey = key
+      analytics._loadOptions = options
+    }
+    analytics._cdn = q.get('cdn')
+    analytics.load(q.get('key'))
+    analytics.page()
+    analytics.identify(q.get('user'), { via: 'snippet' })
+    analytics.track('Snippet Loaded', { queued: true })
+  }()
+</script>`
+)
 
 const server = http.createServer((req, res) => {
   const url = new URL(req.url, 'http://page')
   if (url.pathname === '/shop/cart') {
     res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' }).end(indexHtml)
+  } else if (url.pathname === '/shop/snippet') {
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' }).end(snippetHtml)
   } else if (url.pathname === '/bye') {
     res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' }).end(byeHtml)
   } else if (/^\/umd\/[\w.-]+\.js$/.test(url.pathname)) {
@@ -97,7 +140,13 @@ const problems = []
 // Records every request a context makes: posts to the collector (their JSON bodies), the
 // settings fetch, and anything that leaves the two local origins.
 function watch(context) {
-  const seen = { posts: [], settings: [], foreign: [] }
+  const seen = { posts: [], answered: [], settings: [], scripts: [], foreign: [] }
+  context.on('response', (resp) => {
+    const req = resp.request()
+    if (req.method() === 'POST' && new URL(req.url()).origin === collectorOrigin) {
+      seen.answered.push(resp.status())
+    }
+  })
   context.on('request', (req) => {
     const url = new URL(req.url())
     if (url.origin === collectorOrigin) {
@@ -109,8 +158,10 @@ function watch(context) {
           problems.push(`unparsable body to ${req.url()}: ${e}`)
         }
         seen.posts.push({ path: url.pathname, body })
-      } else if (req.method() === 'GET') {
+      } else if (req.method() === 'GET' && url.pathname.endsWith('/settings')) {
         seen.settings.push(url.pathname)
+      } else if (req.method() === 'GET') {
+        seen.scripts.push(url.pathname)
       }
     } else if (url.origin !== origin && url.protocol !== 'data:' && url.protocol !== 'about:') {
       seen.foreign.push(req.url())
@@ -231,6 +282,29 @@ try {
     foreign: seenWrong.foreign,
   }
   await wrong.close()
+
+  // 3. The snippet, with analytics.min.js from the collector: the three calls it queues before
+  // the script arrives are sent once it has.
+  if (snippet) {
+    const snip = await browser.newContext({ locale: LOCALE })
+    const seenSnip = watch(snip)
+    const tab3 = await snip.newPage()
+    const snipUser = `${run}-snippet-user`
+    await tab3.goto(`${origin}/shop/snippet?key=${encodeURIComponent(writeKey)}&cdn=${encodeURIComponent(cdn)}&user=${encodeURIComponent(snipUser)}`)
+    const deadline = Date.now() + 30000
+    const ok = () => seenSnip.answered.filter((s) => s === 200).length
+    while (ok() < 3 && Date.now() < deadline) await tab3.waitForTimeout(100)
+    report.snippet = {
+      userId: snipUser,
+      href: tab3.url(),
+      posts: seenSnip.posts.map((p) => ({ path: p.path, type: p.body?.type, messageId: p.body?.messageId })),
+      bodies: Object.fromEntries(seenSnip.posts.map((p) => [p.body?.messageId, p.body])),
+      settingsRequests: seenSnip.settings,
+      scripts: seenSnip.scripts,
+      foreign: seenSnip.foreign,
+    }
+    await snip.close()
+  }
   await context.close()
 } catch (e) {
   problems.push(String(e?.stack ?? e))

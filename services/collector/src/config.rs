@@ -114,6 +114,11 @@ pub struct Args {
     /// /v1/projects/{writeKey}/settings gives analytics.js [default: the request's Host, http].
     #[arg(long, env = "CORRAL_COLLECTOR_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
+    /// Serve analytics.js from this folder (the dist/umd folder of @segment/analytics-next):
+    /// /analytics.js/v1/{writeKey}/analytics.min.js and /analytics-next/bundles/* [default: not
+    /// served].
+    #[arg(long, env = "CORRAL_COLLECTOR_ANALYTICS_JS", value_name = "DIR")]
+    pub analytics_js: Option<PathBuf>,
     /// Log JSON lines (production).
     #[arg(long, env = "CORRAL_LOG_JSON")]
     pub log_json: bool,
@@ -137,6 +142,7 @@ pub struct FileConfig {
     pub delivery_timeout_ms: Option<u64>,
     pub retry_after_seconds: Option<u64>,
     pub public_url: Option<String>,
+    pub analytics_js: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -201,6 +207,8 @@ pub struct Config {
     pub rate_limit_per_key: Option<std::num::NonZeroU32>,
     /// Where browsers reach the collector; `None`: each request's Host.
     pub public_url: Option<PublicUrl>,
+    /// The folder analytics.js is served from; `None`: not served.
+    pub analytics_js: Option<PathBuf>,
     pub log_json: bool,
 }
 
@@ -384,6 +392,7 @@ impl Config {
             body_timeout: ms(args.body_timeout_ms.unwrap_or(10_000)),
             rate_limit_per_key: args.rate_limit_per_key.and_then(std::num::NonZeroU32::new),
             public_url,
+            analytics_js: args.analytics_js.or(file.analytics_js),
             log_json: args.log_json,
         })
     }

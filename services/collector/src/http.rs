@@ -19,6 +19,7 @@ use corral_codec::{AvroRecord, DeadLetter};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::auth::{self, WriteKeys};
+use crate::bundle::AnalyticsJs;
 use crate::error::IngestError;
 use crate::guard::Guards;
 use crate::ingest::{self, Endpoint, Limits, Normalized, Receipt};
@@ -40,6 +41,8 @@ pub struct App<S> {
     pub guards: Guards,
     /// Where browsers reach the collector (`--public-url`); `None`: each request's Host.
     pub public_url: Option<PublicUrl>,
+    /// analytics.js's files (`--analytics-js`); `None`: not served.
+    pub analytics_js: Option<AnalyticsJs>,
 }
 
 /// Paths and the endpoint each serves (the one-letter forms are analytics.js's).
@@ -83,6 +86,25 @@ pub fn router<S: Sink>(app: Arc<App<S>>) -> Router {
                   req: Request| async move { project_settings(&app, key, &req) },
         ),
     );
+    r = r
+        .route(
+            SNIPPET_ROUTE,
+            get(
+                move |State(app): State<Arc<App<S>>>,
+                      key: Result<Path<String>, PathRejection>| async move {
+                    analytics_js(&app, AnalyticsJsFile::Snippet(key))
+                },
+            ),
+        )
+        .route(
+            CHUNK_ROUTE,
+            get(
+                move |State(app): State<Arc<App<S>>>,
+                      file: Result<Path<String>, PathRejection>| async move {
+                    analytics_js(&app, AnalyticsJsFile::Chunk(file))
+                },
+            ),
+        );
     let retry_after = app.retry_after_seconds;
     r.with_state(app)
         .fallback(move |req: Request| async move {
@@ -159,6 +181,77 @@ fn settings_body<S: Sink>(
         }
     };
     Ok(settings::cdn_settings(&key, &public))
+}
+
+/// The snippet's script, as Segment's CDN names it (with `--analytics-js`).
+pub const SNIPPET_ROUTE: &str = "/analytics.js/v1/{write_key}/analytics.min.js";
+/// The chunks analytics.js loads lazily from `{cdn}/analytics-next/bundles/`.
+pub const CHUNK_ROUTE: &str = "/analytics-next/bundles/{file}";
+
+enum AnalyticsJsFile {
+    Snippet(Result<Path<String>, PathRejection>),
+    Chunk(Result<Path<String>, PathRejection>),
+}
+
+/// `GET` of analytics.js's own files: the snippet's script for a write key the collector
+/// accepts, or one of its chunks; 404 when `--analytics-js` is not set.
+fn analytics_js<S: Sink>(app: &App<S>, file: AnalyticsJsFile) -> Response {
+    let found = || -> Result<Bytes, IngestError> {
+        let files = app.analytics_js.as_ref().ok_or_else(|| {
+            IngestError::NotFound(
+                "analytics.js (this collector does not serve it; start it with --analytics-js DIR)"
+                    .into(),
+            )
+        })?;
+        match &file {
+            AnalyticsJsFile::Snippet(key) => {
+                let key = match key {
+                    Ok(Path(k)) => k,
+                    Err(_) => return Err(IngestError::UnknownWriteKey),
+                };
+                if app.keys.get(key).is_none() {
+                    return Err(IngestError::UnknownWriteKey);
+                }
+                files
+                    .standalone()
+                    .cloned()
+                    .ok_or_else(|| IngestError::NotFound("analytics.min.js".into()))
+            }
+            AnalyticsJsFile::Chunk(name) => {
+                let name = name.as_ref().map(|Path(n)| n.as_str()).unwrap_or_default();
+                files
+                    .file(name)
+                    .cloned()
+                    .ok_or_else(|| IngestError::NotFound(format!("/analytics-next/bundles/{name}")))
+            }
+        }
+    };
+    let resp = match found() {
+        Ok(body) => {
+            let mut resp = (StatusCode::OK, body).into_response();
+            let h = resp.headers_mut();
+            h.insert(
+                "content-type",
+                HeaderValue::from_static("text/javascript; charset=utf-8"),
+            );
+            h.insert(
+                "cache-control",
+                HeaderValue::from_static("public, max-age=300"),
+            );
+            resp
+        }
+        Err(e) => {
+            let mut resp = e.to_response(app.retry_after_seconds);
+            resp.headers_mut()
+                .insert("cache-control", HeaderValue::from_static("no-store"));
+            resp
+        }
+    };
+    app.metrics
+        .requests
+        .with_label_values(&["analytics_js", resp.status().as_str()])
+        .inc();
+    resp
 }
 
 const ALLOW_HEADERS: &str = "Authorization, Content-Type, Content-Encoding, X-Retry-Count";
@@ -480,6 +573,7 @@ mod tests {
             retry_after_seconds: 2,
             guards: Guards::default(),
             public_url: None,
+            analytics_js: None,
         })
     }
 
@@ -808,6 +902,67 @@ mod tests {
         assert!(
             body["message"].as_str().unwrap().contains("--public-url"),
             "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn analytics_js_is_served_for_known_keys_when_configured() {
+        // Not configured: a clear 404.
+        let app = app();
+        let req = get("/analytics.js/v1/wk/analytics.min.js")
+            .body(Body::empty())
+            .unwrap();
+        let (s, _, body) = call(&app, req).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        assert!(body["message"].as_str().unwrap().contains("--analytics-js"));
+
+        let dir = std::env::temp_dir().join(format!("corral-http-bundle-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("standalone.js"), "/* standalone */").unwrap();
+        std::fs::write(dir.join("407.bundle.abc.js"), "/* chunk */").unwrap();
+        let mut inner = Arc::try_unwrap(app).ok().unwrap();
+        inner.analytics_js = Some(AnalyticsJs::load(&dir).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+        let app = Arc::new(inner);
+        let fetch = |path: &str| {
+            let app = app.clone();
+            let req = get(path).body(Body::empty()).unwrap();
+            async move {
+                let resp = router(app).oneshot(req).await.unwrap();
+                let status = resp.status();
+                let headers = resp.headers().clone();
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                (status, headers, body)
+            }
+        };
+        let (s, h, body) = fetch("/analytics.js/v1/wk/analytics.min.js").await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(&body[..], b"/* standalone */");
+        assert!(h
+            .get("content-type")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript"));
+        let (s, _, body) = fetch("/analytics-next/bundles/407.bundle.abc.js").await;
+        assert_eq!((s, &body[..]), (StatusCode::OK, &b"/* chunk */"[..]));
+        let (s, _, body) = fetch("/analytics.js/v1/nope/analytics.min.js").await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        assert!(String::from_utf8_lossy(&body).contains("invalid_write_key"));
+        for missing in [
+            "/analytics-next/bundles/other.js",
+            "/analytics-next/bundles/..%2Fstandalone.js",
+            "/analytics-next/bundles/standalone.js.map",
+        ] {
+            let (s, _, _) = fetch(missing).await;
+            assert_eq!(s, StatusCode::NOT_FOUND, "{missing}");
+        }
+        assert_eq!(
+            app.metrics
+                .requests
+                .with_label_values(&["analytics_js", "200"])
+                .get(),
+            2
         );
     }
 

@@ -4,12 +4,14 @@
 //! errors and their HTTP answers), [`metrics`], the pure domain logic in [`auth`], [`ip`] and
 //! [`ingest`] (parsing, limits, batch merge, timestamps, dead letters), and the edges: [`http`]
 //! (axum) and [`sink`] (rdkafka). [`settings`] is what analytics.js loads before it sends
-//! (`/v1/projects/{writeKey}/settings`), pointed at the collector's public URL. [`sources`] is
+//! (`/v1/projects/{writeKey}/settings`), pointed at the collector's public URL, and [`bundle`]
+//! the analytics.js files it can serve itself. [`sources`] is
 //! the `source` definition (file format, write-key hashing, the operations of `corralctl
 //! sources`); [`definitions`] follows the definitions topic so sources' keys work and stop
 //! working without a restart. See `docs/collector.md`.
 
 pub mod auth;
+pub mod bundle;
 pub mod config;
 pub mod definitions;
 pub mod error;

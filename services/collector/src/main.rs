@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use corral_collector::bundle::AnalyticsJs;
 use corral_collector::config::{Args, Config};
 use corral_collector::guard::{Guards, KeyRateLimiter};
 use corral_collector::http::{self, App};
@@ -40,6 +41,14 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     health.set_not_ready("connecting to Kafka");
     let sink = KafkaSink::new(&cfg, health.clone()).context("creating the Kafka producer")?;
 
+    let analytics_js = match &cfg.analytics_js {
+        Some(dir) => {
+            let files = AnalyticsJs::load(dir)?;
+            tracing::info!(dir = %dir.display(), files = files.len(), "serving analytics.js at /analytics.js/v1/{{writeKey}}/analytics.min.js");
+            Some(files)
+        }
+        None => None,
+    };
     let app = Arc::new(App {
         sink,
         keys: cfg.write_keys.clone(),
@@ -54,6 +63,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             per_key: cfg.rate_limit_per_key.map(KeyRateLimiter::new),
         },
         public_url: cfg.public_url.clone(),
+        analytics_js,
     });
 
     // Readiness: probe Kafka until it answers and both topics exist, and again whenever a

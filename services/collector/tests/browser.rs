@@ -29,7 +29,12 @@ fn analytics_js_with_only_cdn_url_changed_delivers_every_call_once() {
         .expect("running tests/browser/install.sh");
     assert!(status.success(), "tests/browser/install.sh failed");
 
-    let c = Collector::start("collector-browser", &[]);
+    // The collector also serves analytics.js, from the npm package's UMD folder.
+    let umd = browser_dir().join("node_modules/@segment/analytics-next/dist/umd");
+    let c = Collector::start(
+        "collector-browser",
+        &["--analytics-js", umd.to_str().unwrap()],
+    );
     c.wait_for("/readyz", Duration::from_secs(60));
     let run_id = unique("run");
     let started = Instant::now();
@@ -41,6 +46,7 @@ fn analytics_js_with_only_cdn_url_changed_delivers_every_call_once() {
             WRITE_KEY,
             "not-a-corral-key",
             &run_id,
+            "--snippet",
         ])
         .output()
         .expect("running node tests/browser/drive.mjs");
@@ -97,7 +103,13 @@ fn analytics_js_with_only_cdn_url_changed_delivers_every_call_once() {
     ));
 
     // Every message in events.raw exactly once, with the browser's context intact.
-    let records = read_raw(&c.raw_topic, sent.len(), Duration::from_secs(60));
+    let snippet = &report["snippet"];
+    let snippet_posts = snippet["posts"].as_array().unwrap();
+    let records = read_raw(
+        &c.raw_topic,
+        sent.len() + snippet_posts.len(),
+        Duration::from_secs(60),
+    );
     let mut by_id: HashMap<&str, Vec<&corral_codec::RawEvent>> = HashMap::new();
     for (_, ev) in &records {
         by_id.entry(ev.message_id.as_str()).or_default().push(ev);
@@ -139,32 +151,7 @@ fn analytics_js_with_only_cdn_url_changed_delivers_every_call_once() {
         assert_eq!(ev.source_id.as_deref(), Some("e2e"));
         assert!(ev.sent_at.is_some(), "{id}: analytics.js sets sentAt");
         assert!(ev.timestamp.is_some() && ev.received_at.is_some());
-        // Every field as the browser posted it (first attempt): writeKey removed, timestamp
-        // kept as originalTimestamp, context extended only by the collector's `ip`.
-        let posted = report["bodies"][id.as_str()]
-            .as_object()
-            .unwrap_or_else(|| panic!("{id}: no posted body in the report"));
-        assert!(
-            posted.contains_key("sentAt"),
-            "{id}: analytics.js sets sentAt"
-        );
-        for (k, v) in posted {
-            match k.as_str() {
-                "writeKey" => assert!(json.get(k).is_none(), "{id}: writeKey removed"),
-                "timestamp" => assert_eq!(
-                    ev.original_timestamp.as_deref(),
-                    v.as_str(),
-                    "{id}: originalTimestamp is the browser's timestamp"
-                ),
-                "context" => {
-                    for (ck, cv) in v.as_object().unwrap() {
-                        assert_eq!(&json["context"][ck], cv, "{id}: context.{ck}");
-                    }
-                    assert_eq!(json["context"]["ip"], "127.0.0.1");
-                }
-                _ => assert_eq!(&json[k], v, "{id}: {k}"),
-            }
-        }
+        assert_as_posted(id, &json, ev, &report["bodies"][id.as_str()]);
         match kind.as_str() {
             "identify" => {
                 assert_eq!(json["userId"], user_id);
@@ -187,8 +174,50 @@ fn analytics_js_with_only_cdn_url_changed_delivers_every_call_once() {
             _ => {}
         }
     }
+
+    // The snippet: analytics.min.js and its settings from the collector; the page, identify
+    // and track it queued before the script arrived, each once.
+    assert_eq!(
+        snippet["scripts"],
+        serde_json::json!([format!("/analytics.js/v1/{WRITE_KEY}/analytics.min.js")]),
+        "{snippet}"
+    );
+    assert_eq!(
+        snippet["settingsRequests"],
+        serde_json::json!([format!("/v1/projects/{WRITE_KEY}/settings")])
+    );
+    assert_eq!(snippet["foreign"], serde_json::json!([]), "{snippet}");
+    let mut kinds: Vec<&str> = snippet_posts
+        .iter()
+        .map(|p| p["type"].as_str().unwrap())
+        .collect();
+    kinds.sort_unstable();
+    assert_eq!(kinds, ["identify", "page", "track"], "{snippet}");
+    for p in snippet_posts {
+        let id = p["messageId"].as_str().unwrap();
+        let got = by_id.get(id).map(Vec::as_slice).unwrap_or(&[]);
+        assert_eq!(
+            got.len(),
+            1,
+            "snippet {id}: expected once, got {}",
+            got.len()
+        );
+        let json = got[0].to_segment_json();
+        assert_eq!(json["context"]["page"]["path"], "/shop/snippet", "{id}");
+        assert_eq!(json["context"]["locale"], "de-DE", "{id}");
+        assert_as_posted(id, &json, got[0], &snippet["bodies"][id]);
+        if json["type"] == "track" {
+            assert_eq!(json["userId"], snippet["userId"], "{id}");
+            assert_eq!(json["event"], "Snippet Loaded", "{id}");
+        }
+    }
+
     // Nothing else: no duplicates, and nothing from the wrong key.
-    assert_eq!(records.len(), sent.len(), "no extra records");
+    assert_eq!(
+        records.len(),
+        sent.len() + snippet_posts.len(),
+        "no extra records"
+    );
 
     let wrong = &report["wrongKey"];
     assert_eq!(wrong["settingsStatus"], 404, "{wrong}");
@@ -210,4 +239,33 @@ fn analytics_js_with_only_cdn_url_changed_delivers_every_call_once() {
         2.0,
         "the wrong key's settings: analytics.js's fetch and the page's own"
     );
+}
+
+/// Every field as the browser posted it (its first attempt): `writeKey` removed, `timestamp`
+/// kept as `originalTimestamp`, `context` extended only by the collector's `ip`.
+fn assert_as_posted(id: &str, json: &Json, ev: &corral_codec::RawEvent, posted: &Json) {
+    let posted = posted
+        .as_object()
+        .unwrap_or_else(|| panic!("{id}: no posted body in the report"));
+    assert!(
+        posted.contains_key("sentAt"),
+        "{id}: analytics.js sets sentAt"
+    );
+    for (k, v) in posted {
+        match k.as_str() {
+            "writeKey" => assert!(json.get(k).is_none(), "{id}: writeKey removed"),
+            "timestamp" => assert_eq!(
+                ev.original_timestamp.as_deref(),
+                v.as_str(),
+                "{id}: originalTimestamp is the browser's timestamp"
+            ),
+            "context" => {
+                for (ck, cv) in v.as_object().unwrap() {
+                    assert_eq!(&json["context"][ck], cv, "{id}: context.{ck}");
+                }
+                assert_eq!(json["context"]["ip"], "127.0.0.1");
+            }
+            _ => assert_eq!(&json[k], v, "{id}: {k}"),
+        }
+    }
 }
