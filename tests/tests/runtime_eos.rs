@@ -26,6 +26,10 @@ struct Setup {
 
 impl Setup {
     fn new(name: &str) -> Setup {
+        Setup::with_partitions(name, PARTITIONS)
+    }
+
+    fn with_partitions(name: &str, partitions: i32) -> Setup {
         let app = unique(name);
         let s = Setup {
             input: format!("{app}.in"),
@@ -34,8 +38,8 @@ impl Setup {
             app,
             state: tempfile::tempdir().unwrap(),
         };
-        create_topic(&s.input, PARTITIONS, CleanupPolicy::Delete);
-        create_topic(&s.output, PARTITIONS, CleanupPolicy::Delete);
+        create_topic(&s.input, partitions, CleanupPolicy::Delete);
+        create_topic(&s.output, partitions, CleanupPolicy::Delete);
         create_topic(&s.dlq, 1, CleanupPolicy::Delete);
         s
     }
@@ -146,6 +150,82 @@ fn survives_repeated_sigkill_of_a_single_instance() {
     svc.terminate();
     let out_after = read_committed(&s.output, out.len(), Duration::from_secs(10));
     assert_exactly_once(&out_after, &expected);
+}
+
+/// The same with two stream threads per process: each thread is its own group member with its
+/// own transactional producer and state folder; partitions move between the threads of one
+/// process as between processes.
+#[test]
+fn survives_repeated_sigkill_with_two_stream_threads() {
+    let s = Setup::new("eos-threads");
+    let expected = s.produce_range(0, 100_000);
+    let threads = [("CORRAL_STREAM_THREADS", "2".to_string())];
+    let mut rng = rand::rng();
+    for round in 0..4 {
+        let svc = s.spawn("0", &threads);
+        let ms = rng.random_range(500..4_000);
+        std::thread::sleep(Duration::from_millis(ms));
+        eprintln!("round {round}: SIGKILL after {ms} ms");
+        svc.kill9();
+    }
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", corral_tests::http::free_port())
+        .parse()
+        .unwrap();
+    let svc = s.spawn_in(
+        "0",
+        s.state.path(),
+        &[threads[0].clone(), ("CORRAL_ADMIN_ADDR", admin.to_string())],
+    );
+    let out = await_output(&s, 100_000, Duration::from_secs(600));
+    // Both threads run and share the partitions: ready means both are.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match corral_tests::http::http_get(admin, "/readyz") {
+            Some((200, _)) => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "a process whose two threads run is ready: {other:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let metrics = corral_tests::http::http_get(admin, "/metrics").unwrap().1;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("corral_kafka_assigned_partitions") && l.ends_with(" 4")),
+        "the two threads own the 4 partitions between them:\n{metrics}"
+    );
+    svc.terminate();
+    let out_after = read_committed(&s.output, out.len(), Duration::from_secs(10));
+    assert_exactly_once(&out_after, &expected);
+}
+
+/// A thread left without a partition (more threads than partitions) idles; it does not keep the
+/// process from being ready.
+#[test]
+fn more_threads_than_partitions_leaves_one_idle_and_ready() {
+    let s = Setup::with_partitions("eos-idle", 1);
+    let expected = s.produce_range(0, 1_000);
+    let admin = format!("127.0.0.1:{}", corral_tests::http::free_port());
+    let svc = s.spawn(
+        "0",
+        &[
+            ("CORRAL_STREAM_THREADS", "2".to_string()),
+            ("CORRAL_ADMIN_ADDR", admin.clone()),
+        ],
+    );
+    let out = await_output(&s, 1_000, Duration::from_secs(120));
+    assert_exactly_once(&out, &expected);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match corral_tests::http::http_get(admin.parse().unwrap(), "/readyz") {
+            Some((200, _)) => break,
+            other => assert!(Instant::now() < deadline, "not ready: {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    svc.terminate();
 }
 
 #[test]

@@ -35,8 +35,11 @@ struct Args {
     /// Pass records through unchanged (no state): the runtime's pass-through benchmark.
     #[arg(long)]
     passthrough: bool,
-    #[arg(long)]
+    #[arg(long, env = "CORRAL_ADMIN_ADDR")]
     admin: Option<std::net::SocketAddr>,
+    /// Stream threads (also `CORRAL_STREAM_THREADS`, as every service).
+    #[arg(long, env = "CORRAL_STREAM_THREADS", default_value_t = 1)]
+    threads: usize,
     /// Every this many ms, emit each task's `keys=K total=N` to `--summary-topic` when it changed
     /// (exercises punctuation and prefix scans).
     #[arg(long, requires = "summary_topic")]
@@ -140,6 +143,7 @@ fn main() -> anyhow::Result<()> {
     cfg.commit_interval = Duration::from_millis(args.commit_interval_ms);
     cfg.session_timeout = Duration::from_millis(args.session_timeout_ms);
     cfg.admin_addr = args.admin;
+    cfg.threads = args.threads;
     cfg.fault = args.fault.as_deref().map(str::parse).transpose()?;
     cfg.kafka.extend(args.kafka.iter().cloned());
     if !args.passthrough {

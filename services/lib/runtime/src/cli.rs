@@ -52,6 +52,10 @@ pub struct RuntimeArgs {
     /// group.instance.id.
     #[arg(long, env = "CORRAL_INSTANCE_ID", default_value = "0")]
     pub instance: String,
+    /// Stream threads per process, each with its own consumer, transactional producer and
+    /// tasks (Kafka Streams' num.stream.threads); more than the partitions leaves some idle.
+    #[arg(long, env = "CORRAL_STREAM_THREADS", default_value_t = 1)]
+    pub threads: usize,
     /// Prefix of every topic name.
     #[arg(long, env = "CORRAL_TOPIC_PREFIX", default_value = "corral.")]
     pub topic_prefix: String,
@@ -350,6 +354,7 @@ impl RuntimeArgs {
     ) -> RuntimeConfig {
         let mut cfg = RuntimeConfig::new(application_id, &self.instance, &self.kafka.bootstrap);
         cfg.replication_factor = self.replication_factor;
+        cfg.threads = self.threads;
         cfg.topics = self.topic_names();
         cfg.topic_prefix = self.topic_prefix.clone();
         cfg.dlq_topic = cfg.topics.name(names::DLQ);

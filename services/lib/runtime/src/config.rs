@@ -87,6 +87,10 @@ impl std::str::FromStr for Fault {
 /// Everything a stream runtime needs.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
+    /// Stream threads of this process (Kafka Streams' `num.stream.threads`): each owns a group
+    /// member (`group.instance.id` `{instance}-{thread}`), a transactional producer
+    /// (`{app}-{instance}-{thread}`) and its tasks' state folder.
+    pub threads: usize,
     /// The service name: consumer group id, transactional id prefix and changelog topic prefix.
     pub application_id: String,
     /// A stable identity of this instance (the StatefulSet ordinal or pod name), never random:
@@ -128,6 +132,7 @@ impl RuntimeConfig {
     /// A config with the runtime's defaults; callers set topics and stores.
     pub fn new(application_id: &str, instance_id: &str, bootstrap_servers: &str) -> Self {
         Self {
+            threads: 1,
             application_id: application_id.to_string(),
             instance_id: instance_id.to_string(),
             bootstrap_servers: bootstrap_servers.to_string(),
@@ -165,6 +170,9 @@ impl RuntimeConfig {
         let fail = |m: String| Err(RuntimeError::Config(m));
         if self.application_id.is_empty() || self.instance_id.is_empty() {
             return fail("application_id and instance_id must not be empty".into());
+        }
+        if self.threads == 0 {
+            return fail("--threads must be at least 1".into());
         }
         if self.input_topics.is_empty() {
             return fail("at least one input topic is required".into());

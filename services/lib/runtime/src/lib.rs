@@ -163,27 +163,52 @@ impl StreamRuntime {
             .map_err(|e| RuntimeError::Config(format!("registering metrics: {e}")))?;
         let admin = self.spawn_admin()?;
 
-        let setup = thread::ThreadSetup {
-            cfg: self.cfg.clone(),
-            thread_index: 0,
-            metrics,
-            health: self.health.clone(),
-            shutdown: self.shutdown.clone(),
-            processor_factory: Arc::new(move || Box::new(factory()) as Box<dyn Processor>),
-        };
-        let stream = std::thread::Builder::new()
-            .name("stream-0".into())
-            .spawn(move || thread::run_thread(setup))
-            .map_err(|source| RuntimeError::Io {
-                path: "stream thread".into(),
-                source,
-            })?;
-        let result = stream
-            .join()
-            .unwrap_or_else(|_| Err(RuntimeError::Processor("stream thread panicked".into())));
-        if let Err(e) = &result {
-            error!(error = %e, "stream thread stopped");
-            self.health.set_dead(e.to_string());
+        let factory: Arc<dyn Fn() -> Box<dyn Processor> + Send + Sync> =
+            Arc::new(move || Box::new(factory()) as Box<dyn Processor>);
+        let cfg = self.cfg.clone();
+        let mut streams = Vec::new();
+        for thread_index in 0..self.cfg.threads.max(1) {
+            let setup = thread::ThreadSetup {
+                cfg: cfg.clone(),
+                thread_index,
+                metrics: metrics.clone(),
+                health: self.health.clone(),
+                shutdown: self.shutdown.clone(),
+                processor_factory: factory.clone(),
+            };
+            // Every thread counts as not ready until its first assignment is restored.
+            self.health.set_part_not_ready(&setup.part(), "starting");
+            let shutdown = self.shutdown.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("stream-{thread_index}"))
+                .spawn(move || {
+                    let stopped = thread::run_thread(setup);
+                    // One thread stopping (an error, or shutdown) stops the others.
+                    shutdown.store(true, Ordering::SeqCst);
+                    stopped
+                });
+            match spawned {
+                Ok(handle) => streams.push(handle),
+                Err(source) => {
+                    self.shutdown.store(true, Ordering::SeqCst);
+                    return Err(RuntimeError::Io {
+                        path: "stream thread".into(),
+                        source,
+                    });
+                }
+            }
+        }
+        // The first error is the runtime's.
+        let mut result = Ok(());
+        for stream in streams {
+            let stopped = stream
+                .join()
+                .unwrap_or_else(|_| Err(RuntimeError::Processor("stream thread panicked".into())));
+            if let (Err(e), Ok(())) = (stopped, &result) {
+                error!(error = %e, "stream thread stopped");
+                self.health.set_dead(e.to_string());
+                result = Err(e);
+            }
         }
         self.shutdown.store(true, Ordering::SeqCst);
         if let Some(handle) = admin {

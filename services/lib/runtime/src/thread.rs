@@ -100,6 +100,10 @@ pub(crate) struct Engine {
     processor: Box<dyn Processor>,
     metrics: RuntimeMetrics,
     health: Arc<Health>,
+    /// This thread's name in readiness (`{app}/stream-{i}`): the service is ready when all are.
+    part: String,
+    /// This thread's share of the `kafka_assigned_partitions` gauge, which all threads add to.
+    reported_assigned: i64,
     /// Assigned input partitions.
     assigned: BTreeSet<(String, i32)>,
     /// Next offset to commit per input partition, for records processed in the open transaction.
@@ -211,10 +215,7 @@ impl ConsumerContext for EngineContext {
             }
             let revoked_tasks: Vec<i32> = revoked_tasks.into_iter().collect();
             engine.processor.on_revoked(&revoked_tasks);
-            engine
-                .metrics
-                .assigned_partitions
-                .set(engine.assigned.len() as i64);
+            engine.report_assigned();
             info!(
                 revoked = tpl.count(),
                 remaining = engine.assigned.len(),
@@ -242,10 +243,7 @@ impl ConsumerContext for EngineContext {
                         new_tasks.insert(elem.partition());
                     }
                 }
-                engine
-                    .metrics
-                    .assigned_partitions
-                    .set(engine.assigned.len() as i64);
+                engine.report_assigned();
                 info!(
                     assigned = tpl.count(),
                     total = engine.assigned.len(),
@@ -265,7 +263,7 @@ impl ConsumerContext for EngineContext {
                 }
                 let new_tasks: Vec<i32> = new_tasks.into_iter().collect();
                 engine.processor.on_assigned(&new_tasks);
-                engine.health.set_ready();
+                engine.health.set_part_ready(&engine.part);
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
@@ -734,22 +732,35 @@ impl Engine {
         Ok(())
     }
 
+    /// Updates this thread's share of the process's assigned-partitions gauge.
+    fn report_assigned(&mut self) {
+        let now = self.assigned.len() as i64;
+        self.metrics
+            .assigned_partitions
+            .add(now - self.reported_assigned);
+        self.reported_assigned = now;
+    }
+
     /// Brings every store's copy of `partition` up to the end of its changelog.
     fn restore_partition(&mut self, partition: i32) -> Result<(), RuntimeError> {
         for i in 0..self.stores.len() {
-            self.health.set_not_ready(format!(
-                "restoring store {} partition {partition}",
-                self.stores[i].name()
-            ));
-            self.metrics.restore_active.set(1);
+            self.health.set_part_not_ready(
+                &self.part,
+                format!(
+                    "restoring store {} partition {partition}",
+                    self.stores[i].name()
+                ),
+            );
+            self.metrics.restore_active.inc();
             let started = Instant::now();
             let restored = restore_store(
                 &self.restore_consumer,
                 &self.stores[i],
                 partition,
                 &self.metrics,
-            )?;
-            self.metrics.restore_active.set(0);
+            );
+            self.metrics.restore_active.dec();
+            let restored = restored?;
             self.metrics
                 .processing_duration
                 .with_label_values(&["restore"])
@@ -879,6 +890,13 @@ pub(crate) struct ThreadSetup {
     pub processor_factory: Arc<dyn Fn() -> Box<dyn Processor> + Send + Sync>,
 }
 
+impl ThreadSetup {
+    /// The thread's name in readiness and logs.
+    pub fn part(&self) -> String {
+        format!("{}/stream-{}", self.cfg.application_id, self.thread_index)
+    }
+}
+
 fn base_config(cfg: &RuntimeConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.bootstrap_servers);
@@ -951,6 +969,8 @@ fn build_engine(setup: &ThreadSetup) -> Result<Engine, RuntimeError> {
         processor: (setup.processor_factory)(),
         metrics: setup.metrics.clone(),
         health: setup.health.clone(),
+        part: setup.part(),
+        reported_assigned: 0,
         assigned: BTreeSet::new(),
         pending_offsets: HashMap::new(),
         txn_open: false,
@@ -1116,7 +1136,9 @@ pub(crate) fn run_thread(setup: ThreadSetup) -> Result<(), RuntimeError> {
             Ok(()) => return Ok(()),
             Err(e) if e.is_rebuildable() && !setup.shutdown.load(Ordering::SeqCst) => {
                 warn!(error = %e, ?backoff, "stream thread failed; rebuilding clients");
-                setup.health.set_not_ready(format!("rebuilding after: {e}"));
+                setup
+                    .health
+                    .set_part_not_ready(&setup.part(), format!("rebuilding after: {e}"));
                 setup.metrics.client_rebuilds.inc();
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(10));

@@ -63,6 +63,8 @@ pub struct Health {
     ready: AtomicBool,
     /// Why the service is not ready, shown by `/readyz`.
     reason: Mutex<String>,
+    /// Parts (stream threads) not ready yet, with why: the service is ready only when none is.
+    waiting_parts: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 impl Health {
@@ -71,7 +73,32 @@ impl Health {
             alive: AtomicBool::new(true),
             ready: AtomicBool::new(false),
             reason: Mutex::new("starting".to_string()),
+            waiting_parts: Mutex::new(std::collections::BTreeMap::new()),
         })
+    }
+
+    /// Part `part` (a stream thread) is not ready: neither is the service, until every part is.
+    pub fn set_part_not_ready(&self, part: &str, why: impl Into<String>) {
+        let why = why.into();
+        if let Ok(mut parts) = self.waiting_parts.lock() {
+            parts.insert(part.to_string(), why.clone());
+        }
+        self.set_not_ready(format!("{part}: {why}"));
+    }
+
+    /// Part `part` is ready; the service is when no other part is still waiting.
+    pub fn set_part_ready(&self, part: &str) {
+        let still_waiting = match self.waiting_parts.lock() {
+            Ok(mut parts) => {
+                parts.remove(part);
+                parts.iter().next().map(|(p, why)| format!("{p}: {why}"))
+            }
+            Err(_) => None,
+        };
+        match still_waiting {
+            Some(why) => self.set_not_ready(why),
+            None => self.set_ready(),
+        }
     }
 
     pub fn set_ready(&self) {
@@ -274,5 +301,13 @@ mod tests {
         health.set_ready();
         assert!(health.is_ready());
         assert!(health.is_alive());
+        // Two stream threads: ready only once both are.
+        health.set_part_not_ready("stream-0", "starting");
+        health.set_part_not_ready("stream-1", "restoring store s partition 1");
+        health.set_part_ready("stream-0");
+        assert!(!health.is_ready());
+        assert_eq!(health.reason(), "stream-1: restoring store s partition 1");
+        health.set_part_ready("stream-1");
+        assert!(health.is_ready());
     }
 }
