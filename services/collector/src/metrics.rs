@@ -1,7 +1,7 @@
 //! The collector's own metrics. The registry adds the `corral_` prefix and the `service` label,
 //! so `collector_requests_total` is exported as `corral_collector_requests_total`. Every label is
-//! bounded: endpoint (7 values), status (HTTP status code), type (6 + unknown), outcome, reason,
-//! error.
+//! bounded: endpoint (the 6 message types, batch, settings, analytics_js), status (HTTP status
+//! code), type (6 + unknown), outcome, reason, error.
 
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
