@@ -449,3 +449,103 @@ fn kafka_unreachable_gives_503_then_retries_land_every_message() {
     assert!(c.metric("corral_collector_requests_total", &["status=\"503\""]) >= 1.0);
     assert!(c.metric("corral_collector_client_retries_total", &[]) >= 1.0);
 }
+
+/// What analytics.js loads first, from a real collector process: the settings point at the
+/// request's Host by default, at `--public-url` (or `CORRAL_COLLECTOR_PUBLIC_URL`) when given;
+/// unknown keys get a JSON 404.
+#[test]
+fn analytics_js_settings_follow_host_or_public_url() {
+    let c = Collector::start("collector-settings", &[]);
+    let r = request(
+        c.port,
+        "GET",
+        &format!("/v1/projects/{WRITE_KEY}/settings"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let io = &r.json()["integrations"]["Segment.io"];
+    assert_eq!(io["apiKey"], WRITE_KEY);
+    assert_eq!(io["apiHost"], format!("127.0.0.1:{}/v1", c.port));
+    assert_eq!(io["protocol"], "http");
+    assert_error(
+        &request(c.port, "GET", "/v1/projects/unknown-key/settings", &[], b""),
+        404,
+        "invalid_write_key",
+        "write key",
+    );
+    assert_error(
+        &request(
+            c.port,
+            "GET",
+            &format!("/analytics.js/v1/{WRITE_KEY}/analytics.min.js"),
+            &[],
+            b"",
+        ),
+        404,
+        "not_found",
+        "--analytics-js",
+    );
+    assert_eq!(
+        c.metric(
+            "corral_collector_requests_total",
+            &["endpoint=\"settings\"", "status=\"200\""]
+        ),
+        1.0
+    );
+    drop(c);
+
+    // The flag, then the variable.
+    let c = Collector::start(
+        "collector-settings-flag",
+        &["--public-url", "https://collect.example.com/corral/"],
+    );
+    let r = request(
+        c.port,
+        "GET",
+        &format!("/v1/projects/{WRITE_KEY}/settings"),
+        &[],
+        b"",
+    );
+    let io = &r.json()["integrations"]["Segment.io"];
+    assert_eq!(
+        (io["apiHost"].as_str(), io["protocol"].as_str()),
+        (Some("collect.example.com/corral/v1"), Some("https"))
+    );
+    let port = free_port();
+    let service = Service::spawn(
+        "collector-settings-env",
+        env!("CARGO_BIN_EXE_corral-collector"),
+        &[
+            "--listen".to_string(),
+            format!("127.0.0.1:{port}"),
+            "--kafka-bootstrap".to_string(),
+            bootstrap(),
+            "--no-definitions".to_string(),
+            "--write-key".to_string(),
+            format!("{WRITE_KEY}=e2e:s1"),
+        ],
+        &[(
+            "CORRAL_COLLECTOR_PUBLIC_URL",
+            "http://10.1.2.3:8080".to_string(),
+        )],
+    );
+    let env_collector = Collector {
+        service,
+        port,
+        raw_topic: c.raw_topic.clone(),
+        dlq_topic: c.dlq_topic.clone(),
+    };
+    env_collector.wait_for("/healthz", Duration::from_secs(30));
+    let r = request(
+        port,
+        "GET",
+        &format!("/v1/projects/{WRITE_KEY}/settings"),
+        &[],
+        b"",
+    );
+    assert_eq!(
+        r.json()["integrations"]["Segment.io"]["apiHost"],
+        "10.1.2.3:8080/v1"
+    );
+}
