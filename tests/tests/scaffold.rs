@@ -85,7 +85,7 @@ fn consumer_lag_is_exported_per_partition_and_falls_to_zero_once_the_input_is_pr
         &prefix,
         state.path(),
         admin_addr,
-        &[("CORRAL_KAFKA_PROP_STATISTICS_INTERVAL_MS", "100".into())],
+        &[("CORRAL_LAG_INTERVAL_MS", "100".into())],
     );
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut highest = 0.0_f64;

@@ -74,6 +74,9 @@ pub struct RuntimeArgs {
     /// Consumer group session timeout, in ms: a killed instance is replaced after this long.
     #[arg(long, env = "CORRAL_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     pub session_timeout_ms: u64,
+    /// How often, in ms, the stream consumers report their lag (`corral_kafka_consumer_lag_records`).
+    #[arg(long, env = "CORRAL_LAG_INTERVAL_MS", default_value_t = 5_000)]
+    pub lag_interval_ms: u64,
     /// Admin endpoint (`/metrics`, `/healthz`, `/readyz`); none when absent.
     #[arg(long, env = "CORRAL_ADMIN_ADDR")]
     pub admin: Option<SocketAddr>,
@@ -355,6 +358,7 @@ impl RuntimeArgs {
         let mut cfg = RuntimeConfig::new(application_id, &self.instance, &self.kafka.bootstrap);
         cfg.replication_factor = self.replication_factor;
         cfg.threads = self.threads;
+        cfg.lag_interval = Duration::from_millis(self.lag_interval_ms.max(1));
         cfg.topics = self.topic_names();
         cfg.topic_prefix = self.topic_prefix.clone();
         cfg.dlq_topic = cfg.topics.name(names::DLQ);

@@ -91,6 +91,9 @@ pub struct RuntimeConfig {
     /// member (`group.instance.id` `{instance}-{thread}`), a transactional producer
     /// (`{app}-{instance}-{thread}`) and its tasks' state folder.
     pub threads: usize,
+    /// How often the stream consumers report their lag (librdkafka's statistics interval on
+    /// those consumers only; other clients keep statistics off).
+    pub lag_interval: Duration,
     /// The service name: consumer group id, transactional id prefix and changelog topic prefix.
     pub application_id: String,
     /// A stable identity of this instance (the StatefulSet ordinal or pod name), never random:
@@ -133,6 +136,7 @@ impl RuntimeConfig {
     pub fn new(application_id: &str, instance_id: &str, bootstrap_servers: &str) -> Self {
         Self {
             threads: 1,
+            lag_interval: Duration::from_secs(5),
             application_id: application_id.to_string(),
             instance_id: instance_id.to_string(),
             bootstrap_servers: bootstrap_servers.to_string(),

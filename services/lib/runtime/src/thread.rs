@@ -166,9 +166,6 @@ impl ClientContext for EngineContext {
     }
 }
 
-/// How often librdkafka reports the statistics the lag gauge comes from, unless configured.
-const STATISTICS_INTERVAL_MS: &str = "5000";
-
 impl ConsumerContext for EngineContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let mut engine = self.lock();
@@ -1018,9 +1015,10 @@ fn run_generation(setup: &ThreadSetup) -> Result<(), RuntimeError> {
             setup.cfg.session_timeout.as_millis().to_string(),
         )
         .set("enable.partition.eof", "false");
-    if !cfg.kafka.contains_key("statistics.interval.ms") {
-        cc.set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
-    }
+    cc.set(
+        "statistics.interval.ms",
+        cfg.lag_interval.as_millis().to_string(),
+    );
     let consumer: BaseConsumer<EngineContext> = cc
         .create_with_context(EngineContext {
             engine: Mutex::new(engine),
