@@ -17,7 +17,10 @@
 //! Knobs (the long run, `make soak-merges`, sets them): `MERGE_DIFF_USERS` (2000),
 //! `MERGE_DIFF_SEED` (random, printed), `MERGE_DIFF_INSTANCES` (1: instances of validator,
 //! identity and compute), `MERGE_DIFF_KILLS` (0: SIGKILLs of a random identity or compute
-//! instance while the stream is processed; each is restarted at once).
+//! instance while the stream is processed; each is restarted at once), `MERGE_DIFF_SCALE` (1:
+//! with one instance, validator, identity and compute scale 1 -> 3 -> 1 while the stream is
+//! processed, as a StatefulSet does: new instance ids 1 and 2, removed with SIGTERM; compute's
+//! `corral_kafka_consumer_lag_records` must rise and fall back to 0).
 //!
 //! Needs the service binaries (`cargo build --workspace --bins`; `make test` builds them).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed step should stop it loudly
@@ -29,8 +32,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    binary, create_topics, decode_all, repo_root, run, send_with_python, start_pipeline,
-    PipelineConfig, Stack, TopicReader,
+    add_instance, binary, create_topics, decode_all, repo_root, run, send_with_python,
+    start_pipeline, PipelineConfig, Stack, TopicReader,
 };
 use corral_codec::{
     MembershipChange, MembershipChangeKind, MessageType, ProfileMerge, ResolvedEvent, TraitChange,
@@ -426,6 +429,21 @@ struct Run {
     out: Outputs,
     kills_left: usize,
     rng: StdRng,
+    /// The highest lag compute's first instance reported, and when it was last asked.
+    max_lag: f64,
+    lag_asked: Instant,
+}
+
+/// The sum of `corral_kafka_consumer_lag_records` over the partitions a process owns, and how
+/// many partitions it reports.
+fn lag(admin: std::net::SocketAddr) -> Option<(f64, usize)> {
+    let (_, body) = common::http_get(admin, "/metrics")?;
+    let values: Vec<f64> = body
+        .lines()
+        .filter(|l| l.starts_with("corral_kafka_consumer_lag_records{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    Some((values.iter().sum(), values.len()))
 }
 
 impl Run {
@@ -450,6 +468,17 @@ impl Run {
         let mut next_kill = Instant::now() + Duration::from_millis(self.rng.random_range(0..4000));
         loop {
             self.out.poll();
+            if self.lag_asked.elapsed() >= Duration::from_millis(200) {
+                self.lag_asked = Instant::now();
+                let first = self
+                    .stack
+                    .procs
+                    .iter()
+                    .find(|p| p.name.starts_with("compute"));
+                if let Some((sum, _)) = first.and_then(|p| lag(p.admin)) {
+                    self.max_lag = self.max_lag.max(sum);
+                }
+            }
             if done(&self.out) {
                 return true;
             }
@@ -480,9 +509,11 @@ fn merges_keep_every_event() {
     let seed = env_or("MERGE_DIFF_SEED", rand::rng().random::<u64>());
     let instances = env_or("MERGE_DIFF_INSTANCES", 1usize);
     let kills = env_or("MERGE_DIFF_KILLS", 0usize);
+    let scale = instances == 1 && env_or("MERGE_DIFF_SCALE", 1usize) == 1;
     eprintln!(
         "merges_keep_every_event: MERGE_DIFF_USERS={users} MERGE_DIFF_SEED={seed} \
-         MERGE_DIFF_INSTANCES={instances} MERGE_DIFF_KILLS={kills}"
+         MERGE_DIFF_INSTANCES={instances} MERGE_DIFF_KILLS={kills} MERGE_DIFF_SCALE={}",
+        u8::from(scale)
     );
     let bootstrap = corral_tests::bootstrap();
     let run_id = corral_tests::unique("merges");
@@ -520,7 +551,9 @@ fn merges_keep_every_event() {
         .map(|v| format!("{}=src-{v}:{v}", key_of(v)))
         .collect();
     write_keys.push(format!("{}=src-diff:diff", key_of("diff")));
-    let (mut stack, collector) = start_pipeline(&PipelineConfig {
+    // Statistics every 500 ms, so the lag is seen while the stream is worked through.
+    let stats = vec![("CORRAL_LAG_INTERVAL_MS".to_string(), "500".to_string())];
+    let config = PipelineConfig {
         bootstrap: &bootstrap,
         prefix: &prefix,
         run_id: &run_id,
@@ -528,8 +561,9 @@ fn merges_keep_every_event() {
         write_keys,
         instances,
         fanout: false,
-        env: BTreeMap::new(),
-    });
+        env: BTreeMap::from([("compute", stats)]),
+    };
+    let (mut stack, collector) = start_pipeline(&config);
     stack.wait_ready(Duration::from_secs(90));
     let topic = |name: &str| TopicReader::new(&bootstrap, &format!("{prefix}{name}"));
     let mut r = Run {
@@ -542,6 +576,8 @@ fn merges_keep_every_event() {
         },
         kills_left: kills,
         rng: StdRng::seed_from_u64(seed),
+        max_lag: 0.0,
+        lag_asked: Instant::now(),
     };
     let now = chrono::Utc::now().timestamp_millis();
 
@@ -568,12 +604,31 @@ fn merges_keep_every_event() {
     let stream = generated_stream(&run_id, users, now, seed);
     // With kills asked for, the stream goes in chunks and half the kills land between them
     // (at a random moment while the pipeline works on what was sent), the rest while it settles.
-    let chunks = 1 + kills / 2;
+    // Scaling: up to three instances once the first chunk is sent, back to one after the second.
+    let chunks = (1 + kills / 2).max(if scale { 3 } else { 1 });
+    let scaled = ["validator", "identity", "compute"];
     for (i, chunk) in stream
         .chunks(stream.len().div_ceil(chunks).max(1))
         .enumerate()
     {
         send_with_python(&collector, &key_of("diff"), &Value::Array(chunk.to_vec()));
+        if scale && i == 0 {
+            eprintln!("scaling validator, identity and compute 1 -> 3");
+            for service in scaled {
+                for n in 1..=2 {
+                    add_instance(&mut r.stack, &config, service, n);
+                }
+            }
+            r.stack.wait_ready(Duration::from_secs(90));
+        }
+        if scale && i == 1 {
+            eprintln!("scaling validator, identity and compute 3 -> 1");
+            for service in scaled {
+                for n in 1..=2 {
+                    r.stack.stop(&format!("{service}-{n}"));
+                }
+            }
+        }
         if i + 1 < chunks && r.kills_left > 0 {
             let pause = Duration::from_millis(r.rng.random_range(0..2000));
             r.until(pause, |_| false);
@@ -594,7 +649,12 @@ fn merges_keep_every_event() {
         variants
             .iter()
             .all(|v| members(&SpaceView::read(o, v), "trial_signups") == 50)
-            && mismatches(&SpaceView::read(o, "diff"), &defs, chrono::Utc::now()).is_empty()
+            && {
+                // Every call resolved first: equality over part of the stream proves little.
+                let diff = SpaceView::read(o, "diff");
+                diff.resolved.len() >= stream.len()
+                    && mismatches(&diff, &defs, chrono::Utc::now()).is_empty()
+            }
     });
     for v in variants {
         let view = SpaceView::read(&r.out, v);
@@ -620,12 +680,32 @@ fn merges_keep_every_event() {
         stream.len(),
         "every generated call resolved exactly once"
     );
+    if scale {
+        // Compute's lag rose while the stream was worked through, and is 0 on every partition
+        // once everything is processed.
+        let admin = r.stack.admin("compute");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let last = loop {
+            let now = lag(admin);
+            if matches!(now, Some((sum, n)) if sum == 0.0 && n > 0) {
+                break now;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "compute's lag did not fall back to 0: {now:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert!(r.max_lag > 0.0, "compute's lag never rose: {last:?}");
+    }
     eprintln!(
         "merges_keep_every_event: {users} users, {} calls, {profiles} final profiles, {} merges or renames, \
-         {} SIGKILLs; compute equals the reference evaluator for every USERS definition",
+         {} SIGKILLs, scaled 1 -> 3 -> 1: {scale}, highest lag of compute {}; compute equals the \
+         reference evaluator for every USERS definition",
         stream.len(),
         view.merged.len(),
-        kills - r.kills_left
+        kills - r.kills_left,
+        r.max_lag
     );
     assert!(
         view.merged.len() > users / 4,

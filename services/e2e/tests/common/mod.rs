@@ -164,6 +164,39 @@ impl Stack {
         }
     }
 
+    /// Stops process `name` as Kubernetes does when it scales down (SIGTERM, then waits for a
+    /// clean exit) and forgets it; panics if it does not exit cleanly within 60 s.
+    pub fn stop(&mut self, name: &str) {
+        let i = self
+            .procs
+            .iter()
+            .position(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no process {name}"));
+        let mut p = self.procs.remove(i);
+        let _ = Command::new("kill")
+            .args(["-TERM", &p.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = p.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = p.child.kill();
+                panic!(
+                    "{name} did not stop within 60 s of SIGTERM:\n{}",
+                    tail(&p.log, 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(
+            status.success(),
+            "{name} exited with {status} on SIGTERM:\n{}",
+            tail(&p.log, 40)
+        );
+    }
+
     pub fn admin(&self, name: &str) -> SocketAddr {
         self.procs.iter().find(|p| p.name == name).unwrap().admin
     }
@@ -236,24 +269,13 @@ pub fn start_pipeline(c: &PipelineConfig<'_>) -> (Stack, String) {
         args.push("--write-key".into());
         args.push(k.clone());
     }
-    let env_of = |service: &str| c.env.get(service).cloned().unwrap_or_default();
-    stack.spawn_with_env(
-        "collector",
-        &args,
-        &env_of("collector"),
-        collector_admin,
-        c.dir,
-    );
-    let rules = repo_root().join("examples/identity.yaml");
-    let mut services: Vec<(&str, &str)> = vec![
-        ("validator", "--app"),
-        ("identity", "--app"),
-        ("compute", "--app"),
-    ];
+    let collector_env = c.env.get("collector").cloned().unwrap_or_default();
+    stack.spawn_with_env("collector", &args, &collector_env, collector_admin, c.dir);
+    let mut services = vec!["validator", "identity", "compute"];
     if c.fanout {
-        services.push(("fanout", "--application-id"));
+        services.push("fanout");
     }
-    for (service, app_flag) in services {
+    for service in services {
         let instances = if service == "fanout" { 1 } else { c.instances };
         for i in 0..instances {
             let name = if instances == 1 {
@@ -261,29 +283,51 @@ pub fn start_pipeline(c: &PipelineConfig<'_>) -> (Stack, String) {
             } else {
                 format!("{service}-{i}")
             };
-            let admin = addr(free_port());
-            let mut args = vec![
-                "--bootstrap".to_string(),
-                c.bootstrap.to_string(),
-                app_flag.into(),
-                format!("{}-{service}", c.run_id),
-                "--instance".into(),
-                i.to_string(),
-                "--topic-prefix".into(),
-                c.prefix.to_string(),
-                "--state-dir".into(),
-                c.dir.join(format!("{name}-state")).display().to_string(),
-                "--admin".into(),
-                admin.to_string(),
-            ];
-            if service == "identity" {
-                args.push("--rules".into());
-                args.push(rules.display().to_string());
-            }
-            stack.spawn_with_env(&name, &args, &env_of(service), admin, c.dir);
+            add_instance_named(&mut stack, c, service, i, &name);
         }
     }
     (stack, format!("http://{}", addr(api_port)))
+}
+
+/// Starts instance `i` of a stream service (`{service}-{i}`) as [`start_pipeline`] starts
+/// them: what a StatefulSet scaled up adds (the instance id is the pod's ordinal).
+pub fn add_instance(stack: &mut Stack, c: &PipelineConfig<'_>, service: &str, i: usize) {
+    add_instance_named(stack, c, service, i, &format!("{service}-{i}"));
+}
+
+fn add_instance_named(
+    stack: &mut Stack,
+    c: &PipelineConfig<'_>,
+    service: &str,
+    i: usize,
+    name: &str,
+) {
+    let admin = addr(free_port());
+    let mut args = vec![
+        "--bootstrap".to_string(),
+        c.bootstrap.to_string(),
+        "--app".into(),
+        format!("{}-{service}", c.run_id),
+        "--instance".into(),
+        i.to_string(),
+        "--topic-prefix".into(),
+        c.prefix.to_string(),
+        "--state-dir".into(),
+        c.dir.join(format!("{name}-state")).display().to_string(),
+        "--admin".into(),
+        admin.to_string(),
+    ];
+    if service == "identity" {
+        args.push("--rules".into());
+        args.push(
+            repo_root()
+                .join("examples/identity.yaml")
+                .display()
+                .to_string(),
+        );
+    }
+    let env = c.env.get(service).cloned().unwrap_or_default();
+    stack.spawn_with_env(name, &args, &env, admin, c.dir);
 }
 
 impl Drop for Stack {
