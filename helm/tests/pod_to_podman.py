@@ -4,7 +4,7 @@ would (used by helm/chart-to-process.sh):
 
     pod_to_podman.py RENDERED.yaml KIND NAME --secrets secrets.json --files DIR --container-name N
 
-KIND/NAME is a Deployment, StatefulSet (pod ordinal 0) or Job of the render. The pod template's
+KIND/NAME is a Deployment, StatefulSet (pod ordinal 0, or --ordinal N) or Job of the render. The pod template's
 first container gives the image, command (as the entrypoint), args, env and volume mounts;
 env from fieldRef (the pod-index label, metadata.name/namespace), secretKeyRef (from the test's
 secrets file) and configMapKeyRef is resolved; emptyDir becomes a tmpfs, configMap and secret
@@ -37,6 +37,7 @@ def main():
     ap.add_argument("--secrets", required=True)
     ap.add_argument("--files", required=True)
     ap.add_argument("--container-name", required=True)
+    ap.add_argument("--ordinal", type=int, default=0, help="a StatefulSet pod's ordinal")
     a = ap.parse_args()
     docs = [d for d in yaml.safe_load_all(pathlib.Path(a.rendered).read_text()) if d]
     configmaps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
@@ -51,10 +52,10 @@ def main():
     unknown = set(c) - KNOWN_CONTAINER
     if unknown:
         die(f"{a.kind}/{a.name}: container fields this test cannot reproduce: {sorted(unknown)}")
-    pod_name = f"{a.name}-0" if a.kind == "StatefulSet" else f"{a.name}-test"
+    pod_name = f"{a.name}-{a.ordinal}" if a.kind == "StatefulSet" else f"{a.name}-test"
     labels = dict(pod["metadata"].get("labels", {}))
     if a.kind == "StatefulSet":
-        labels["apps.kubernetes.io/pod-index"] = "0"
+        labels["apps.kubernetes.io/pod-index"] = str(a.ordinal)
 
     argv = ["--name", a.container_name, "--network", "host", "--pull", "never",
             "--hostname", pod_name]
