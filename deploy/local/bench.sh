@@ -6,7 +6,8 @@
 #   BENCH_ONLY="baseline runtime" deploy/local/bench.sh    some parts
 #
 # Parts: baseline (Kafka's own ProducerPerformance/ConsumerPerformance, 1 KB records),
-# runtime (exactly-once pass-through at 100 ms and 1 s commit intervals, latency, restore),
+# runtime (exactly-once pass-through at 100 ms and 1 s commit intervals, latency, restore, the
+# latency pause when a second instance joins),
 # criterion (codec and query micro-benchmarks), each service's own load generator
 # (collector, validator, identity, compute, fanout), merges (the merge hand-over latency through
 # identity and compute), security (the runtime's pass-through and latency with the service under

@@ -32,7 +32,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "throughput,latency,restore"
+        default_value = "throughput,latency,restore,rebalance"
     )]
     parts: Vec<String>,
     /// librdkafka settings for the service under test (`key=value`, repeatable), to try knobs
@@ -51,8 +51,10 @@ fn counter_bin() -> std::path::PathBuf {
     std::env::current_exe().unwrap().with_file_name(COUNTER)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn spawn(
     args_in: &Args,
+    instance: &str,
     app: &str,
     input: &str,
     output: &str,
@@ -69,7 +71,7 @@ fn spawn(
         "--app".into(),
         app.into(),
         "--instance".into(),
-        "0".into(),
+        instance.into(),
         "--input".into(),
         input.into(),
         "--output".into(),
@@ -89,7 +91,7 @@ fn spawn(
         args.push(kv.clone());
     }
     Service::spawn(
-        app,
+        &format!("{app}-{instance}"),
         counter_bin().to_str().unwrap(),
         &args,
         &[("RUST_LOG", "info".into())],
@@ -114,7 +116,16 @@ fn throughput(commit_ms: u64, args: &Args) {
         (0..args.records).map(|i| (format!("k{i}").into_bytes(), payload.clone())),
     );
     let state = tempfile::tempdir().unwrap();
-    let svc = spawn(args, &app, &input, &output, state.path(), commit_ms, true);
+    let svc = spawn(
+        args,
+        "0",
+        &app,
+        &input,
+        &output,
+        state.path(),
+        commit_ms,
+        true,
+    );
     let out = read_committed_timestamps(&output, args.records, Duration::from_secs(600));
     svc.terminate();
     let (first, last) = (
@@ -165,16 +176,33 @@ fn now_us() -> u64 {
         .as_micros() as u64
 }
 
-/// Produce at a fixed rate with the send time in the value; latency = time the committed copy is read.
-fn latency(args: &Args) {
-    let (app, input, output) = topics("bench-latency", args.partitions);
-    let state = tempfile::tempdir().unwrap();
-    let svc = spawn(args, &app, &input, &output, state.path(), 100, true);
-    let consumer = committed_consumer(&output);
+/// Latency percentiles in ms of `lat` (µs): p50, p99, max.
+fn percentiles(mut lat: Vec<u64>) -> (f64, f64, f64) {
+    lat.sort_unstable();
+    let pct = |q: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    (pct(0.5), pct(0.99), pct(1.0))
+}
+
+/// Produces to `input` at `--latency-rate` for a warm-up second plus `--latency-seconds`, the
+/// send time in each value, and reads `output` committed; returns (send µs, latency µs) per
+/// record and when the measured part began. `at_second(i)` runs as second `i` of the measured
+/// part begins (the rebalance part starts a second instance there).
+fn timed_run(
+    args: &Args,
+    input: &str,
+    output: &str,
+    mut at_second: impl FnMut(u64),
+) -> (Vec<(u64, u64)>, u64) {
+    let consumer = committed_consumer(output);
     // A producer connected and holding the topic's metadata, so its own start-up is not measured.
     let p = producer();
     p.client()
-        .fetch_metadata(Some(&input), Duration::from_secs(10))
+        .fetch_metadata(Some(input), Duration::from_secs(10))
         .unwrap();
     // Let the group settle before measuring.
     std::thread::sleep(Duration::from_secs(8));
@@ -203,13 +231,16 @@ fn latency(args: &Args) {
         if i == warmup {
             measure_from_us = now_us();
         }
+        if i >= warmup && (i - warmup).is_multiple_of(args.latency_rate) {
+            at_second((i - warmup) / args.latency_rate);
+        }
         let due = started + Duration::from_micros(i * 1_000_000 / args.latency_rate);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
         let v = format!("{}:{pad}", now_us());
         let k = format!("k{i}");
-        let mut rec = BaseRecord::to(&input).key(&k).payload(&v);
+        let mut rec = BaseRecord::to(input).key(&k).payload(&v);
         while let Err((_, r)) = p.send(rec) {
             rec = r;
             p.poll(Duration::from_millis(1));
@@ -217,7 +248,15 @@ fn latency(args: &Args) {
         p.poll(Duration::ZERO);
     }
     p.flush(Duration::from_secs(30)).unwrap();
-    let timeline = reader.join().unwrap();
+    (reader.join().unwrap(), measure_from_us)
+}
+
+/// Produce at a fixed rate with the send time in the value; latency = time the committed copy is read.
+fn latency(args: &Args) {
+    let (app, input, output) = topics("bench-latency", args.partitions);
+    let state = tempfile::tempdir().unwrap();
+    let svc = spawn(args, "0", &app, &input, &output, state.path(), 100, true);
+    let (timeline, measure_from_us) = timed_run(args, &input, &output, |_| {});
     svc.terminate();
     // LOADGEN_LATENCY_DUMP=FILE: every record's send time and latency (µs), to find stalls.
     if let Ok(path) = std::env::var("LOADGEN_LATENCY_DUMP") {
@@ -228,23 +267,62 @@ fn latency(args: &Args) {
         .into_iter()
         .partition(|(sent, _)| *sent >= measure_from_us);
     let warmup_max_ms = warm.iter().map(|(_, l)| *l).max().unwrap_or(0) as f64 / 1000.0;
-    let mut lat: Vec<u64> = measured.into_iter().map(|(_, l)| l).collect();
-    lat.sort_unstable();
-    let pct = |q: f64| {
-        lat.get(((lat.len() as f64 - 1.0) * q) as usize)
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0
-    };
+    let n = measured.len();
+    let (p50, p99, max) = percentiles(measured.into_iter().map(|(_, l)| l).collect());
     println!(
-        "runtime latency rate_per_sec={} records={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} warmup_records={} warmup_max_ms={:.1}",
+        "runtime latency rate_per_sec={} records={n} p50_ms={p50:.1} p99_ms={p99:.1} max_ms={max:.1} warmup_records={} warmup_max_ms={warmup_max_ms:.1}",
         args.latency_rate,
-        lat.len(),
-        pct(0.5),
-        pct(0.99),
-        pct(1.0),
         warm.len(),
-        warmup_max_ms
+    );
+}
+
+/// The pause a rebalance causes when an instance joins: the pass-through runs alone at the
+/// latency rate, a second instance joins after 5 s of measurement, and the latency of records
+/// sent in the 10 s after the join is set against the 5 s before it. Cooperative-sticky moves
+/// only the partitions the new member takes (the old owner commits them first). Pass-through:
+/// the output carries the send time; restoring a moved partition's state adds its size at the
+/// restore rate (part `restore`).
+fn rebalance(args: &Args) {
+    let (app, input, output) = topics("bench-rebalance", args.partitions);
+    let (state_a, state_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = spawn(args, "0", &app, &input, &output, state_a.path(), 100, true);
+    let mut second = None;
+    let mut joined_us = u64::MAX;
+    let (timeline, measure_from_us) = timed_run(args, &input, &output, |second_index| {
+        if second_index == 5 {
+            joined_us = now_us();
+            second = Some(spawn(
+                args,
+                "1",
+                &app,
+                &input,
+                &output,
+                state_b.path(),
+                100,
+                true,
+            ));
+        }
+    });
+    first.terminate();
+    if let Some(s) = second {
+        s.terminate();
+    }
+    let window = |from: u64, to: u64| {
+        percentiles(
+            timeline
+                .iter()
+                .filter(|(sent, _)| *sent >= from && *sent < to)
+                .map(|(_, l)| *l)
+                .collect(),
+        )
+    };
+    let (b50, b99, bmax) = window(measure_from_us, joined_us);
+    let (a50, a99, amax) = window(joined_us, joined_us + 10_000_000);
+    println!(
+        "runtime rebalance rate_per_sec={} before_join p50_ms={b50:.1} p99_ms={b99:.1} max_ms={bmax:.1} \
+         after_join_10s p50_ms={a50:.1} p99_ms={a99:.1} max_ms={amax:.1} pause_ms={:.1}",
+        args.latency_rate,
+        (amax - b99).max(0.0)
     );
 }
 
@@ -258,7 +336,7 @@ fn restore(args: &Args) {
         (0..args.records).map(|i| (format!("key-{i}").into_bytes(), payload.clone())),
     );
     let state = tempfile::tempdir().unwrap();
-    let svc = spawn(args, &app, &input, &output, state.path(), 1000, false);
+    let svc = spawn(args, "0", &app, &input, &output, state.path(), 1000, false);
     let _ = read_committed(&output, args.records, Duration::from_secs(600));
     svc.terminate();
     std::fs::remove_dir_all(state.path()).unwrap();
@@ -341,5 +419,8 @@ fn main() {
     }
     if want("restore") {
         restore(&args);
+    }
+    if want("rebalance") {
+        rebalance(&args);
     }
 }
