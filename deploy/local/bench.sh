@@ -11,14 +11,16 @@
 # criterion (codec and query micro-benchmarks), each service's own load generator
 # (collector, validator, identity, compute, fanout), merges (the merge hand-over latency through
 # identity and compute), security (the runtime's pass-through and latency with the service under
-# test on the broker's SASL_SSL listener against the plaintext one, in the same run), and tmpfs: the runtime's and compute's
+# test on the broker's SASL_SSL listener against the plaintext one, in the same run), pipeline
+# (the five services of `make up` under collector-loadgen: events/s end to end, CPU per 1,000
+# events per service, records written per event; deploy/local/bench-pipeline.sh), and tmpfs: the runtime's and compute's
 # latency again against a second broker whose log lives in /dev/shm (started for the part on
 # port 9292, stopped after), which separates the broker's disk stalls from our own tail.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
-parts="${BENCH_ONLY:-baseline runtime security criterion collector validator identity compute merges fanout tmpfs}"
+parts="${BENCH_ONLY:-baseline runtime security pipeline criterion collector validator identity compute merges fanout tmpfs}"
 out="$root/.run/bench/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"
 log() { echo "bench.sh: $*" >&2; }
@@ -83,6 +85,11 @@ if want security; then
     target/release/corral-loadgen --parts throughput,latency --records "${RUNTIME_RECORDS:-300000}" "${extra[@]}" \
       | sed "s/^/$run /" | tee -a "$out/security.txt"
   done
+fi
+
+if want pipeline; then
+  log "pipeline: the five services, release build, example plan and definitions, ${PIPELINE_MESSAGES:-200000} track calls"
+  CORRAL_KAFKA_BOOTSTRAP="127.0.0.1:$BENCH_KAFKA_PORT" deploy/local/bench-pipeline.sh | tee "$out/pipeline.txt"
 fi
 
 if want criterion; then
