@@ -53,12 +53,13 @@ done
 seconds="$(awk -v a="$start_ns" -v b="$last_change_ns" 'BEGIN {printf "%.2f", (b - a) / 1e9}')"
 raw="$(sample "${admin[validator]}" 'corral_kafka_records_consumed_total\{[^}]*events\.raw')"
 produced_after="$(for s in validator identity compute fanout; do sample "${admin[$s]}" 'corral_kafka_records_produced_total'; echo; done | awk '{s += $1} END {print s}')"
-# Records written per event: events.raw itself plus everything the stream services produced.
-per_event="$(awk -v p="$((produced_after - produced_before))" -v r="$raw" 'BEGIN {printf "%.2f", (p + r) / r}')"
-echo "pipeline end_to_end messages=$messages raw_consumed=$raw resolved_consumed_by_compute=$last seconds=$seconds events_per_sec=$(awk -v n="$last" -v s="$seconds" 'BEGIN {printf "%.0f", n / s}') records_written_per_event=$per_event"
+# Per event sent: events.raw consumption also counts what the validator forwards back to it, so
+# the denominator is the number of calls sent, not what was read.
+per_event="$(awk -v p="$((produced_after - produced_before))" -v n="$messages" 'BEGIN {printf "%.2f", (p + n) / n}')"
+echo "pipeline end_to_end messages=$messages raw_consumed=$raw resolved_consumed_by_compute=$last seconds=$seconds events_per_sec=$(awk -v n="$messages" -v s="$seconds" 'BEGIN {printf "%.0f", n / s}') records_written_per_event=$per_event"
 tck="$(getconf CLK_TCK)"
 for s in collector validator identity compute fanout; do
   after="$(cpu_ticks "$(cat "$run_dir/$s.pid")")"
-  awk -v s="$s" -v a="$after" -v b="${cpu_before[$s]}" -v t="$tck" -v n="$raw" \
+  awk -v s="$s" -v a="$after" -v b="${cpu_before[$s]}" -v t="$tck" -v n="$messages" \
     'BEGIN {printf "pipeline cpu service=%s cpu_seconds=%.1f cpu_seconds_per_1000_events=%.3f\n", s, (a - b) / t, (a - b) / t / n * 1000}'
 done
