@@ -96,6 +96,11 @@ pub fn audiences(
                     println!("nothing applied");
                     Ok(ExitCode::from(1))
                 }
+                Err(e @ AdminError::Unsupported(_)) => {
+                    println!("{e}");
+                    println!("nothing applied");
+                    Ok(ExitCode::from(1))
+                }
                 Err(e) => Err(e.into()),
             }
         }

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use corral_query::check::{DefinitionKind, Target};
+pub use corral_query::check::{DefinitionKind, Target};
 pub use corral_runtime::definitions::Applied;
 use corral_runtime::definitions::{
     apply_versioned, definition_key, publish, read_all, Desired, READ_TIMEOUT,
@@ -89,6 +89,10 @@ pub enum AdminError {
     /// The file has errors (nothing was applied); the report lists every one.
     #[error("{0}")]
     Invalid(Box<corral_query::ValidationReport>),
+    /// The file is valid but compute cannot evaluate some definitions (nothing was applied);
+    /// one line per definition, saying why.
+    #[error("compute cannot evaluate {} definition(s):\n{}", .0.len(), .0.join("\n"))]
+    Unsupported(Vec<String>),
     /// Kafka.
     #[error(transparent)]
     Kafka(#[from] RuntimeError),
@@ -126,20 +130,23 @@ pub fn apply_text(
 ) -> Result<Vec<Applied>, AdminError> {
     let defs = corral_query::load_definitions_str(text, origin)
         .map_err(|r| AdminError::Invalid(Box::new(r)))?;
+    let refused = unsupported(&defs);
+    if !refused.is_empty() {
+        return Err(AdminError::Unsupported(refused));
+    }
     let desired: Vec<Desired> = defs
         .definitions
         .iter()
-        .map(|d| Desired {
-            space_id: at.space.clone(),
-            kind: kind_of(d.target).to_string(),
-            key: d.key.clone(),
-            name: Some(d.name.clone()),
-            body: DefinitionBody {
-                query: d.text.trim().to_string(),
-                kind: Some(d.kind.name().to_string()),
-                include_historical_data: d.include_historical_data,
-            }
-            .to_json(),
+        .map(|d| {
+            desired(
+                &at.space,
+                d.target,
+                &d.key,
+                &d.name,
+                d.kind,
+                d.include_historical_data,
+                &d.text,
+            )
         })
         .collect();
     apply_versioned(
@@ -150,6 +157,215 @@ pub fn apply_text(
         updated_by.as_deref(),
         |_| Ok::<_, AdminError>(()),
     )
+}
+
+/// The record written for one checked definition: the one shape `apply_text` and the admin
+/// API write, so compute cannot tell them apart.
+pub fn desired(
+    space: &str,
+    target: Target,
+    key: &str,
+    name: &str,
+    kind: DefinitionKind,
+    include_historical_data: bool,
+    query: &str,
+) -> Desired {
+    Desired {
+        space_id: space.to_string(),
+        kind: kind_of(target).to_string(),
+        key: key.to_string(),
+        name: Some(name.to_string()),
+        body: DefinitionBody {
+            query: query.trim().to_string(),
+            kind: Some(kind.name().to_string()),
+            include_historical_data,
+        }
+        .to_json(),
+    }
+}
+
+/// One audience or computed trait as an API receives it (one at a time, not a file).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OneDefinition {
+    pub target: Target,
+    pub key: String,
+    pub name: String,
+    pub kind: DefinitionKind,
+    pub include_historical_data: bool,
+    pub query: String,
+}
+
+/// A problem with one definition, positioned in its query text (line and column 1-based,
+/// column in characters; `offset`/`length` in bytes). `field` names what is wrong: `query`
+/// or `key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueryProblem {
+    pub code: String,
+    pub message: String,
+    pub field: String,
+    pub line: usize,
+    pub column: usize,
+    pub offset: usize,
+    pub length: usize,
+    pub line_text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub help: Option<String>,
+}
+
+impl QueryProblem {
+    fn of(query: &str, d: &corral_query::Diagnostic) -> QueryProblem {
+        let lc = corral_query::span::line_col(query, d.span.start);
+        let line_text = query
+            .lines()
+            .nth(lc.line.saturating_sub(1))
+            .unwrap_or_default()
+            .to_string();
+        QueryProblem {
+            code: serde_json::to_value(d.code)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_else(|| "invalid_query".into()),
+            message: d.message.clone(),
+            field: "query".into(),
+            line: lc.line,
+            column: lc.column,
+            offset: d.span.start,
+            length: d.span.len().max(1),
+            line_text,
+            expected: d.expected.clone(),
+            help: d.help.clone(),
+        }
+    }
+
+    fn key(message: String) -> QueryProblem {
+        QueryProblem {
+            code: "invalid_definition".into(),
+            message,
+            field: "key".into(),
+            line: 1,
+            column: 1,
+            offset: 0,
+            length: 1,
+            line_text: String::new(),
+            expected: None,
+            help: None,
+        }
+    }
+}
+
+/// Checks one definition as `apply_text` checks a file: the key, then the query parsed and
+/// type-checked against the space's other definitions (`current`, which it may reference).
+/// Every problem is returned, positioned in the query text.
+pub fn check_one(current: &[Listed], def: &OneDefinition) -> Result<(), Vec<QueryProblem>> {
+    if def.key.trim().is_empty() || def.key.chars().any(char::is_whitespace) {
+        return Err(vec![QueryProblem::key(format!(
+            "invalid key `{}`: keys must be non-empty and contain no spaces",
+            def.key
+        ))]);
+    }
+    if let Some(other) = current
+        .iter()
+        .find(|l| l.key == def.key && target_of(&l.kind) != Some(def.target))
+    {
+        return Err(vec![QueryProblem::key(format!(
+            "key `{}` is already a{} {}; audience and computed-trait keys share one namespace",
+            def.key,
+            if other.kind == KIND_AUDIENCE { "n" } else { "" },
+            other.kind.replace('_', " ")
+        ))]);
+    }
+    let mut catalogue = corral_query::Catalogue::new();
+    for l in current.iter().filter(|l| l.key != def.key) {
+        let (Some(target), Some(body)) = (target_of(&l.kind), &l.body) else {
+            continue;
+        };
+        let q = corral_query::parse(&body.query).ok();
+        catalogue.insert(l.key.clone(), target, body.definition_kind(), q);
+    }
+    let q = corral_query::parse(&def.query).map_err(|d| vec![QueryProblem::of(&def.query, &d)])?;
+    catalogue.insert(def.key.clone(), def.target, def.kind, Some(q.clone()));
+    let ctx = corral_query::CheckContext {
+        target: def.target,
+        kind: def.kind,
+        catalogue: &catalogue,
+        key: Some(&def.key),
+    };
+    corral_query::check(&q, &ctx)
+        .map(|_| ())
+        .map_err(|ds| ds.iter().map(|d| QueryProblem::of(&def.query, d)).collect())
+}
+
+/// Why [`apply_one`] wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyOneError {
+    #[error("the definition has {} error(s)", .0.len())]
+    Invalid(Vec<QueryProblem>),
+    #[error(transparent)]
+    Kafka(#[from] RuntimeError),
+}
+
+/// Checks `def` against the space's current definitions ([`check_one`]) and writes it as
+/// `apply_text` would (unchanged: not written again; changed: the next version).
+pub fn apply_one(
+    at: &DefinitionsTopic,
+    def: &OneDefinition,
+    updated_by: Option<&str>,
+) -> Result<Applied, ApplyOneError> {
+    let current = list(at).map_err(|e| match e {
+        AdminError::Kafka(k) => ApplyOneError::Kafka(k),
+        other => ApplyOneError::Kafka(RuntimeError::Processor(other.to_string())),
+    })?;
+    check_one(&current, def).map_err(ApplyOneError::Invalid)?;
+    let d = desired(
+        &at.space,
+        def.target,
+        &def.key,
+        &def.name,
+        def.kind,
+        def.include_historical_data,
+        &def.query,
+    );
+    let mut applied = apply_versioned(
+        &at.bootstrap,
+        &at.kafka,
+        &at.topic,
+        std::slice::from_ref(&d),
+        updated_by,
+        |_| Ok::<_, RuntimeError>(()),
+    )?;
+    applied
+        .pop()
+        .ok_or_else(|| ApplyOneError::Kafka(RuntimeError::Processor("nothing was applied".into())))
+}
+
+/// Definitions of a valid file that compute cannot evaluate, one line each:
+/// ``audience `key`: why`` (see [`crate::accounts::unsupported`]).
+pub fn unsupported(defs: &corral_query::Definitions) -> Vec<String> {
+    let mut out = Vec::new();
+    for d in &defs.definitions {
+        let ctx = corral_query::check::CheckContext {
+            target: d.target,
+            kind: d.kind,
+            catalogue: &defs.catalogue,
+            key: Some(&d.key),
+        };
+        let why = crate::accounts::unsupported_key(&d.key).or_else(|| {
+            match corral_query::plan(&d.query, &ctx) {
+                Ok(p) => crate::accounts::unsupported(d.kind, &p),
+                Err(ds) => Some(
+                    ds.first()
+                        .map(|x| x.message.clone())
+                        .unwrap_or_else(|| "does not plan".into()),
+                ),
+            }
+        });
+        if let Some(why) = why {
+            out.push(format!("{} `{}`: {why}", d.target.noun(), d.key));
+        }
+    }
+    out
 }
 
 /// [`apply_text`] on a file.
@@ -271,6 +487,7 @@ pub fn merge_backfill_status(into: &mut BTreeMap<String, BackfillStatus>, metric
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -287,6 +504,79 @@ mod tests {
         assert!(!bare.include_historical_data);
     }
 
+    fn one(key: &str, target: Target, query: &str) -> OneDefinition {
+        OneDefinition {
+            target,
+            key: key.into(),
+            name: key.into(),
+            kind: DefinitionKind::Users,
+            include_historical_data: true,
+            query: query.into(),
+        }
+    }
+
+    fn listed(key: &str, kind: &str, query: &str) -> Listed {
+        Listed {
+            kind: kind.into(),
+            key: key.into(),
+            version: 1,
+            name: None,
+            body: Some(DefinitionBody {
+                query: query.into(),
+                kind: None,
+                include_historical_data: false,
+            }),
+            updated_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn one_definition_errors_point_into_the_query_text() {
+        let ok = one(
+            "buyers",
+            Target::Audience,
+            "event('Order Completed').count() >= 1",
+        );
+        assert_eq!(check_one(&[], &ok), Ok(()));
+        let bad = one(
+            "buyers",
+            Target::Audience,
+            "event('Order Completed')\n  .cont() >= 1",
+        );
+        let errs = check_one(&[], &bad).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        let e = &errs[0];
+        assert_eq!(
+            (e.line, e.column, e.field.as_str()),
+            (2, 4, "query"),
+            "{e:?}"
+        );
+        assert!(e.message.contains("cont"), "{e:?}");
+        assert_eq!(e.line_text, "  .cont() >= 1");
+        // A computed trait must end in a value, not a boolean: a type error, positioned.
+        let typed = one("n", Target::ComputedTrait, "event('A').count() >= 1");
+        assert_eq!(check_one(&[], &typed).unwrap_err()[0].code, "type_mismatch");
+    }
+
+    #[test]
+    fn one_definition_sees_the_space_and_its_shared_key_namespace() {
+        let current = [listed(
+            "orders",
+            KIND_COMPUTED_TRAIT,
+            "event('Order Completed').count()",
+        )];
+        let refers = one("big", Target::Audience, "trait('orders') >= 3");
+        assert_eq!(check_one(&current, &refers), Ok(()));
+        let clash = one("orders", Target::Audience, "event('A').count() >= 1");
+        let e = &check_one(&current, &clash).unwrap_err()[0];
+        assert_eq!(e.field, "key");
+        assert!(e.message.contains("share one namespace"), "{e:?}");
+        assert_eq!(
+            check_one(&[], &one("a b", Target::Audience, "x")).unwrap_err()[0].field,
+            "key"
+        );
+    }
+
     #[test]
     fn backfill_status_from_metrics() {
         let text = "# HELP x\ncorral_compute_backfill_pending_partitions{definition=\"a\",service=\"compute\"} 2\ncorral_compute_backfill_pending_partitions{definition=\"b\"} 0\ncorral_compute_backfill_remaining_events 150\n";
@@ -295,5 +585,42 @@ mod tests {
         assert_eq!(m.len(), 1);
         assert_eq!(m["a"].pending_partitions, 2);
         assert_eq!(m["a"].remaining_events, 150);
+    }
+}
+
+#[cfg(test)]
+mod unsupported_tests {
+    use super::*;
+
+    #[test]
+    fn refuses_what_compute_cannot_evaluate_and_names_why() {
+        let text = r#"
+audiences:
+  - key: fine_accounts
+    type: accounts
+    query: ANY event('Logged In').count() >= 1
+  - key: linked
+    query: entity('accounts').where(property('plan') = 'pro').count() >= 1
+  - key: account_wide
+    type: accounts
+    query: event('Logged In').count() >= 10
+  - key: "~acct/x"
+    query: event('A').count() >= 1
+"#;
+        let defs = corral_query::load_definitions_str(text, "t.yaml").unwrap();
+        let refused = unsupported(&defs);
+        assert_eq!(refused.len(), 3, "{refused:?}");
+        assert!(refused[0].starts_with("audience `linked`: uses entity(...)"));
+        assert!(
+            refused[1].starts_with("audience `account_wide`: reads events outside ANY/ALL/NONE")
+        );
+        assert!(refused[2].contains("reserved"));
+        let examples = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../examples/definitions.yaml"
+        ))
+        .unwrap();
+        let defs = corral_query::load_definitions_str(&examples, "examples").unwrap();
+        assert_eq!(unsupported(&defs), Vec::<String>::new());
     }
 }

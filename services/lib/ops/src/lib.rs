@@ -5,8 +5,11 @@
 //! - [`plans`]: tracking plans (file format, the evaluation engine the validator runs, a dry run
 //!   of one event), `plans apply` and `replay blocked`;
 //! - [`audiences`]: audiences and computed traits (`audiences apply|list|delete|status`);
+//! - [`accounts`]: what compute evaluates (how ACCOUNTS definitions split into per-user
+//!   conditions and an account query; what `apply` refuses);
 //! - [`destination`], [`destinations`]: fanout's destination specs, `destinations apply` and
 //!   `replay deliveries`;
+//! - [`export`]: an audience's members as CSV in Segment's three layouts;
 //! - [`sources`]: sources and their hashed write keys (`sources apply|list|delete`);
 //! - [`query`]: clients of identity's and compute's query interfaces, with their wire types;
 //! - [`tokens`]: the tokens those interfaces require (`tokens create|list|delete`).
@@ -15,10 +18,12 @@
 //! (`apply_versioned`: unchanged definitions are not written again, a change is the next
 //! version); every read of a topic through `corral_runtime::reader` (`read_committed`).
 
+pub mod accounts;
 pub mod acls;
 pub mod audiences;
 pub mod destination;
 pub mod destinations;
+pub mod export;
 pub mod plans;
 pub mod query;
 pub mod sources;
