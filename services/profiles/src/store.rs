@@ -1,0 +1,794 @@
+//! The service's disk-backed state: one RocksDB holding
+//!
+//! | tag | key parts | value |
+//! |---|---|---|
+//! | `G` | identity's graph key, as is | identity's value (replica of `identity.graph-changelog`) |
+//! | `R` | space, surviving id, merged-away id | empty: the reverse of identity's aliases |
+//! | `C` | compute's profile id, as is | compute's state (replica of `compute.profiles-changelog`) |
+//! | `E` | space, collection, owner + 8-byte inverted time + message id | the event as the API shows it |
+//! | `M` | space, profile id | first and last message of the profile ([`Meta`]) |
+//! | `F` | space, id type, id value | the first message that carried the external id ([`Seen`]) |
+//! | `A` | space, group id | an account built from group calls ([`Account`]) |
+//! | `L` | space, profile id, group id | user → account link ([`Seen`]) |
+//! | `K` | space, group id, profile id | account → user link ([`Seen`]) |
+//!
+//! Parts are length-prefixed (as identity's keys are), so no part can run into the next and a
+//! key's prefix of whole parts selects exactly that owner. Events are kept newest first and at
+//! most `events_per_owner` per owner (profile id or group id): older ones are deleted after each
+//! batch. Writes skip RocksDB's write-ahead log: the whole folder is rebuilt from Kafka at each
+//! start (see [`ProfileStore::open_fresh`]), so a crash loses nothing that matters.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use chrono::SecondsFormat;
+use corral_codec::{AvroRecord, MessageType, ResolvedEvent};
+use corral_compute::ProfileState;
+use corral_identity::engine::Profile;
+use corral_identity::ids::Ident;
+use corral_identity::store::{
+    alias_key, decode_key, decode_profile, id_key, profile_key, TAG_ALIAS,
+};
+use corral_runtime::follow::ChangelogRecord;
+use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+pub const T_GRAPH: u8 = b'G';
+pub const T_REVERSE: u8 = b'R';
+pub const T_COMPUTE: u8 = b'C';
+pub const T_EVENT: u8 = b'E';
+pub const T_META: u8 = b'M';
+pub const T_FIRST: u8 = b'F';
+pub const T_ACCOUNT: u8 = b'A';
+pub const T_LINK_USER: u8 = b'L';
+pub const T_LINK_ACCOUNT: u8 = b'K';
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("RocksDB at {path}: {source}")]
+    Db {
+        path: String,
+        source: rocksdb::Error,
+    },
+    #[error("cannot clear the replica folder {path}: {source}; remove it by hand")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// `tag` then every part as a big-endian u32 length and its bytes.
+pub fn key(tag: u8, parts: &[&str]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len() + 4).sum::<usize>());
+    k.push(tag);
+    for p in parts {
+        k.extend_from_slice(&(p.len() as u32).to_be_bytes());
+        k.extend_from_slice(p.as_bytes());
+    }
+    k
+}
+
+/// ISO 8601 in UTC with milliseconds, as Segment writes times.
+pub fn iso(ms: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+        .map(|d| d.to_rfc3339_opts(SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// A message seen first (an external id's, a link's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seen {
+    pub ms: i64,
+    pub message_id: String,
+    #[serde(default)]
+    pub source_id: Option<String>,
+}
+
+/// The first and last message of a profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub first: Seen,
+    pub last: Seen,
+}
+
+impl Meta {
+    fn fold(&mut self, s: &Seen) {
+        if s.ms < self.first.ms {
+            self.first = s.clone();
+        }
+        if s.ms >= self.last.ms {
+            self.last = s.clone();
+        }
+    }
+
+    /// The earliest first and latest last of several (a profile and those merged into it).
+    pub fn combine(all: impl IntoIterator<Item = Meta>) -> Option<Meta> {
+        let mut it = all.into_iter();
+        let mut out = it.next()?;
+        for m in it {
+            out.fold(&m.first);
+            out.fold(&m.last);
+        }
+        Some(out)
+    }
+}
+
+/// A trait with the time and source of the call that set it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourcedValue {
+    pub v: Value,
+    pub t: i64,
+    #[serde(default)]
+    pub src: Option<String>,
+}
+
+/// An account (a group id), built from the group calls that name it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Account {
+    pub meta: Meta,
+    /// Latest value per trait by event time; `null` values are kept (a removal).
+    #[serde(default)]
+    pub traits: std::collections::BTreeMap<String, SourcedValue>,
+}
+
+/// The store; see the module doc.
+pub struct ProfileStore {
+    db: DB,
+    events_per_owner: usize,
+}
+
+fn db_err(path: &Path) -> impl Fn(rocksdb::Error) -> StoreError + '_ {
+    move |source| StoreError::Db {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// A key and its value.
+type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// The users collection's name in keys and answers.
+pub const USERS: &str = "users";
+/// The accounts collection's.
+pub const ACCOUNTS: &str = "accounts";
+
+impl ProfileStore {
+    /// Removes whatever `path` held and opens an empty store there: the replicas are rebuilt
+    /// from the beginning of their topics at every start.
+    pub fn open_fresh(path: &Path, events_per_owner: usize) -> Result<ProfileStore, StoreError> {
+        if path.exists() {
+            std::fs::remove_dir_all(path).map_err(|source| StoreError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+        }
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // Bounded memory: the block cache and memtables stay small whatever the profile count.
+        opts.set_write_buffer_size(32 << 20);
+        opts.set_max_write_buffer_number(3);
+        let mut block = rocksdb::BlockBasedOptions::default();
+        block.set_block_cache(&rocksdb::Cache::new_lru_cache(64 << 20));
+        block.set_bloom_filter(10.0, false);
+        opts.set_block_based_table_factory(&block);
+        let db = DB::open(&opts, path).map_err(db_err(path))?;
+        Ok(ProfileStore {
+            db,
+            events_per_owner: events_per_owner.max(1),
+        })
+    }
+
+    fn path(&self) -> &Path {
+        self.db.path()
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        self.db.write_opt(batch, &wo).map_err(db_err(self.path()))
+    }
+
+    pub fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db.get(k).map_err(db_err(self.path()))
+    }
+
+    fn get_json<T: for<'de> Deserialize<'de>>(&self, k: &[u8]) -> Result<Option<T>, StoreError> {
+        Ok(self.get(k)?.and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    /// Every (key, value) whose key starts with `prefix`, in key order.
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator(IteratorMode::From(prefix, Direction::Forward))
+        {
+            let (k, v) = item.map_err(db_err(self.path()))?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Applying the inputs.
+
+    /// Applies records of identity's graph changelog in order, keeping the reverse alias index.
+    pub fn apply_graph(&self, records: Vec<ChangelogRecord>) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        // Values written earlier in this batch, as later records of it must see them.
+        let mut overlay: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
+        for r in records {
+            let mut gk = Vec::with_capacity(r.key.len() + 1);
+            gk.push(T_GRAPH);
+            gk.extend_from_slice(&r.key);
+            if let Some((TAG_ALIAS, parts)) = decode_key(&r.key) {
+                if let [space, from] = parts.as_slice() {
+                    let old = match overlay.get(&gk) {
+                        Some(v) => v.clone(),
+                        None => self.get(&gk)?,
+                    };
+                    if let Some(old) = old.and_then(|b| String::from_utf8(b).ok()) {
+                        batch.delete(key(T_REVERSE, &[space, &old, from]));
+                    }
+                    if let Some(into) = r.value.as_deref().and_then(|b| std::str::from_utf8(b).ok())
+                    {
+                        batch.put(key(T_REVERSE, &[space, into, from]), b"");
+                    }
+                }
+            }
+            match &r.value {
+                Some(v) => batch.put(&gk, v),
+                None => batch.delete(&gk),
+            }
+            overlay.insert(gk, r.value);
+        }
+        self.write(batch)
+    }
+
+    /// Applies records of compute's profiles changelog.
+    pub fn apply_compute(&self, records: Vec<ChangelogRecord>) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for r in records {
+            let mut k = Vec::with_capacity(r.key.len() + 1);
+            k.push(T_COMPUTE);
+            k.extend_from_slice(&r.key);
+            match &r.value {
+                Some(v) => batch.put(&k, v),
+                None => batch.delete(&k),
+            }
+        }
+        self.write(batch)
+    }
+
+    /// Indexes `events.resolved` values (see the module doc); returns how many did not decode
+    /// (they are skipped: this replica never holds up on one bad record).
+    pub fn apply_events(&self, values: &[Vec<u8>]) -> Result<usize, StoreError> {
+        let mut batch = WriteBatch::default();
+        let mut json_overlay: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        let mut touched: BTreeSet<Vec<u8>> = BTreeSet::new();
+        let mut bad = 0;
+        for v in values {
+            let Ok(ev) = ResolvedEvent::decode(v) else {
+                bad += 1;
+                continue;
+            };
+            self.index_event(&ev, &mut batch, &mut json_overlay, &mut touched)?;
+        }
+        for (k, v) in json_overlay {
+            batch.put(k, v);
+        }
+        self.write(batch)?;
+        self.trim(&touched)?;
+        Ok(bad)
+    }
+
+    fn read_json_through<T: for<'de> Deserialize<'de>>(
+        &self,
+        overlay: &HashMap<Vec<u8>, Vec<u8>>,
+        k: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        match overlay.get(k) {
+            Some(b) => Ok(serde_json::from_slice(b).ok()),
+            None => self.get_json(k),
+        }
+    }
+
+    fn index_event(
+        &self,
+        ev: &ResolvedEvent,
+        batch: &mut WriteBatch,
+        overlay: &mut HashMap<Vec<u8>, Vec<u8>>,
+        touched: &mut BTreeSet<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let m = &ev.message;
+        let space = m.space_id.as_str();
+        let ts = corral_compute::service::event_time_ms(m, ev.resolved_at_ms);
+        let seen = Seen {
+            ms: ts,
+            message_id: m.message_id.clone(),
+            source_id: m.source_id.clone(),
+        };
+        let item = event_json(ev, ts);
+        let bytes = serde_json::to_vec(&item).unwrap_or_default();
+        let mut suffix = (u64::MAX - ts as u64).to_be_bytes().to_vec();
+        suffix.extend_from_slice(m.message_id.as_bytes());
+
+        // The profile's events and first/last message.
+        let owner = key(T_EVENT, &[space, USERS, &ev.profile_id]);
+        batch.put([owner.as_slice(), &suffix].concat(), &bytes);
+        touched.insert(owner);
+        let mk = key(T_META, &[space, &ev.profile_id]);
+        let meta = match self.read_json_through::<Meta>(overlay, &mk)? {
+            Some(mut meta) => {
+                meta.fold(&seen);
+                meta
+            }
+            None => Meta {
+                first: seen.clone(),
+                last: seen.clone(),
+            },
+        };
+        overlay.insert(mk, serde_json::to_vec(&meta).unwrap_or_default());
+        // The first message of each external id.
+        for id in &ev.external_ids {
+            if id.collection.as_deref() == Some(ACCOUNTS) {
+                continue;
+            }
+            let fk = key(T_FIRST, &[space, &id.id_type, &id.id]);
+            if !overlay.contains_key(&fk) && self.get(&fk)?.is_none() {
+                overlay.insert(fk, serde_json::to_vec(&seen).unwrap_or_default());
+            }
+        }
+        // Group calls build the account and link it with the profile.
+        if m.message_type == MessageType::Group {
+            if let Some(gid) = m.group_id.as_deref().filter(|g| !g.is_empty()) {
+                let owner = key(T_EVENT, &[space, ACCOUNTS, gid]);
+                batch.put([owner.as_slice(), &suffix].concat(), &bytes);
+                touched.insert(owner);
+                let ak = key(T_ACCOUNT, &[space, gid]);
+                let mut acct = match self.read_json_through::<Account>(overlay, &ak)? {
+                    Some(mut a) => {
+                        a.meta.fold(&seen);
+                        a
+                    }
+                    None => Account {
+                        meta: Meta {
+                            first: seen.clone(),
+                            last: seen.clone(),
+                        },
+                        traits: Default::default(),
+                    },
+                };
+                if let Some(Value::Object(traits)) = &m.traits {
+                    for (k, v) in traits {
+                        if acct.traits.get(k).is_none_or(|cur| ts >= cur.t) {
+                            acct.traits.insert(
+                                k.clone(),
+                                SourcedValue {
+                                    v: v.clone(),
+                                    t: ts,
+                                    src: m.source_id.clone(),
+                                },
+                            );
+                        }
+                    }
+                }
+                overlay.insert(ak, serde_json::to_vec(&acct).unwrap_or_default());
+                for lk in [
+                    key(T_LINK_USER, &[space, &ev.profile_id, gid]),
+                    key(T_LINK_ACCOUNT, &[space, gid, &ev.profile_id]),
+                ] {
+                    if !overlay.contains_key(&lk) && self.get(&lk)?.is_none() {
+                        overlay.insert(lk, serde_json::to_vec(&seen).unwrap_or_default());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the newest `events_per_owner` events of each owner.
+    fn trim(&self, owners: &BTreeSet<Vec<u8>>) -> Result<usize, StoreError> {
+        let mut batch = WriteBatch::default();
+        let mut n = 0;
+        for owner in owners {
+            for item in self
+                .db
+                .iterator(IteratorMode::From(owner, Direction::Forward))
+                .skip(self.events_per_owner)
+            {
+                let (k, _) = item.map_err(db_err(self.path()))?;
+                if !k.starts_with(owner) {
+                    break;
+                }
+                batch.delete(k);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.write(batch)?;
+        }
+        Ok(n)
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Reads.
+
+    fn graph(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut gk = Vec::with_capacity(k.len() + 1);
+        gk.push(T_GRAPH);
+        gk.extend_from_slice(k);
+        self.get(&gk)
+    }
+
+    /// The live profile a (possibly merged-away) profile id resolves to.
+    pub fn profile(&self, space: &str, pid: &str) -> Result<Option<Profile>, StoreError> {
+        let mut cur = pid.to_string();
+        for _ in 0..10_000 {
+            if let Some(p) = self.graph(&profile_key(space, &cur))? {
+                return Ok(decode_profile(&p).ok());
+            }
+            match self
+                .graph(&alias_key(space, &cur))?
+                .and_then(|b| String::from_utf8(b).ok())
+            {
+                Some(next) => cur = next,
+                None => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The live profile of an external id.
+    pub fn profile_of(&self, space: &str, ident: &Ident) -> Result<Option<Profile>, StoreError> {
+        match self
+            .graph(&id_key(space, ident))?
+            .and_then(|b| String::from_utf8(b).ok())
+        {
+            Some(pid) => self.profile(space, &pid),
+            None => Ok(None),
+        }
+    }
+
+    /// `live` and every profile id merged into it, directly or through others.
+    pub fn merged_ids(&self, space: &str, live: &str) -> Result<Vec<String>, StoreError> {
+        let mut out = vec![live.to_string()];
+        let mut i = 0;
+        while i < out.len() && out.len() < 10_000 {
+            let prefix = key(T_REVERSE, &[space, &out[i]]);
+            for (k, _) in self.scan(&prefix)? {
+                if let Some(from) = last_part(&k) {
+                    if !out.contains(&from) {
+                        out.push(from);
+                    }
+                }
+            }
+            i += 1;
+        }
+        Ok(out)
+    }
+
+    /// Compute's state of a profile of `space` (`None`: compute holds none, or it does not
+    /// decode).
+    pub fn compute_state(
+        &self,
+        space: &str,
+        pid: &str,
+    ) -> Result<Option<ProfileState>, StoreError> {
+        let mut k = vec![T_COMPUTE];
+        k.extend_from_slice(pid.as_bytes());
+        Ok(self
+            .get(&k)?
+            .and_then(|b| ProfileState::decode(&b).ok())
+            .filter(|st| st.space_id == space))
+    }
+
+    /// Calls `f` with every profile id and state compute holds (any space).
+    pub fn each_compute_state(
+        &self,
+        mut f: impl FnMut(&str, ProfileState),
+    ) -> Result<(), StoreError> {
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&[T_COMPUTE], Direction::Forward))
+        {
+            let (k, v) = item.map_err(db_err(self.path()))?;
+            if k.first() != Some(&T_COMPUTE) {
+                break;
+            }
+            let (Ok(pid), Ok(st)) = (std::str::from_utf8(&k[1..]), ProfileState::decode(&v)) else {
+                continue;
+            };
+            f(pid, st);
+        }
+        Ok(())
+    }
+
+    /// The stored events of the owners (profile ids or one group id), newest first.
+    pub fn events(
+        &self,
+        space: &str,
+        collection: &str,
+        owners: &[String],
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut out = Vec::new();
+        for o in owners {
+            let prefix = key(T_EVENT, &[space, collection, o]);
+            for (k, v) in self.scan(&prefix)? {
+                let rest = &k[prefix.len()..];
+                if rest.len() < 8 {
+                    continue;
+                }
+                let inv = u64::from_be_bytes(rest[..8].try_into().unwrap_or_default());
+                let Ok(json) = serde_json::from_slice::<Value>(&v) else {
+                    continue;
+                };
+                out.push(StoredEvent {
+                    ts_ms: (u64::MAX - inv) as i64,
+                    message_id: String::from_utf8_lossy(&rest[8..]).into_owned(),
+                    json,
+                });
+            }
+        }
+        out.sort_by(|a, b| (b.ts_ms, &b.message_id).cmp(&(a.ts_ms, &a.message_id)));
+        out.dedup_by(|a, b| a.message_id == b.message_id);
+        Ok(out)
+    }
+
+    pub fn meta(&self, space: &str, pid: &str) -> Result<Option<Meta>, StoreError> {
+        self.get_json(&key(T_META, &[space, pid]))
+    }
+
+    pub fn first_seen(
+        &self,
+        space: &str,
+        id_type: &str,
+        id: &str,
+    ) -> Result<Option<Seen>, StoreError> {
+        self.get_json(&key(T_FIRST, &[space, id_type, id]))
+    }
+
+    pub fn account(&self, space: &str, gid: &str) -> Result<Option<Account>, StoreError> {
+        self.get_json(&key(T_ACCOUNT, &[space, gid]))
+    }
+
+    /// Group ids linked to a profile id, with the first call that linked them.
+    pub fn accounts_of(&self, space: &str, pid: &str) -> Result<Vec<(String, Seen)>, StoreError> {
+        self.links(&key(T_LINK_USER, &[space, pid]))
+    }
+
+    /// Profile ids (as resolved then) linked to a group id.
+    pub fn users_of(&self, space: &str, gid: &str) -> Result<Vec<(String, Seen)>, StoreError> {
+        self.links(&key(T_LINK_ACCOUNT, &[space, gid]))
+    }
+
+    fn links(&self, prefix: &[u8]) -> Result<Vec<(String, Seen)>, StoreError> {
+        Ok(self
+            .scan(prefix)?
+            .into_iter()
+            .filter_map(|(k, v)| Some((last_part(&k)?, serde_json::from_slice(&v).ok()?)))
+            .collect())
+    }
+
+    /// RocksDB's own estimate of its live data, for the size gauge.
+    pub fn estimated_bytes(&self) -> u64 {
+        self.db
+            .property_int_value("rocksdb.estimate-live-data-size")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+}
+
+/// An event as stored, with its sort position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub ts_ms: i64,
+    pub message_id: String,
+    pub json: Value,
+}
+
+/// The last length-prefixed part of a key.
+fn last_part(k: &[u8]) -> Option<String> {
+    let mut rest = k.get(1..)?;
+    let mut last = None;
+    while !rest.is_empty() {
+        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        last = Some(rest.get(4..4 + len)?);
+        rest = &rest[4 + len..];
+    }
+    last.and_then(|b| String::from_utf8(b.to_vec()).ok())
+}
+
+/// A resolved event in the shape of the Profile API's `/events` items.
+pub fn event_json(ev: &ResolvedEvent, ts_ms: i64) -> Value {
+    let m = &ev.message;
+    let mut o = Map::new();
+    o.insert(
+        "external_ids".into(),
+        Value::Array(
+            ev.external_ids
+                .iter()
+                .map(|i| {
+                    json!({
+                        "collection": i.collection.clone().unwrap_or_else(|| USERS.into()),
+                        "type": i.id_type,
+                        "id": i.id,
+                        "encoding": "none",
+                    })
+                })
+                .collect(),
+        ),
+    );
+    o.insert("context".into(), m.context.clone().unwrap_or(json!({})));
+    o.insert("type".into(), json!(m.message_type.as_str()));
+    o.insert("message_id".into(), json!(m.message_id));
+    o.insert("source_id".into(), json!(m.source_id));
+    o.insert("timestamp".into(), json!(iso(ts_ms)));
+    match m.message_type {
+        MessageType::Identify | MessageType::Group => {
+            o.insert("traits".into(), m.traits.clone().unwrap_or(json!({})));
+        }
+        _ => {
+            o.insert(
+                "properties".into(),
+                m.properties.clone().unwrap_or(json!({})),
+            );
+        }
+    }
+    if let Some(e) = corral_compute::service::event_name(m.message_type, m.event.as_deref()) {
+        o.insert("event".into(), json!(e));
+    }
+    if let Some(n) = &m.name {
+        o.insert("name".into(), json!(n));
+    }
+    if let Some(g) = &m.group_id {
+        o.insert("group_id".into(), json!(g));
+    }
+    o.insert("related".into(), json!({ "users": ev.profile_id }));
+    Value::Object(o)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use corral_codec::{ExternalId, SegmentMessage};
+
+    fn ev(pid: &str, mid: &str, kind: MessageType, ts: i64) -> Vec<u8> {
+        let mut m = SegmentMessage::new("s", kind, mid);
+        m.timestamp = Some(iso(ts));
+        m.event = Some("Order Completed".into());
+        m.source_id = Some("src1".into());
+        if kind == MessageType::Group {
+            m.group_id = Some("g1".into());
+            m.traits = Some(json!({"plan": format!("p{ts}")}));
+        }
+        ResolvedEvent {
+            message: m,
+            profile_id: pid.into(),
+            external_ids: vec![ExternalId {
+                id_type: "user_id".into(),
+                id: pid.into(),
+                collection: Some("users".into()),
+            }],
+            resolved_at_ms: ts,
+        }
+        .encode()
+        .unwrap()
+    }
+
+    #[test]
+    fn events_are_newest_first_and_bounded_per_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = ProfileStore::open_fresh(&dir.path().join("db"), 3).unwrap();
+        let vals: Vec<Vec<u8>> = (1..=5)
+            .map(|i| ev("p1", &format!("m{i}"), MessageType::Track, 1_000 * i))
+            .collect();
+        assert_eq!(st.apply_events(&vals).unwrap(), 0);
+        assert_eq!(st.apply_events(&[b"junk".to_vec()]).unwrap(), 1);
+        let got = st.events("s", USERS, &["p1".into()]).unwrap();
+        let ids: Vec<&str> = got.iter().map(|e| e.message_id.as_str()).collect();
+        assert_eq!(ids, ["m5", "m4", "m3"]);
+        assert_eq!(got[0].json["event"], "Order Completed");
+        assert_eq!(got[0].json["related"]["users"], "p1");
+        let meta = st.meta("s", "p1").unwrap().unwrap();
+        assert_eq!(
+            (
+                meta.first.message_id.as_str(),
+                meta.last.message_id.as_str()
+            ),
+            ("m1", "m5")
+        );
+        assert_eq!(
+            st.first_seen("s", "user_id", "p1")
+                .unwrap()
+                .unwrap()
+                .message_id,
+            "m1"
+        );
+    }
+
+    #[test]
+    fn group_calls_build_accounts_and_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = ProfileStore::open_fresh(&dir.path().join("db"), 10).unwrap();
+        st.apply_events(&[
+            ev("p1", "g-late", MessageType::Group, 2_000),
+            ev("p1", "g-early", MessageType::Group, 1_000),
+            ev("p2", "g-p2", MessageType::Group, 1_500),
+        ])
+        .unwrap();
+        let a = st.account("s", "g1").unwrap().unwrap();
+        assert_eq!(
+            a.traits["plan"].v,
+            json!("p2000"),
+            "latest by event time wins"
+        );
+        assert_eq!(a.meta.first.message_id, "g-early");
+        let users: Vec<String> = st
+            .users_of("s", "g1")
+            .unwrap()
+            .into_iter()
+            .map(|u| u.0)
+            .collect();
+        assert_eq!(users, ["p1", "p2"]);
+        assert_eq!(st.accounts_of("s", "p1").unwrap()[0].0, "g1");
+        assert_eq!(st.accounts_of("s", "p1").unwrap()[0].1.message_id, "g-late");
+        assert_eq!(st.events("s", ACCOUNTS, &["g1".into()]).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn aliases_are_followed_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = ProfileStore::open_fresh(&dir.path().join("db"), 10).unwrap();
+        let p = Profile {
+            id: "c".into(),
+            created_ms: 5,
+            merges: 2,
+            identifiers: vec![],
+        };
+        let rec = |k: Vec<u8>, v: Option<&[u8]>| ChangelogRecord {
+            partition: 0,
+            key: k,
+            value: v.map(<[u8]>::to_vec),
+        };
+        st.apply_graph(vec![
+            rec(alias_key("s", "a"), Some(b"b")),
+            rec(alias_key("s", "b"), Some(b"c")),
+            rec(
+                profile_key("s", "c"),
+                Some(&serde_json::to_vec(&p).unwrap()),
+            ),
+            rec(id_key("s", &Ident::new("user_id", "u")), Some(b"c")),
+        ])
+        .unwrap();
+        assert_eq!(st.profile("s", "a").unwrap().unwrap().id, "c");
+        assert_eq!(
+            st.profile_of("s", &Ident::new("user_id", "u"))
+                .unwrap()
+                .unwrap()
+                .id,
+            "c"
+        );
+        let mut ids = st.merged_ids("s", "c").unwrap();
+        ids.sort();
+        assert_eq!(ids, ["a", "b", "c"]);
+        // Re-pointing and deleting an alias updates the reverse index.
+        st.apply_graph(vec![
+            rec(alias_key("s", "a"), Some(b"c")),
+            rec(alias_key("s", "b"), None),
+        ])
+        .unwrap();
+        let mut ids = st.merged_ids("s", "c").unwrap();
+        ids.sort();
+        assert_eq!(ids, ["a", "c"]);
+        assert_eq!(st.profile("s", "b").unwrap(), None);
+    }
+}
