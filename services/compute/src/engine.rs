@@ -32,6 +32,7 @@ use corral_query::plan::{
 use serde_json::{Map, Value};
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 /// One audience or computed trait as compute receives it.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,9 +56,9 @@ pub struct DefinitionSpec {
 /// Why a definition is not active.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DefinitionError {
-    /// ACCOUNTS definitions come with the accounts issue.
-    #[error("`{0}` is an ACCOUNTS definition: compute does not evaluate account-level audiences or traits yet (only USERS)")]
-    Accounts(String),
+    /// Planned, but compute cannot evaluate it (see `corral_ops::accounts::unsupported`).
+    #[error("`{0}` {1}")]
+    Unsupported(String, String),
     /// Linked Audiences (`entity(...)`) need the data graph.
     #[error("`{0}` uses entity(...) (Linked Audiences), which compute does not evaluate")]
     Entity(String),
@@ -200,6 +201,8 @@ pub struct Engine {
     keep_props: BTreeSet<String>,
     keep_ctx: BTreeSet<String>,
     rejected: BTreeMap<String, DefinitionError>,
+    /// ACCOUNTS definitions: the account side (none when the space has none).
+    account: Option<Arc<crate::accounts::AccountSide>>,
 }
 
 /// A view of one event for filter evaluation (incoming or stored).
@@ -288,15 +291,73 @@ fn leaf_readers(defs: &BTreeMap<String, ActiveDefinition>) -> HashMap<String, BT
 
 impl Engine {
     /// Compiles a set of definitions. Invalid ones (and ones that reference them) are left
-    /// out and reported by [`Engine::rejected`].
+    /// out and reported by [`Engine::rejected`]. ACCOUNTS definitions are split
+    /// (`corral_ops::accounts`): their per-user conditions become hidden audiences of this
+    /// engine, their account queries an engine of their own ([`Engine::accounts`]).
     pub fn new(cfg: EngineConfig, specs: Vec<DefinitionSpec>) -> Engine {
+        let (accounts, mut users): (Vec<_>, Vec<_>) = specs
+            .into_iter()
+            .partition(|s| s.kind == DefinitionKind::Accounts);
+        let mut rejected = BTreeMap::new();
+        users.retain(|s| match corral_ops::accounts::unsupported_key(&s.key) {
+            Some(why) => {
+                rejected.insert(
+                    s.key.clone(),
+                    DefinitionError::Unsupported(s.key.clone(), why),
+                );
+                false
+            }
+            None => true,
+        });
+        if accounts.is_empty() {
+            let mut e = Engine::build(cfg, users);
+            e.rejected.extend(rejected);
+            return e;
+        }
+        let side = crate::accounts::split_specs(&accounts, &users, &mut rejected);
+        let mut all_users = users.clone();
+        all_users.extend(side.condition_specs.iter().cloned());
+        let mut eng = Engine::build(cfg, all_users);
+        // An account definition whose condition is rejected (it references a rejected users
+        // definition) is rejected, and its other conditions dropped.
+        let failed: BTreeSet<String> = eng
+            .rejected
+            .iter()
+            .filter_map(|(k, e)| side.parent_of(k).map(|p| (p, e)))
+            .map(|(p, e)| {
+                rejected.insert(
+                    p.clone(),
+                    DefinitionError::Invalid {
+                        key: p.clone(),
+                        message: e.to_string(),
+                    },
+                );
+                p
+            })
+            .collect();
+        if !failed.is_empty() {
+            let mut keep = users;
+            keep.extend(
+                side.condition_specs
+                    .iter()
+                    .filter(|s| side.parent_of(&s.key).is_none_or(|p| !failed.contains(&p)))
+                    .cloned(),
+            );
+            eng = Engine::build(cfg, keep);
+        }
+        eng.rejected.retain(|k, _| side.parent_of(k).is_none());
+        let account = side.into_engine(cfg, &failed, &mut rejected);
+        eng.rejected.extend(rejected);
+        eng.account = Some(Arc::new(account));
+        eng
+    }
+
+    /// Compiles USERS definitions (and account queries, planned as USERS over the account's
+    /// traits).
+    pub(crate) fn build(cfg: EngineConfig, specs: Vec<DefinitionSpec>) -> Engine {
         let mut rejected = BTreeMap::new();
         let mut parsed = Vec::new();
         for s in specs {
-            if s.kind == DefinitionKind::Accounts {
-                rejected.insert(s.key.clone(), DefinitionError::Accounts(s.key.clone()));
-                continue;
-            }
             match corral_query::parse(&s.query) {
                 Ok(q) => parsed.push((s, q)),
                 Err(d) => {
@@ -439,12 +500,19 @@ impl Engine {
             keep_props,
             keep_ctx,
             rejected,
+            account: None,
         }
     }
 
     /// Active definitions by key.
     pub fn definitions(&self) -> &BTreeMap<String, ActiveDefinition> {
         &self.defs
+    }
+
+    /// The account side: ACCOUNTS definitions' account queries and their per-user conditions
+    /// (which are hidden audiences of this engine).
+    pub fn accounts(&self) -> Option<&crate::accounts::AccountSide> {
+        self.account.as_deref()
     }
 
     /// Definitions that could not be activated, with why.
@@ -714,6 +782,7 @@ impl Engine {
             .map(|(k, r)| (k.clone(), r.ver))
             .collect();
         into.add_ids(from.external_ids);
+        into.accounts.extend(from.accounts);
         if into.space_id.is_empty() {
             into.space_id = from.space_id;
         }

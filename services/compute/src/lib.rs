@@ -8,6 +8,7 @@
 
 /// The audiences file format and its operator actions, shared with `corralctl`.
 pub use corral_ops::audiences as admin;
+pub mod accounts;
 pub mod agg;
 pub mod backfill;
 pub mod bench_defs;

@@ -56,11 +56,19 @@ fn main() -> anyhow::Result<()> {
         CleanupPolicy::Delete,
         week,
     )?;
+    // The user side → account side messages, partitioned like events.resolved too.
+    svc.ensure_topic_like(
+        &topics.accounts,
+        &topics.resolved,
+        CleanupPolicy::Delete,
+        week,
+    )?;
     let mut cfg = svc.config();
     cfg.input_topics = vec![
         topics.resolved.clone(),
         topics.merges.clone(),
         topics.merge_state.clone(),
+        topics.accounts.clone(),
     ];
     cfg.stores = STORES.iter().map(|s| (*s).into()).collect();
     cfg.punctuate_interval = Some(Duration::from_millis(args.punctuate_interval_ms.max(10)));

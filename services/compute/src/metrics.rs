@@ -42,6 +42,8 @@ pub struct Metrics {
     pub backfill_started: Gauge,
     /// When a task of this instance last completed its backfill (Unix seconds).
     pub backfill_completed: Gauge,
+    /// Messages sent from the user side to the account side (`compute.accounts`).
+    pub account_messages: IntCounter,
     /// Per definition: this instance's partitions where its backfill is not done.
     pub backfill_pending: IntGaugeVec,
 }
@@ -91,7 +93,7 @@ impl Metrics {
             )?,
             definitions_rejected: IntGauge::new(
                 "compute_definitions_rejected",
-                "Definitions not in force (invalid, ACCOUNTS, entity).",
+                "Definitions not in force (invalid, entity, account-wide event streams).",
             )?,
             backfill_applied: IntCounter::new(
                 "compute_backfill_applied_total",
@@ -117,6 +119,10 @@ impl Metrics {
                 "compute_backfill_completed_timestamp_seconds",
                 "When a task of this instance last completed its backfill (Unix time).",
             )?,
+            account_messages: IntCounter::new(
+                "compute_account_messages_total",
+                "Messages from the user side to the account side (group traits, a user's conditions, a user leaving).",
+            )?,
             backfill_pending: IntGaugeVec::new(
                 Opts::new(
                     "compute_backfill_pending_partitions",
@@ -132,6 +138,7 @@ impl Metrics {
         registry.register(Box::new(m.backfill_tasks_active.clone()))?;
         registry.register(Box::new(m.backfill_started.clone()))?;
         registry.register(Box::new(m.backfill_completed.clone()))?;
+        registry.register(Box::new(m.account_messages.clone()))?;
         registry.register(Box::new(m.events.clone()))?;
         registry.register(Box::new(m.evaluations.clone()))?;
         registry.register(Box::new(m.membership_changes.clone()))?;

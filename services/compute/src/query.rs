@@ -58,6 +58,7 @@ pub fn profile_answer(
     let mut audiences = Vec::new();
     for (key, r) in &st.results {
         match target(key) {
+            _ if corral_ops::accounts::is_condition(key) => {}
             Some(Target::Audience) if r.v == Value::Bool(true) => audiences.push(key.clone()),
             Some(Target::ComputedTrait) => {
                 computed_traits.insert(key.clone(), r.v.clone());

@@ -3,7 +3,7 @@
 use crate::agg::Agg;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// One external id of a profile (Segment's `context.externalIds[]` entry).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -100,6 +100,15 @@ pub struct ProfileState {
     /// Latest "now" this state was evaluated at (pruning never goes back).
     #[serde(rename = "nw", default)]
     pub now_ms: i64,
+    /// Accounts (group ids) the profile was grouped with by `group` calls.
+    #[serde(rename = "ac", default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub accounts: BTreeSet<String>,
+    /// Accounts whose account side has been told about this user (and its conditions).
+    #[serde(rename = "as", default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub accounts_sent: BTreeSet<String>,
+    /// Account conditions (hidden audiences) true for this user as last told to its accounts.
+    #[serde(rename = "at", default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub conditions_sent: BTreeSet<String>,
     /// Not stored: definitions the caller holds back (their backfill is in progress on this
     /// partition); evaluation keeps their last result and emits nothing for them.
     #[serde(skip)]

@@ -490,7 +490,10 @@ impl ComputeProcessor {
                         hops: 0,
                     },
                 )?,
-                None => self.save(ctx, &profile, &slot.st, slot.old_wake),
+                None => {
+                    let mut st = slot.st;
+                    self.save(ctx, &profile, &mut st, slot.old_wake)?
+                }
             }
         }
         debug!(

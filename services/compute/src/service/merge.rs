@@ -60,6 +60,7 @@ impl ComputeProcessor {
             self.metrics.timers_pending.dec();
         }
         ctx.delete(PROFILES, mg.from_profile_id.as_bytes().to_vec());
+        self.leave_accounts(ctx, &mg.from_profile_id, &st)?;
         self.hand_over(
             ctx,
             MergeState {
@@ -95,6 +96,8 @@ impl ComputeProcessor {
             (MessageType::Identify, _) => {
                 crate::engine::record_traits(&mut st, identify_traits(m), ts);
             }
+            // The survivor joins the account (its task tells the account side).
+            (MessageType::Group, _) => self.on_group_call(ctx, m, &mut st, ts)?,
             (_, Some(engine)) => {
                 as_event(m, ts, |ev| engine.record_event(&mut st, ev, now));
             }
@@ -207,7 +210,6 @@ impl ComputeProcessor {
             ms.trigger.as_deref(),
             now,
         )?;
-        self.save(ctx, &ms.into, &into, old_wake);
-        Ok(())
+        self.save(ctx, &ms.into, &mut into, old_wake)
     }
 }

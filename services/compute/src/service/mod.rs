@@ -37,9 +37,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use tracing::warn;
 
+mod accounts;
 mod history;
 mod merge;
 mod timers;
+
+pub use accounts::{account_profile_id, AccountMessage, ACCOUNTS};
 
 use history::TaskBackfill;
 use merge::MergeState;
@@ -91,6 +94,8 @@ pub struct Topics {
     pub membership: String,
     /// `traits.changes`.
     pub traits: String,
+    /// Internal user side → account side messages (see `accounts`).
+    pub accounts: String,
 }
 
 impl Topics {
@@ -103,6 +108,7 @@ impl Topics {
             merge_state: names.name(corral_runtime::cli::names::MERGE_STATE),
             membership: names.of::<MembershipChange>(),
             traits: names.of::<TraitChange>(),
+            accounts: names.name(corral_ops::accounts::ACCOUNTS_TOPIC),
         }
     }
 }
@@ -278,7 +284,7 @@ const TIMERS: Store = Store::named("timers");
 const BACKFILL: Store = Store::named("backfill");
 
 /// Every store the processor uses, to declare in the runtime config.
-pub const STORES: [Store; 3] = [PROFILES, TIMERS, BACKFILL];
+pub const STORES: [Store; 4] = [PROFILES, TIMERS, BACKFILL, ACCOUNTS];
 
 fn ext_ids(ids: &[ExternalId]) -> Vec<ExtId> {
     ids.iter()
@@ -405,13 +411,16 @@ impl ComputeProcessor {
         }
     }
 
+    /// Writes a profile's state and its timer, and first tells its accounts what changed
+    /// (`accounts`), in the same transaction.
     fn save(
         &self,
         ctx: &mut ProcessContext<'_>,
         profile: &str,
-        st: &ProfileState,
+        st: &mut ProfileState,
         old_wake: Option<i64>,
-    ) {
+    ) -> Result<(), ProcessError> {
+        self.sync_accounts(ctx, profile, st)?;
         if old_wake != st.wake_ms {
             if let Some(w) = old_wake {
                 ctx.delete(TIMERS, timer_key(w, profile));
@@ -425,6 +434,7 @@ impl ComputeProcessor {
         let bytes = st.encode();
         self.metrics.state_bytes.observe(bytes.len() as f64);
         ctx.put(PROFILES, profile.as_bytes().to_vec(), bytes);
+        Ok(())
     }
 
     fn emit(
@@ -437,6 +447,10 @@ impl ComputeProcessor {
         at_ms: i64,
     ) -> Result<(), ProcessError> {
         for ch in changes {
+            // Account conditions are the account side's input, never delivered.
+            if corral_ops::accounts::is_condition(&ch.key) {
+                continue;
+            }
             let value = match ch.kind {
                 ChangeKind::Entered | ChangeKind::Exited => {
                     let entered = ch.kind == ChangeKind::Entered;
@@ -516,6 +530,11 @@ impl ComputeProcessor {
         st.add_ids(ext_ids(&ev.external_ids));
         st.hold = self.hold(ctx.partition(), &st.space_id);
         let ts = event_time_ms(m, now);
+        if m.message_type == MessageType::Group {
+            // Recorded whatever the definitions: membership and account traits are kept for
+            // every account, like identify traits for every user (no backfill needed).
+            self.on_group_call(ctx, m, &mut st, ts)?;
+        }
         let changes = match engine {
             None => Vec::new(),
             Some(engine) => {
@@ -539,8 +558,7 @@ impl ComputeProcessor {
             }
         };
         self.emit(ctx, profile, &st, changes, Some(&m.message_id), now)?;
-        self.save(ctx, profile, &st, old_wake);
-        Ok(())
+        self.save(ctx, profile, &mut st, old_wake)
     }
 
     fn reevaluate(
@@ -565,8 +583,7 @@ impl ComputeProcessor {
             }
         };
         self.emit(ctx, profile, &st, changes, None, now)?;
-        self.save(ctx, profile, &st, old_wake);
-        Ok(())
+        self.save(ctx, profile, &mut st, old_wake)
     }
 }
 
@@ -595,6 +612,8 @@ impl Processor for ComputeProcessor {
             self.on_merge(ctx, v)
         } else if record.topic == self.topics.merge_state {
             self.on_merge_state(ctx, v)
+        } else if record.topic == self.topics.accounts {
+            self.on_account(ctx, v)
         } else {
             Err(ProcessError::bad_input(
                 "unknown_topic",

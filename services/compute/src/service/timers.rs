@@ -39,6 +39,8 @@ impl ComputeProcessor {
                     .map_err(|e| ProcessError::Fatal(format!("corrupt state: {e}")))?;
                 self.reevaluate(ctx, &profile, st, now)?;
             }
+            // After the users, whose condition changes reach the accounts through the topic.
+            self.reevaluate_accounts(ctx, now)?;
             // Everything was just evaluated at `now`; stale timer keys are skipped below.
         }
         let timers: Vec<(Vec<u8>, Vec<u8>)> = match cursor {
@@ -90,7 +92,7 @@ impl ComputeProcessor {
                 None => Vec::new(),
             };
             self.emit(ctx, &profile, &st, changes, None, now)?;
-            self.save(ctx, &profile, &st, old);
+            self.save(ctx, &profile, &mut st, old)?;
         }
         self.cursors.insert(part, (now_bucket, generation));
         Ok(())

@@ -18,6 +18,10 @@ use corral_query::ast::{Expr, Quantifier, Query};
 use corral_query::check::DefinitionKind;
 use corral_query::plan::{LeafLevel, LeafSource, Plan};
 
+/// Compute's internal topic (under the topic prefix) from the user side to the account side,
+/// keyed by `{space}/{groupId}`, partitioned like `events.resolved`.
+pub const ACCOUNTS_TOPIC: &str = "compute.accounts";
+
 /// Prefix of the hidden per-user condition keys; reserved: a definition whose own key starts
 /// with it is refused ([`unsupported_key`]).
 pub const CONDITION_PREFIX: &str = "~acct/";

@@ -154,24 +154,31 @@ pub fn plan(input: &AclInput) -> AclPlan {
                 vec![],
             ),
             "identity" => (
-                vec!["events.valid", names::BY_SPACE],
+                vec!["events.valid", names::BY_ID, names::BY_SPACE],
                 vec![
+                    names::BY_ID,
                     names::BY_SPACE,
                     "events.resolved",
                     "profiles.merges",
                     names::DLQ,
                 ],
-                vec![names::BY_SPACE],
+                vec![names::BY_ID, names::BY_SPACE],
             ),
             "compute" => (
-                vec!["events.resolved", "profiles.merges", names::MERGE_STATE],
+                vec![
+                    "events.resolved",
+                    "profiles.merges",
+                    names::MERGE_STATE,
+                    crate::accounts::ACCOUNTS_TOPIC,
+                ],
                 vec![
                     "audiences.membership",
                     "traits.changes",
                     names::MERGE_STATE,
+                    crate::accounts::ACCOUNTS_TOPIC,
                     names::DLQ,
                 ],
-                vec![names::MERGE_STATE],
+                vec![names::MERGE_STATE, crate::accounts::ACCOUNTS_TOPIC],
             ),
             _ => (
                 vec!["audiences.membership", "traits.changes", names::REPLAY],
@@ -201,7 +208,7 @@ pub fn plan(input: &AclInput) -> AclPlan {
                 changelogs(service),
             );
             // Prefixed: the group `{app}` and the readers outside it (`{app}-restore`,
-            // `{app}-definitions`, `{app}-view-*`, identity's `{app}-router`).
+            // `{app}-definitions`, `{app}-view-*`, identity's `{app}-router` and `{app}-stitcher`).
             b.group(Pattern::Prefixed, app(service));
             b.prefixed(&[Write], ResourceType::TransactionalId, app(service));
         }
