@@ -47,7 +47,12 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut svc = Service::start("compute", args.common)?;
-    let topics = Arc::new(Topics::from_names(svc.topics()));
+    let mut topics = Topics::from_names(svc.topics());
+    // Internal to the application, like its changelogs: `{prefix}{app}.accounts`
+    // (`corral.compute.accounts` by default), so two deployments on one cluster never share it.
+    let app = svc.config();
+    topics.accounts = format!("{}{}.accounts", app.topic_prefix, app.application_id);
+    let topics = Arc::new(topics);
     // The merge hand-over is compute's own topic, partitioned like events.resolved.
     let week = Some(7 * 86_400_000);
     svc.ensure_topic_like(
