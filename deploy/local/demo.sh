@@ -107,6 +107,24 @@ for line in sys.stdin:
           json.dumps(b.get("properties") or b.get("traits"))[:120]))
 ' || echo "  (no delivery yet; see .run/services/fanout.log)"
 
+say "The Profile API (corral-profiles on 127.0.0.1:8090; token of space default in .run/profile-api-token)"
+profile_token="$(cat "$root/.run/profile-api-token" 2>/dev/null || true)"
+echo "  token: $profile_token"
+profile_url="http://127.0.0.1:8090/v1/spaces/default/collections/users/profiles/user_id:$user"
+deadline=$((SECONDS + 20))
+until curl -fsS -o /dev/null -u "$profile_token:" "$profile_url/traits" 2>/dev/null || ((SECONDS > deadline)); do sleep 0.5; done
+for what in "traits?class=audience" "traits?limit=5" "events?limit=3"; do
+  echo "  GET .../user_id:$user/$what"
+  curl -sS -u "$profile_token:" "$profile_url/$what" | python3 -c '
+import json, sys
+body = json.load(sys.stdin)
+items = body.get("traits") if "traits" in body else [
+    "%s %s" % (e.get("type"), e.get("event") or "") for e in body.get("data", [])]
+print("    %s  (has_more=%s)" % (json.dumps(items)[:200], body.get("cursor", {}).get("has_more")))
+' || echo "    (no answer; see .run/services/profiles.log)"
+done
+echo "  try: curl -u \$(cat .run/profile-api-token): '$profile_url/traits'"
+
 say "Metrics: messages by outcome"
 for port in 9101 9102; do
   curl -fsS "http://127.0.0.1:$port/metrics" | grep -E '^corral_(collector|validator)_messages_total' || true

@@ -28,7 +28,23 @@ SERVICES=(
   "identity|9103|--admin 127.0.0.1:9103 --query 127.0.0.1:9113 --query-auth off --instance 0 --state-dir $state_dir --rules $root/examples/identity.yaml"
   "compute|9104|--admin 127.0.0.1:9104 --query 127.0.0.1:9114 --query-auth off --instance 0 --state-dir $state_dir/compute"
   "fanout|9105|--admin 127.0.0.1:9105 --instance 0 --state-dir $state_dir/fanout"
+  "profiles|9106|--admin 127.0.0.1:9106 --listen 127.0.0.1:8090 --instance 0 --state-dir $state_dir/profiles"
 )
+
+# The Profile API (corral-profiles, 127.0.0.1:8090) requires a token of the space it reads:
+# a demo token of space `default` (id demo-profile-api) is kept in .run/profile-api-token,
+# created when the file is missing or the token is no longer in the definitions topic.
+token_file="$root/.run/profile-api-token"
+ensure_profile_token() {
+  local ctl="$bin_dir/corralctl"
+  if [[ -s "$token_file" ]] && "$ctl" tokens list --space default 2>/dev/null | grep -qw demo-profile-api; then
+    return 0
+  fi
+  "$ctl" tokens create --space default --id demo-profile-api --by make-up >"$token_file.tmp"
+  mv "$token_file.tmp" "$token_file"
+  chmod 600 "$token_file"
+  log "Profile API token for space default written to .run/profile-api-token"
+}
 
 field() { cut -d'|' -f"$2" <<<"$1"; }
 
@@ -63,6 +79,7 @@ start() {
     if [[ ! -x "$bin" ]]; then
       log "$bin is missing; run 'make build' first"; exit 1
     fi
+    [[ "$name" != profiles ]] || ensure_profile_token
     if pid_of "$name" >/dev/null; then
       log "$name already runs (pid $(pid_of "$name"))"
     else
