@@ -9,6 +9,11 @@
 //!   `properties: {trait_key, <trait_key>: value}`.
 //! - `context.personas` = `{computation_class, computation_id, computation_key, namespace,
 //!   space_id}`; `integrations` = `{"All": false, "<destination>": true}`.
+//! - Account audiences and account computed traits (compute's changes that carry the account's
+//!   `group_id` external id, collection `accounts`): the account's own change becomes one
+//!   `group` call (`groupId`, `traits: {<key>: value}`) for destinations connected with
+//!   identify; each user's change is an ordinary identify / track call with the account in
+//!   `context.groupId`. List destinations receive the users only.
 //! - One call per identifier value: each `user_id` (as `userId`), each `email` (in `traits.email`
 //!   for identify, `context.traits.email` for track), each `anonymous_id` (as `anonymousId`) when
 //!   the destination includes anonymous users.
@@ -104,6 +109,8 @@ pub enum Identity {
     UserId(String),
     Email(String),
     AnonymousId(String),
+    /// An account (the `group` call of an account-level change).
+    GroupId(String),
 }
 
 impl Identity {
@@ -112,6 +119,7 @@ impl Identity {
             Identity::UserId(v) => ("user_id", v),
             Identity::Email(v) => ("email", v),
             Identity::AnonymousId(v) => ("anonymous_id", v),
+            Identity::GroupId(v) => ("group_id", v),
         }
     }
 }
@@ -141,11 +149,29 @@ pub fn identities(ids: &[ExternalId], include_anonymous: bool) -> Vec<Identity> 
     out
 }
 
-/// identify or track.
+/// The account an account-level change is about: the `group_id` external id of collection
+/// `accounts` that compute adds to account audience and trait changes.
+pub fn account_of(ids: &[ExternalId]) -> Option<&str> {
+    ids.iter()
+        .find(|i| i.id_type == "group_id" && i.collection.as_deref() == Some("accounts"))
+        .map(|i| i.id.as_str())
+}
+
+/// Whether a change is the account's own (not one of its users'): it names the account only.
+pub fn is_account_record(ids: &[ExternalId]) -> bool {
+    account_of(ids).is_some()
+        && ids
+            .iter()
+            .all(|i| i.collection.as_deref() == Some("accounts"))
+}
+
+/// identify, track or group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallType {
     Identify,
     Track,
+    /// An account's own change (account audiences and computed traits).
+    Group,
 }
 
 impl CallType {
@@ -153,6 +179,7 @@ impl CallType {
         match self {
             CallType::Identify => "identify",
             CallType::Track => "track",
+            CallType::Group => "group",
         }
     }
 }
@@ -166,6 +193,8 @@ pub struct Call {
     pub anonymous_id: Option<String>,
     /// Set on the call made for an email identifier.
     pub email: Option<String>,
+    /// The account: `groupId` of a group call, `context.groupId` of a user's call.
+    pub group_id: Option<String>,
     /// Track only.
     pub event: Option<String>,
     /// identify: traits; track: properties.
@@ -197,7 +226,7 @@ pub fn message_id(
         ChangeKind::TraitComputed(v) => format!("value={v}"),
     };
     let (t, v) = identity.type_and_value();
-    let name = format!(
+    let mut name = format!(
         "corral/fanout/v1\n{dest_key}\n{}\n{}\n{}\n{what}\n{}\n{}\n{}\n{t}:{v}",
         change.space_id,
         change.profile_id,
@@ -206,6 +235,11 @@ pub fn message_id(
         change.changed_at_ms,
         call_type.as_str()
     );
+    // A user's change for one of its accounts differs from the same change for another (the
+    // ids of changes without an account are unchanged).
+    if let Some(g) = account_of(&change.external_ids) {
+        name.push_str(&format!("\naccount:{g}"));
+    }
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string()
 }
 
@@ -226,6 +260,33 @@ pub fn calls(spec: &DestinationSpec, change: &Change, mode: Mode) -> Vec<Call> {
         "space_id": change.space_id,
     });
     let integrations = json!({"All": false, spec.display_name(): true});
+    let group = account_of(&change.external_ids).map(String::from);
+    if is_account_record(&change.external_ids) {
+        // One group call per account; track calls are per user (the users' own changes).
+        let Some(g) = group.filter(|_| mode.identify()) else {
+            return Vec::new();
+        };
+        let mut fields = Map::new();
+        fields.insert(key.clone(), value);
+        return vec![Call {
+            call_type: CallType::Group,
+            message_id: message_id(
+                &spec.key,
+                change,
+                CallType::Group,
+                &Identity::GroupId(g.clone()),
+            ),
+            user_id: None,
+            anonymous_id: None,
+            email: None,
+            group_id: Some(g),
+            event: None,
+            fields,
+            personas,
+            integrations,
+            timestamp: iso_millis(change.changed_at_ms),
+        }];
+    }
     let idents = identities(&change.external_ids, spec.include_anonymous_ids);
     // Calls made for an email or anonymous id still carry the profile's user id, when it has
     // one, so the receiver attributes them to the same user.
@@ -265,10 +326,11 @@ pub fn calls(spec: &DestinationSpec, change: &Change, mode: Mode) -> Vec<Call> {
                     (first_user.clone(), anon, Some(e.clone()))
                 }
                 Identity::AnonymousId(a) => (first_user.clone(), Some(a.clone()), None),
+                Identity::GroupId(_) => continue,
             };
             let mut fields = Map::new();
             let event = match call_type {
-                CallType::Identify => {
+                CallType::Identify | CallType::Group => {
                     fields.insert(key.clone(), value.clone());
                     if let Some(e) = &email {
                         fields.insert("email".into(), Json::String(e.clone()));
@@ -298,6 +360,7 @@ pub fn calls(spec: &DestinationSpec, change: &Change, mode: Mode) -> Vec<Call> {
                 user_id,
                 anonymous_id,
                 email,
+                group_id: group.clone(),
                 event,
                 fields,
                 personas: personas.clone(),
@@ -328,12 +391,21 @@ impl Call {
             CallType::Identify => {
                 m.insert("traits".into(), Json::Object(self.fields.clone()));
             }
+            CallType::Group => {
+                m.insert("groupId".into(), json!(self.group_id));
+                m.insert("traits".into(), Json::Object(self.fields.clone()));
+            }
             CallType::Track => {
                 m.insert("event".into(), json!(self.event));
                 m.insert("properties".into(), Json::Object(self.fields.clone()));
                 if let Some(e) = &self.email {
                     context.insert("traits".into(), json!({"email": e}));
                 }
+            }
+        }
+        if self.call_type != CallType::Group {
+            if let Some(g) = &self.group_id {
+                context.insert("groupId".into(), json!(g));
             }
         }
         m.insert("context".into(), Json::Object(context));
@@ -362,7 +434,8 @@ impl Call {
             }
         }
         match self.call_type {
-            CallType::Identify => {
+            // Group calls are not sent to Braze (`request_for`); shaped as attributes if asked.
+            CallType::Identify | CallType::Group => {
                 let mut attrs = who;
                 for (k, v) in &self.fields {
                     attrs.insert(k.clone(), v.clone());
@@ -391,7 +464,8 @@ impl Call {
             body.insert("userId".into(), json!(u));
         }
         match self.call_type {
-            CallType::Identify => {
+            // Group calls are not sent to Iterable (`request_for`); shaped as an update if asked.
+            CallType::Identify | CallType::Group => {
                 body.insert("dataFields".into(), Json::Object(self.fields.clone()));
                 body.insert("preferUserId".into(), json!(true));
                 ("/api/users/update", Json::Object(body))
@@ -440,6 +514,10 @@ pub fn request_for(
             url: join(url, &format!("/v1/{}", call.call_type.as_str())),
             body: call.to_segment_json(),
         }),
+        // Braze and Iterable have no accounts: they get the users' calls only.
+        DestinationType::Braze | DestinationType::Iterable if call.call_type == CallType::Group => {
+            None
+        }
         DestinationType::Braze if call.has_user_or_email() || call.anonymous_id.is_some() => {
             Some(PlannedRequest {
                 url: join(url, "/users/track"),

@@ -283,3 +283,76 @@ fn list_members_and_hashing() {
         json!({"destination": "d", "audience_key": "vip_users", "sync_id": "s1", "adds": [1], "removes": []})
     );
 }
+
+fn group_id(g: &str) -> ExternalId {
+    ExternalId {
+        id_type: "group_id".into(),
+        id: g.into(),
+        collection: Some("accounts".into()),
+    }
+}
+
+#[test]
+fn account_audience_is_a_group_call_for_the_account_and_user_calls_with_its_group() {
+    let s = spec("webhook", "");
+    let mut acct = change(ChangeKind::AudienceEntered, vec![group_id("acme")]);
+    acct.profile_id = "account:acme".into();
+    acct.key = "at_risk_business_accounts".into();
+    let calls_acct = calls(&s, &acct, Mode::Both);
+    assert_eq!(calls_acct.len(), 1, "one group call, no per-account track");
+    assert_eq!(
+        calls_acct[0].to_segment_json(),
+        json!({
+            "type": "group",
+            "messageId": calls_acct[0].message_id,
+            "timestamp": "2023-11-14T22:13:20.123Z",
+            "groupId": "acme",
+            "traits": {"at_risk_business_accounts": true},
+            "context": {"personas": personas("audience", "at_risk_business_accounts")},
+            "integrations": {"All": false, "My Hook": true}
+        })
+    );
+    assert!(calls(&s, &acct, Mode::Track).is_empty());
+    let seg = spec("segment", "");
+    assert_eq!(
+        request_for(&seg, &calls_acct[0], 0).unwrap().url,
+        "http://h/base/v1/group"
+    );
+    assert!(request_for(&spec("braze", ""), &calls_acct[0], 0).is_none());
+
+    let mut user = change(
+        ChangeKind::AudienceExited,
+        vec![id("user_id", "u1"), group_id("acme")],
+    );
+    user.key = "at_risk_business_accounts".into();
+    let uc = calls(&s, &user, Mode::Track);
+    assert_eq!(
+        uc[0].to_segment_json(),
+        json!({
+            "type": "track",
+            "messageId": uc[0].message_id,
+            "timestamp": "2023-11-14T22:13:20.123Z",
+            "userId": "u1",
+            "event": "Audience Exited",
+            "properties": {"audience_key": "at_risk_business_accounts",
+                           "at_risk_business_accounts": false},
+            "context": {"personas": personas("audience", "at_risk_business_accounts"),
+                        "groupId": "acme"},
+            "integrations": {"All": false, "My Hook": true}
+        })
+    );
+    // The same user's change for another account is another message.
+    let mut other = user.clone();
+    other.external_ids = vec![id("user_id", "u1"), group_id("globex")];
+    assert_ne!(
+        calls(&s, &other, Mode::Track)[0].message_id,
+        uc[0].message_id
+    );
+    // Changes without an account keep their ids.
+    let plain = change(ChangeKind::AudienceEntered, vec![id("user_id", "u123")]);
+    let ident = Identity::UserId("u123".into());
+    assert_eq!(
+        message_id("dest", &plain, CallType::Identify, &ident),
+        calls(&s, &plain, Mode::Identify)[0].message_id
+    );
+}

@@ -289,6 +289,11 @@ impl FanoutProcessor {
         ctx: &mut ProcessContext<'_>,
         m: &MembershipChange,
     ) -> Result<(), ProcessError> {
+        // Lists hold users: an account audience's list is its accounts' users, whose own
+        // changes compute emits; the account's record is not a member.
+        if payload::is_account_record(&m.external_ids) {
+            return Ok(());
+        }
         let aud = format!("{}/{}", m.space_id, m.audience_key);
         let key = outbox::member_key(&aud, &m.profile_id);
         match m.change {
