@@ -292,9 +292,31 @@ pub fn check_one(current: &[Listed], def: &OneDefinition) -> Result<(), Vec<Quer
         catalogue: &catalogue,
         key: Some(&def.key),
     };
-    corral_query::check(&q, &ctx)
-        .map(|_| ())
-        .map_err(|ds| ds.iter().map(|d| QueryProblem::of(&def.query, d)).collect())
+    corral_query::check(&q, &ctx).map_err(|ds| {
+        ds.iter()
+            .map(|d| QueryProblem::of(&def.query, d))
+            .collect::<Vec<_>>()
+    })?;
+    // What apply_text refuses besides errors: what compute cannot evaluate.
+    if let Some(why) = crate::accounts::unsupported_key(&def.key) {
+        return Err(vec![QueryProblem::key(why)]);
+    }
+    let why = match corral_query::plan(&q, &ctx) {
+        Ok(p) => crate::accounts::unsupported(def.kind, &p),
+        Err(ds) => {
+            return Err(ds.iter().map(|d| QueryProblem::of(&def.query, d)).collect());
+        }
+    };
+    match why {
+        Some(why) => Err(vec![QueryProblem {
+            code: "unsupported".into(),
+            field: "query".into(),
+            length: def.query.len().max(1),
+            line_text: def.query.lines().next().unwrap_or_default().to_string(),
+            ..QueryProblem::key(why)
+        }]),
+        None => Ok(()),
+    }
 }
 
 /// Why [`apply_one`] wrote nothing.
@@ -575,6 +597,11 @@ mod tests {
             check_one(&[], &one("a b", Target::Audience, "x")).unwrap_err()[0].field,
             "key"
         );
+        // What compute cannot evaluate is refused as apply_text refuses it.
+        let reserved = one("~acct/x/0", Target::Audience, "event('A').count() >= 1");
+        assert!(check_one(&[], &reserved).unwrap_err()[0]
+            .message
+            .contains("reserved"));
     }
 
     #[test]
