@@ -1,6 +1,7 @@
-//! `corralctl audiences apply|list|delete|status`: audiences and computed traits in the
+//! `corralctl audiences apply|list|delete|status|export`: audiences and computed traits in the
 //! `definitions` topic. The record format and the operations live in `corral_ops::audiences`
-//! (the same code compute reads with and the end-to-end tests call).
+//! (the same code compute reads with and the end-to-end tests call); `export` asks the Profile
+//! API service for an audience's members as CSV (`corral_ops::export`).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -49,6 +50,32 @@ pub enum AudiencesAction {
         key: String,
         #[command(flatten)]
         at: Where,
+    },
+    /// Members of an audience as CSV in Segment's layouts (unformatted, indexed, single_column
+    /// hashed with SHA-256 unless --raw), as the Profile API service (corral-profiles) holds them.
+    Export {
+        key: String,
+        /// unformatted, indexed or single_column.
+        #[arg(long, default_value = "unformatted")]
+        format: String,
+        /// The external-id type of single_column (email, user_id, ...).
+        #[arg(long)]
+        id_type: Option<String>,
+        /// single_column: the values as they are, not their SHA-256.
+        #[arg(long)]
+        raw: bool,
+        /// Space the audience belongs to.
+        #[arg(long, env = "CORRAL_SPACE", default_value = "default")]
+        space: String,
+        /// The Profile API service (`--listen` of corral-profiles).
+        #[arg(long, env = "CORRAL_PROFILES_API", default_value = corral_ops::export::DEFAULT_ADDR)]
+        api: String,
+        /// A token of the space (`corralctl tokens create`).
+        #[arg(long, env = "CORRAL_API_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Write the CSV to this file instead of standard output.
+        #[arg(long = "out", short = 'o')]
+        out: Option<PathBuf>,
     },
     /// Versions, and backfill progress read from compute's metrics endpoint.
     Status {
@@ -150,6 +177,44 @@ pub fn audiences(
             }
             Err(e) => Err(e.into()),
         },
+        AudiencesAction::Export {
+            key,
+            format,
+            id_type,
+            raw,
+            space,
+            api,
+            token,
+            out,
+        } => {
+            let format =
+                match corral_ops::export::Format::parse(&format, id_type.as_deref(), Some(!raw)) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return Ok(ExitCode::from(2));
+                    }
+                };
+            let csv = match corral_ops::export::fetch(
+                &api,
+                &space,
+                &key,
+                &format,
+                token.as_deref(),
+                Duration::from_secs(300),
+            ) {
+                Ok(csv) => csv,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            match out {
+                Some(path) => std::fs::write(&path, csv)?,
+                None => std::io::stdout().write_all(csv.as_bytes())?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         AudiencesAction::Status {
             at,
             compute_admin,

@@ -153,6 +153,58 @@ pub fn to_csv(members: &[Member], format: &Format) -> String {
     out
 }
 
+/// Where the Profile API service listens by default (`make up`).
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8090";
+
+/// Why [`fetch`] got no CSV.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Http(#[from] corral_telemetry::http_client::HttpClientError),
+    #[error("the Profile API answered {status}: {body}")]
+    Refused { status: u16, body: String },
+}
+
+impl Format {
+    /// The query string of this format for the export route.
+    pub fn query(&self) -> String {
+        match self {
+            Format::Unformatted => "format=unformatted".into(),
+            Format::Indexed => "format=indexed".into(),
+            Format::SingleColumn { id_type, hashed } => format!(
+                "format=single_column&id_type={}&hashed={hashed}",
+                corral_telemetry::http_client::encode_segment(id_type)
+            ),
+        }
+    }
+}
+
+/// Asks the Profile API service at `addr` (`host:port`) for audience `key`'s members of `space`
+/// as CSV (`GET /spaces/{space}/audiences/{key}/export`), with a token of the space.
+pub fn fetch(
+    addr: &str,
+    space: &str,
+    key: &str,
+    format: &Format,
+    token: Option<&str>,
+    timeout: std::time::Duration,
+) -> Result<String, FetchError> {
+    use corral_telemetry::http_client::{encode_segment, get_with};
+    let path = format!(
+        "/spaces/{}/audiences/{}/export?{}",
+        encode_segment(space),
+        encode_segment(key),
+        format.query()
+    );
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let (status, body) = get_with(addr, &path, timeout, auth.as_deref())?;
+    let body = String::from_utf8_lossy(&body).into_owned();
+    if status != 200 {
+        return Err(FetchError::Refused { status, body });
+    }
+    Ok(body)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
