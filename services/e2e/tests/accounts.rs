@@ -203,9 +203,11 @@ fn account_audiences_reach_a_webhook_as_segment_sends_them() {
     // acme may have entered before a1's events were read; it must not be in at the end.
     let acme_in = |rs: &[Received]| {
         rs.iter()
-            .filter(|r| r.body["type"] == "group" && r.body["groupId"] == acme.as_str())
-            .filter(|r| r.body["traits"].get(AT_RISK).is_some())
-            .next_back()
+            .rfind(|r| {
+                r.body["type"] == "group"
+                    && r.body["groupId"] == acme.as_str()
+                    && r.body["traits"].get(AT_RISK).is_some()
+            })
             .is_some_and(|r| r.body["traits"][AT_RISK] == true)
     };
     assert!(!acme_in(&rs), "acme's user logged in");
