@@ -107,6 +107,30 @@ for line in sys.stdin:
           json.dumps(b.get("properties") or b.get("traits"))[:120]))
 ' || echo "  (no delivery yet; see .run/services/fanout.log)"
 
+say "Accounts: group calls put users in accounts; the two example account audiences follow them"
+acme="acme-$run_id"
+post /v1/batch "{\"batch\":[
+  {\"type\":\"group\",\"userId\":\"$user\",\"groupId\":\"$acme\",\"traits\":{\"name\":\"Acme\",\"plan\":\"business\"}},
+  {\"type\":\"group\",\"userId\":\"bo-$run_id\",\"groupId\":\"$acme\",\"traits\":{\"name\":\"Acme\",\"plan\":\"business\"}}
+]}"
+echo "  (acme is a business account; none of its two users logged in or viewed a dashboard)"
+await_record audiences.membership "account:$acme" 30
+show audiences.membership "Account audiences: the account, and each of its users" \
+  '"%-28s %-7s %-28s group=%s" % (v["profile_id"], v["change"], v["audience_key"], [i["id"] for i in v["external_ids"] if i["type"] == "group_id"])'
+post /v1/track "{\"userId\":\"bo-$run_id\",\"event\":\"Logged In\"}"
+echo "  (bo logs in: acme is no longer at risk, for the account and both users)"
+await_record audiences.membership exited 30
+deadline=$((SECONDS + 20))
+until grep -F "$acme" "$webhook_log" 2>/dev/null | grep -q 'Audience Exited' || ((SECONDS > deadline)); do sleep 0.5; done
+grep -F "$acme" "$webhook_log" 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    b = json.loads(line)["body"]
+    print("  %-8s %-16s %s %s" % (b.get("type"), b.get("event", ""),
+          "groupId=%s" % b["groupId"] if "groupId" in b else "userId=%s context.groupId=%s" % (b.get("userId"), b.get("context", {}).get("groupId")),
+          json.dumps(b.get("properties") or b.get("traits"))[:100]))
+' || echo "  (no delivery yet; see .run/services/fanout.log)"
+
 say "The Profile API (corral-profiles on 127.0.0.1:8090; token of space default in .run/profile-api-token)"
 profile_token="$(cat "$root/.run/profile-api-token" 2>/dev/null || true)"
 echo "  token: $profile_token"
