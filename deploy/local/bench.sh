@@ -15,12 +15,15 @@
 # (the five services of `make up` under collector-loadgen: events/s end to end, CPU per 1,000
 # events per service, records written per event; deploy/local/bench-pipeline.sh), and tmpfs: the runtime's and compute's
 # latency again against a second broker whose log lives in /dev/shm (started for the part on
-# port 9292, stopped after), which separates the broker's disk stalls from our own tail.
+# port 9292, stopped after), which separates the broker's disk stalls from our own tail;
+# profiles: corral-profiles over 1,000,000 profiles (PROFILES_BENCH_PROFILES): the Profile API's
+# latency at 1,000 requests/s against the HTTP floor, resident memory, and an audience preview
+# over 1,000,000 events against reading them.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
-parts="${BENCH_ONLY:-baseline runtime security pipeline criterion collector validator identity compute merges fanout tmpfs}"
+parts="${BENCH_ONLY:-baseline runtime security pipeline criterion collector validator identity compute merges fanout profiles tmpfs}"
 out="$root/.run/bench/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"
 log() { echo "bench.sh: $*" >&2; }
@@ -133,6 +136,13 @@ fi
 if want fanout; then
   log "fanout: delivery ceiling, limiter accuracy at 100/s and 500/s over 60 s, latency"
   cargo bench -p corral-fanout --bench delivery 2>&1 | grep -vE '^\s*(Compiling|Finished|Running)' | tee "$out/fanout.txt"
+fi
+
+if want profiles; then
+  log "profiles: the Profile API at 1,000 requests/s over ${PROFILES_BENCH_PROFILES:-1000000} profiles, resident memory, a preview over as many events"
+  cargo build --release -p corral-profiles --bins
+  target/release/profiles-bench --profiles "${PROFILES_BENCH_PROFILES:-1000000}" --rate 1000 --seconds 30 \
+    | tee "$out/profiles.txt"
 fi
 
 if want tmpfs; then
