@@ -23,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine as _;
+use corral_compute::accounts::AccountState;
 use corral_compute::{DefinitionSpec, ProfileState};
 use corral_identity::engine::Profile;
 use corral_identity::view::ProfileRef;
@@ -87,6 +88,8 @@ pub struct Readiness {
     pub graph: Arc<AtomicBool>,
     pub compute: Arc<AtomicBool>,
     pub events: Arc<AtomicBool>,
+    /// Compute's accounts changelog (set from the start when the topic does not exist).
+    pub accounts: Arc<AtomicBool>,
 }
 
 impl Readiness {
@@ -98,6 +101,8 @@ impl Readiness {
             Some("compute's profiles")
         } else if !self.events.load(Ordering::SeqCst) {
             Some("events.resolved")
+        } else if !self.accounts.load(Ordering::SeqCst) {
+            Some("compute's accounts")
         } else {
             None
         }
@@ -122,6 +127,8 @@ pub enum Subject {
     Account {
         group_id: String,
         account: Account,
+        /// Compute's view of the account (its ACCOUNTS results), when it has one.
+        state: Option<AccountState>,
     },
 }
 
@@ -168,6 +175,7 @@ pub fn subject(
             Ok(Subject::Account {
                 group_id: gid.to_string(),
                 account,
+                state: st.store.account_state(space, gid)?,
             })
         }
         other => Err(ApiError::validation(format!(
@@ -340,25 +348,61 @@ pub fn user_traits(
     out
 }
 
-/// An account's traits (from group calls; no computed ones yet).
-pub fn account_traits(a: &Account, class: Class) -> BTreeMap<String, TraitEntry> {
-    if class != Class::All {
-        return BTreeMap::new();
-    }
-    a.traits
-        .iter()
-        .filter(|(_, t)| !t.v.is_null())
-        .map(|(k, t)| {
-            (
+/// An account's traits: those of its group calls, and compute's results for the space's
+/// ACCOUNTS definitions (audiences `true`/`false`, computed traits with a value).
+pub fn account_traits(
+    a: &Account,
+    state: Option<&AccountState>,
+    defs: &BTreeMap<String, DefinitionSpec>,
+    class: Class,
+) -> BTreeMap<String, TraitEntry> {
+    let mut out = BTreeMap::new();
+    if class == Class::All {
+        for (k, t) in a.traits.iter().filter(|(_, t)| !t.v.is_null()) {
+            out.insert(
                 k.clone(),
                 TraitEntry {
                     value: t.v.clone(),
                     updated_ms: Some(t.t),
                     source_id: t.src.clone(),
                 },
-            )
-        })
-        .collect()
+            );
+        }
+    }
+    for (k, d) in defs {
+        if d.kind != DefinitionKind::Accounts {
+            continue;
+        }
+        let result = state
+            .and_then(|s| s.profile.results.get(k))
+            .map(|r| r.v.clone());
+        match d.target {
+            Target::Audience if class != Class::ComputedTrait => {
+                out.insert(
+                    k.clone(),
+                    TraitEntry {
+                        value: Value::Bool(result == Some(Value::Bool(true))),
+                        updated_ms: None,
+                        source_id: None,
+                    },
+                );
+            }
+            Target::ComputedTrait if class != Class::Audience => {
+                if let Some(v) = result.filter(|v| !v.is_null()) {
+                    out.insert(
+                        k.clone(),
+                        TraitEntry {
+                            value: v,
+                            updated_ms: None,
+                            source_id: None,
+                        },
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Filters, pages and shapes traits: `(traits object, next key)`.
@@ -406,7 +450,9 @@ async fn traits(
             let state = st.store.compute_state(&space, &profile.id)?;
             user_traits(state.as_ref(), &st.defs.of(&space), class)
         }
-        Subject::Account { account, .. } => account_traits(&account, class),
+        Subject::Account { account, state, .. } => {
+            account_traits(&account, state.as_ref(), &st.defs.of(&space), class)
+        }
     };
     let (traits, next) = traits_page(
         all,
@@ -451,7 +497,9 @@ fn external_ids_of(st: &ApiState, space: &str, s: &Subject) -> Result<Vec<Value>
             .iter()
             .map(|m| external_id_json(st, space, USERS, &m.id_type, &m.value, m.first_seen_ms))
             .collect(),
-        Subject::Account { group_id, account } => Ok(vec![json!({
+        Subject::Account {
+            group_id, account, ..
+        } => Ok(vec![json!({
             "id": group_id,
             "type": "group_id",
             "source_id": account.meta.first.source_id,

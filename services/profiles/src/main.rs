@@ -163,6 +163,38 @@ fn main() -> anyhow::Result<()> {
         },
     )?);
 
+    // Compute's accounts changelog exists once a compute with account support ran. It is
+    // always followed (from when it appears); readiness waits for it only if it exists now.
+    let accounts_topic = svc
+        .config_for(&args.compute_app)
+        .changelog_topic("accounts");
+    let accounts_exist = corral_runtime::topics::TopicAdmin::connect(svc.bootstrap(), svc.kafka())
+        .and_then(|a| a.partitions(&accounts_topic))
+        .map(|p| p.is_some())
+        .unwrap_or(false);
+    if !accounts_exist {
+        warn!(topic = accounts_topic, "no accounts changelog yet: account profiles show ACCOUNTS results once compute creates it");
+    }
+    let accounts_caught_up = Arc::new(AtomicBool::new(false));
+    let (s, m) = (store.clone(), metrics.clone());
+    threads.push(follow(
+        &svc,
+        &accounts_topic,
+        format!("{app}-accounts-{instance}"),
+        if accounts_exist {
+            ready.accounts.clone()
+        } else {
+            ready.accounts.store(true, Ordering::SeqCst);
+            accounts_caught_up
+        },
+        move |b| {
+            m.applied
+                .with_label_values(&["accounts"])
+                .inc_by(b.len() as u64);
+            s.apply_compute_accounts(b)
+        },
+    )?);
+
     let mut router = api::router(ApiState {
         store: store.clone(),
         defs: defs.clone(),

@@ -1,5 +1,5 @@
 //! `corral_profiles_*` metrics (the registry adds the `corral_` prefix). The one label,
-//! `replica`, is `graph`, `compute` or `events`.
+//! `replica`, is `graph`, `compute`, `accounts` or `events`.
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 

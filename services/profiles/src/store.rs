@@ -5,6 +5,7 @@
 //! | `G` | identity's graph key, as is | identity's value (replica of `identity.graph-changelog`) |
 //! | `R` | space, surviving id, merged-away id | empty: the reverse of identity's aliases |
 //! | `C` | compute's profile id, as is | compute's state (replica of `compute.profiles-changelog`) |
+//! | `S` | space, group id | compute's account state (replica of `compute.accounts-changelog`, its `a/` keys) |
 //! | `E` | space, collection, owner + 8-byte inverted time + message id | the event as the API shows it |
 //! | `M` | space, profile id | first and last message of the profile ([`Meta`]) |
 //! | `F` | space, id type, id value | the first message that carried the external id ([`Seen`]) |
@@ -37,6 +38,7 @@ use serde_json::{json, Map, Value};
 pub const T_GRAPH: u8 = b'G';
 pub const T_REVERSE: u8 = b'R';
 pub const T_COMPUTE: u8 = b'C';
+pub const T_ACCOUNT_STATE: u8 = b'S';
 pub const T_EVENT: u8 = b'E';
 pub const T_META: u8 = b'M';
 pub const T_FIRST: u8 = b'F';
@@ -264,6 +266,40 @@ impl ProfileStore {
             }
         }
         self.write(batch)
+    }
+
+    /// Applies records of compute's accounts changelog: the accounts (`a/{space}\0{group}`);
+    /// the per-user records (`m/...`) are not needed here.
+    pub fn apply_compute_accounts(&self, records: Vec<ChangelogRecord>) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for r in records {
+            let Some(rest) = r.key.strip_prefix(b"a/") else {
+                continue;
+            };
+            let Some((space, group)) = std::str::from_utf8(rest)
+                .ok()
+                .and_then(|t| t.split_once('\0'))
+            else {
+                continue;
+            };
+            let k = key(T_ACCOUNT_STATE, &[space, group]);
+            match &r.value {
+                Some(v) => batch.put(&k, v),
+                None => batch.delete(&k),
+            }
+        }
+        self.write(batch)
+    }
+
+    /// Compute's state of an account (`None`: none, or it does not decode).
+    pub fn account_state(
+        &self,
+        space: &str,
+        gid: &str,
+    ) -> Result<Option<corral_compute::accounts::AccountState>, StoreError> {
+        Ok(self
+            .get(&key(T_ACCOUNT_STATE, &[space, gid]))?
+            .and_then(|b| rmp_serde::from_slice(&b).ok()))
     }
 
     /// Indexes `events.resolved` values (see the module doc); returns how many did not decode
@@ -742,6 +778,31 @@ mod tests {
         assert_eq!(st.accounts_of("s", "p1").unwrap()[0].0, "g1");
         assert_eq!(st.accounts_of("s", "p1").unwrap()[0].1.message_id, "g-late");
         assert_eq!(st.events("s", ACCOUNTS, &["g1".into()]).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn compute_accounts_are_kept_by_space_and_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = ProfileStore::open_fresh(&dir.path().join("db"), 10).unwrap();
+        let acct = corral_compute::accounts::AccountState {
+            group_id: "g1".into(),
+            users: 2,
+            ..Default::default()
+        };
+        let rec = |k: &[u8], v: Option<Vec<u8>>| ChangelogRecord {
+            partition: 0,
+            key: k.to_vec(),
+            value: v,
+        };
+        st.apply_compute_accounts(vec![
+            rec(b"a/s\0g1", Some(rmp_serde::to_vec_named(&acct).unwrap())),
+            rec(b"m/s\0g1\0p1", Some(b"ignored".to_vec())),
+        ])
+        .unwrap();
+        assert_eq!(st.account_state("s", "g1").unwrap().unwrap().users, 2);
+        st.apply_compute_accounts(vec![rec(b"a/s\0g1", None)])
+            .unwrap();
+        assert_eq!(st.account_state("s", "g1").unwrap(), None);
     }
 
     #[test]

@@ -23,7 +23,7 @@ fn profile_api_answers_as_segment_documents() {
     let token = stack.token(SPACE, "e2e");
     let other = stack.token("other-space", "e2e-other");
     stack.apply_definitions(
-        "audiences:\n  - key: high_value_user\n    query: event('Order Completed').count() >= 2\n  - key: window_shopper\n    query: event('Product Viewed').count() >= 1 AND event('Order Completed').count() = 0\ncomputed_traits:\n  - key: orders_count\n    query: event('Order Completed').count()\n",
+        "audiences:\n  - key: high_value_user\n    query: event('Order Completed').count() >= 2\n  - key: window_shopper\n    query: event('Product Viewed').count() >= 1 AND event('Order Completed').count() = 0\n  - key: buying_accounts\n    type: accounts\n    query: ANY event('Order Completed').count() >= 1\n  - key: enterprise_accounts\n    type: accounts\n    query: trait('plan') = 'enterprise'\ncomputed_traits:\n  - key: orders_count\n    query: event('Order Completed').count()\n",
     );
     let t0 = corral_ops::now_ms() - 3_600_000;
     let mut identify = message(MessageType::Identify, "m-alex-identify", "u-alex", t0);
@@ -276,9 +276,19 @@ fn profile_api_answers_as_segment_documents() {
         .unwrap()
         .iter()
         .any(|i| i["id"] == "alex@segment.com"));
+    // An account's traits: its group calls', and compute's ACCOUNTS audiences.
+    let acme_traits = until(
+        WAIT,
+        || get(&format!("{acme}/traits")),
+        |a| a.status == 200 && a.json()["traits"]["buying_accounts"] == json!(true),
+    );
     assert_eq!(
-        get(&format!("{acme}/traits")).json()["traits"],
-        json!({"name": "Acme", "plan": "enterprise"})
+        acme_traits.json()["traits"],
+        json!({"name": "Acme", "plan": "enterprise", "buying_accounts": true, "enterprise_accounts": true})
+    );
+    assert_eq!(
+        get(&format!("{acme}/traits?class=audience")).json()["traits"],
+        json!({"buying_accounts": true, "enterprise_accounts": true})
     );
     assert_eq!(
         get(&format!("{acme}/events")).json()["data"][0]["message_id"],
