@@ -128,7 +128,7 @@ pub enum Subject {
         group_id: String,
         account: Account,
         /// Compute's view of the account (its ACCOUNTS results), when it has one.
-        state: Option<AccountState>,
+        state: Option<Box<AccountState>>,
     },
 }
 
@@ -175,7 +175,7 @@ pub fn subject(
             Ok(Subject::Account {
                 group_id: gid.to_string(),
                 account,
-                state: st.store.account_state(space, gid)?,
+                state: st.store.account_state(space, gid)?.map(Box::new),
             })
         }
         other => Err(ApiError::validation(format!(
@@ -451,7 +451,7 @@ async fn traits(
             user_traits(state.as_ref(), &st.defs.of(&space), class)
         }
         Subject::Account { account, state, .. } => {
-            account_traits(&account, state.as_ref(), &st.defs.of(&space), class)
+            account_traits(&account, state.as_deref(), &st.defs.of(&space), class)
         }
     };
     let (traits, next) = traits_page(
