@@ -2,15 +2,24 @@
 //!
 //! `events.valid` -> `events.resolved` (key: profile id) and `profiles.merges` (key: the merged-away
 //! profile id). The protocol across partitions (`docs/identity.md`): a stateless **router** re-keys
-//! every event by space onto `identity.events-by-space`; a **coordinator** per partition of that
-//! topic is the single writer of the identity graph of the spaces hashed to it, and emits the
-//! resolved events and merges. Both are exactly-once runtimes in one process.
+//! every event by its highest-priority identifier onto `identity.events-by-id`; a **stitcher** per
+//! partition of that topic resolves events whose identifiers are all already linked to one profile
+//! (the common case, spread over every partition) and sends the rest, keyed by space, to
+//! `identity.events-by-space`; a **coordinator** per partition of that topic is the single writer
+//! of the identity graph of the spaces hashed to it, emits the resolved events and merges, and
+//! sends the stitchers fresh links. All three are exactly-once runtimes in one process.
+//!
+//! Guarantees: an identifier belongs to one profile at a time; a profile id resolves forever
+//! (retired ids alias their survivor); the same input gives the same grouping and the same ids
+//! whatever the order, instances and partitions; every event is resolved exactly once, to the
+//! profile its identifiers belonged to at the coordinator's last change of them that its stitcher
+//! had read, which is the live profile or one merged into it (see [`stitch`]).
 //!
 //! The domain is pure and tested without Kafka: [`ids`] (external-id extraction), [`rules`]
 //! (blocked values, limits, priorities, caps, merge protection), [`engine`] (flat matching,
-//! deterministic profile ids). [`store`] maps the graph onto a runtime store, [`processor`] is
-//! the runtime glue, [`view`] answers Profile API reads ([`client`] asks them), [`kafka`] holds
-//! the Kafka edges.
+//! deterministic profile ids), [`stitch`] (routing and link lookups). [`store`] maps the graph onto
+//! a runtime store, [`processor`] is the runtime glue, [`view`] answers Profile API reads
+//! ([`client`] asks them), [`kafka`] holds the Kafka edges.
 
 /// The query interface's client and answer types, shared with `corralctl`.
 pub use corral_ops::query::identity as client;
@@ -20,6 +29,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod processor;
 pub mod rules;
+pub mod stitch;
 pub mod store;
 pub mod view;
 

@@ -13,6 +13,10 @@ pub struct Metrics {
     pub caps: IntCounterVec,
     pub routed: IntCounter,
     pub definition_errors: IntCounter,
+    /// Stitcher lookups by result: `hit` (resolved from a link), `miss` (sent to the coordinator).
+    pub lookups: IntCounterVec,
+    /// Link updates the coordinator sent to the stitchers, by kind (`link`, `unlink`).
+    pub links: IntCounterVec,
 }
 
 const KNOWN_TYPES: &[&str] = &[
@@ -82,7 +86,21 @@ impl Metrics {
         )?;
         let routed = IntCounter::new(
             "identity_routed_total",
-            "Events the router re-keyed by space onto the coordinator topic.",
+            "Events the router re-keyed by their highest-priority identifier onto the stitcher topic.",
+        )?;
+        let lookups = IntCounterVec::new(
+            Opts::new(
+                "identity_lookups_total",
+                "Stitcher lookups: hit = resolved from a link, miss = sent to the space's coordinator.",
+            ),
+            &["result"],
+        )?;
+        let links = IntCounterVec::new(
+            Opts::new(
+                "identity_links_total",
+                "Link updates the coordinator sent to the stitchers (link, or unlink for profiles too large to link).",
+            ),
+            &["kind"],
         )?;
         let definition_errors = IntCounter::new(
             "identity_definition_errors_total",
@@ -98,6 +116,8 @@ impl Metrics {
             Box::new(caps.clone()),
             Box::new(routed.clone()),
             Box::new(definition_errors.clone()),
+            Box::new(lookups.clone()),
+            Box::new(links.clone()),
         ] {
             registry.register(c)?;
         }
@@ -111,6 +131,8 @@ impl Metrics {
             caps,
             routed,
             definition_errors,
+            lookups,
+            links,
         })
     }
 

@@ -1,10 +1,15 @@
-//! The two processors of the service, each on its own exactly-once runtime:
+//! The three processors of the service, each on its own exactly-once runtime:
 //!
 //! - [`RouterProcessor`] (application `identity-router`): `events.valid` (key: messageId) ->
-//!   `identity.events-by-space` (key: space id, value unchanged). Stateless.
+//!   `identity.events-by-id` (key: the event's highest-priority identifier, value unchanged).
+//!   Stateless.
+//! - [`StitcherProcessor`] (application `identity-stitcher`): `identity.events-by-id` -> the
+//!   `links` store, and for each event either `events.resolved` (every identifier already linked to
+//!   one profile: a hit) or `identity.events-by-space` (key: space id) for the coordinator.
 //! - [`CoordinatorProcessor`] (application `identity`): `identity.events-by-space` -> the graph
-//!   store, `events.resolved` (key: profile id), `profiles.merges` (key: the merged-away id). The
-//!   single writer of the graph of every space hashed to its partition.
+//!   store, `events.resolved` (key: profile id), `profiles.merges` (key: the merged-away id), and
+//!   link updates back to `identity.events-by-id`. The single writer of the graph of every space
+//!   hashed to its partition.
 
 use std::sync::Arc;
 
@@ -15,10 +20,14 @@ use corral_runtime::cli::names;
 use corral_runtime::{InputRecord, Output, ProcessContext, ProcessError, Processor};
 
 use crate::engine::{resolve, Cap, MergeKind, Outcome, Resolution};
-use crate::ids::extract;
+use crate::ids::{extract, Extracted};
 use crate::metrics::{type_label, Metrics};
 use crate::rules::RulesStore;
+use crate::stitch::{self, StitchInput};
 use crate::store::CtxGraph;
+
+/// The stitcher's store: identifier -> [`stitch::Link`].
+pub const LINKS: corral_runtime::Store = corral_runtime::Store::named("links");
 
 fn decode(record: &InputRecord<'_>) -> Result<ValidEvent, ProcessError> {
     let value = record
@@ -28,12 +37,13 @@ fn decode(record: &InputRecord<'_>) -> Result<ValidEvent, ProcessError> {
 }
 
 pub struct RouterProcessor {
+    rules: Arc<RulesStore>,
     metrics: Arc<Metrics>,
 }
 
 impl RouterProcessor {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        RouterProcessor { metrics }
+    pub fn new(rules: Arc<RulesStore>, metrics: Arc<Metrics>) -> Self {
+        RouterProcessor { rules, metrics }
     }
 }
 
@@ -44,23 +54,121 @@ impl Processor for RouterProcessor {
         record: &InputRecord<'_>,
     ) -> Result<(), ProcessError> {
         // Decoding here sends unusable records to the dead-letter topic before they reach a
-        // coordinator, and reads the space id to route by.
+        // stitcher, and reads the identifiers to route by.
         let ev = decode(record).inspect_err(|_| {
             self.metrics
                 .events
                 .with_label_values(&["dead_letter"])
                 .inc();
         })?;
-        // Keyed by space: the murmur2 partitioner picks the bucket, the same one every time.
-        let topic = ctx.topic(names::BY_SPACE);
+        let msg = &ev.message;
+        let rules = self.rules.for_space(&msg.space_id);
+        let extracted = extract(msg, &rules);
+        // Keyed by identifier, so one space's events spread over every partition; an event
+        // without identifiers goes straight to the coordinator, which dead-letters it.
+        let (topic, key) = match stitch::routing_ident(&rules, &extracted.ids) {
+            Some(id) => (ctx.topic(names::BY_ID), stitch::link_key(&msg.space_id, id)),
+            None => (
+                ctx.topic(names::BY_SPACE),
+                msg.space_id.clone().into_bytes(),
+            ),
+        };
         ctx.emit_to(Output {
             topic,
-            key: Some(ev.message.space_id.into_bytes()),
+            key: Some(key),
             value: record.value.map(<[u8]>::to_vec),
             partition: None,
         });
         self.metrics.routed.inc();
         Ok(())
+    }
+}
+
+pub struct StitcherProcessor {
+    rules: Arc<RulesStore>,
+    metrics: Arc<Metrics>,
+}
+
+impl StitcherProcessor {
+    pub fn new(rules: Arc<RulesStore>, metrics: Arc<Metrics>) -> Self {
+        StitcherProcessor { rules, metrics }
+    }
+}
+
+impl Processor for StitcherProcessor {
+    fn process(
+        &mut self,
+        ctx: &mut ProcessContext<'_>,
+        record: &InputRecord<'_>,
+    ) -> Result<(), ProcessError> {
+        let value = record
+            .value
+            .ok_or_else(|| ProcessError::bad_input("missing_value", "record has no value"))?;
+        let input =
+            stitch::classify(value).map_err(|e| ProcessError::bad_input("undecodable_link", e))?;
+        let StitchInput::Event(_) = input else {
+            let key = record
+                .key
+                .ok_or_else(|| ProcessError::bad_input("missing_key", "link record has no key"))?
+                .to_vec();
+            match input {
+                StitchInput::Link(Some(link)) => ctx.put(LINKS, key, stitch::encode_link(&link)),
+                _ => ctx.delete(LINKS, key),
+            }
+            return Ok(());
+        };
+        let ev = decode(record).inspect_err(|_| {
+            self.metrics
+                .events
+                .with_label_values(&["dead_letter"])
+                .inc();
+        })?;
+        let rules = self.rules.for_space(&ev.message.space_id);
+        let extracted = extract(&ev.message, &rules);
+        let link = match stitch::routing_ident(&rules, &extracted.ids) {
+            Some(id) => ctx
+                .get(LINKS, &stitch::link_key(&ev.message.space_id, id))?
+                .map(|b| stitch::decode_link(&b).map_err(ProcessError::Fatal))
+                .transpose()?,
+            None => None,
+        };
+        match link {
+            Some(link) if stitch::hit(&link, &extracted.ids) => {
+                self.metrics.lookups.with_label_values(&["hit"]).inc();
+                self.metrics.events.with_label_values(&["matched"]).inc();
+                count_blocked(&self.metrics, &extracted);
+                let now = event_time(&ev.message, record);
+                let mut external_ids: Vec<ExternalId> =
+                    link.ids.iter().map(|i| i.to_external()).collect();
+                external_ids.extend(extracted.accounts);
+                let out = ResolvedEvent {
+                    message: ev.message,
+                    profile_id: link.profile_id.clone(),
+                    external_ids,
+                    resolved_at_ms: now,
+                };
+                ctx.emit_record(link.profile_id.into_bytes(), &out)?;
+            }
+            _ => {
+                self.metrics.lookups.with_label_values(&["miss"]).inc();
+                ctx.emit_to(Output {
+                    topic: ctx.topic(names::BY_SPACE),
+                    key: Some(ev.message.space_id.into_bytes()),
+                    value: Some(value.to_vec()),
+                    partition: None,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn count_blocked(metrics: &Metrics, extracted: &Extracted) {
+    for b in &extracted.blocked {
+        metrics
+            .blocked_values
+            .with_label_values(&[type_label(&b.id_type)])
+            .inc();
     }
 }
 
@@ -106,12 +214,7 @@ impl Processor for CoordinatorProcessor {
         let rules = self.rules.for_space(&space);
         let now = event_time(&msg, record);
         let extracted = extract(&msg, &rules);
-        for b in &extracted.blocked {
-            self.metrics
-                .blocked_values
-                .with_label_values(&[type_label(&b.id_type)])
-                .inc();
-        }
+        count_blocked(&self.metrics, &extracted);
         let mut graph = CtxGraph { ctx };
         let Some(res) = resolve(&mut graph, &rules, &space, &extracted.ids, now)? else {
             self.metrics
@@ -139,6 +242,28 @@ impl Processor for CoordinatorProcessor {
             };
             // Keyed by the merged-away id: compute moves that profile's state from its partition.
             ctx.emit_record(step.from.as_bytes(), &merge)?;
+        }
+        // Fresh links for the profile this event touched (also when it only matched: the event
+        // missed, so its stitcher lacked the link or had an older one).
+        let by_id = ctx.topic(names::BY_ID);
+        let links =
+            stitch::links_after(&space, &res.profile, &extracted.ids, !res.merges.is_empty());
+        let kind = if res.profile.identifiers.len() > stitch::LINK_MAX_IDS {
+            "unlink"
+        } else {
+            "link"
+        };
+        self.metrics
+            .links
+            .with_label_values(&[kind])
+            .inc_by(links.len() as u64);
+        for (key, value) in links {
+            ctx.emit_to(Output {
+                topic: by_id.clone(),
+                key: Some(key),
+                value: Some(value),
+                partition: None,
+            });
         }
         let mut external_ids: Vec<ExternalId> =
             res.profile.idents().map(|i| i.to_external()).collect();

@@ -31,6 +31,9 @@ pub mod names {
     pub const DLQ: &str = "events.dlq";
     /// Identity's router output: valid events keyed by space.
     pub const BY_SPACE: &str = "identity.events-by-space";
+    /// Identity's stitcher input: valid events keyed by their highest-priority identifier, and the
+    /// coordinator's links (identifier -> profile) under the same keys.
+    pub const BY_ID: &str = "identity.events-by-id";
     /// Compute's merge hand-over: merged-away state sent to the survivor's partition.
     pub const MERGE_STATE: &str = "compute.merge-state";
     /// Fanout's replay input (co-partitioned with `audiences.membership`).
@@ -203,6 +206,8 @@ pub struct TopicArgs {
     pub definitions_topic: Option<String>,
     #[arg(long, env = "CORRAL_TOPIC_IDENTITY_BY_SPACE", value_name = "TOPIC")]
     pub by_space_topic: Option<String>,
+    #[arg(long, env = "CORRAL_TOPIC_IDENTITY_BY_ID", value_name = "TOPIC")]
+    pub by_id_topic: Option<String>,
     #[arg(long, env = "CORRAL_TOPIC_RESOLVED", value_name = "TOPIC")]
     pub resolved_topic: Option<String>,
     #[arg(long, env = "CORRAL_TOPIC_MERGES", value_name = "TOPIC")]
@@ -238,6 +243,7 @@ impl TopicArgs {
             (names::DLQ, &self.dlq_topic),
             (names::DEFINITIONS, &self.definitions_topic),
             (names::BY_SPACE, &self.by_space_topic),
+            (names::BY_ID, &self.by_id_topic),
             ("events.resolved", &self.resolved_topic),
             ("profiles.merges", &self.merges_topic),
             (names::MERGE_STATE, &self.merge_state_topic),
