@@ -309,3 +309,91 @@ fn undecodable_and_identifier_less_messages_go_to_the_dead_letter_topic() {
     );
     svc.terminate();
 }
+
+/// Sums the samples of `name` whose labels contain `label` (e.g. `result="hit"`).
+fn counter(metrics: &str, name: &str, label: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// One space, two instances: the space's events are spread over every partition of the stitcher
+/// topic (no longer all on the space's one coordinator partition), lookups resolve part of them
+/// there, and the result is what one coordinator gives.
+#[test]
+fn one_space_is_resolved_on_every_partition() {
+    let n = 12_000;
+    let events = generate(n, 1, 0.05, 11);
+    let rules = Rules::default();
+    let mut g = MemGraph::default();
+    for e in &events {
+        let ids = extract(&e.message, &rules).ids;
+        g.resolve(&rules, &e.message.space_id, &ids, 0).unwrap();
+    }
+    let expected = g.mappings.clone();
+    let input = format!("{}.events.valid", unique("identity-spread-in"));
+    create_topic(&input, PARTITIONS, CleanupPolicy::Delete);
+    let run = Run::new("id-spread");
+    let admins: Vec<String> = (0..2)
+        .map(|_| format!("127.0.0.1:{}", corral_tests::http::free_port()))
+        .collect();
+    let services: Vec<Service> = admins
+        .iter()
+        .enumerate()
+        .map(|(i, a)| run.spawn(&input, i as u32, &[("CORRAL_ADMIN_ADDR", a.clone())]))
+        .collect();
+    produce(
+        &input,
+        events.iter().map(|e| {
+            (
+                e.message.message_id.clone().into_bytes(),
+                e.encode().unwrap(),
+            )
+        }),
+    );
+    run.check(&events, &expected);
+
+    let mut per_partition = [0usize; PARTITIONS as usize];
+    for r in read_committed(
+        &format!("{}identity.events-by-id", run.prefix),
+        n,
+        Duration::from_secs(60),
+    ) {
+        // Events are Avro single-object encoded; the rest are the coordinator's links.
+        if r.value
+            .as_deref()
+            .is_some_and(|v| v.starts_with(&[0xC3, 0x01]))
+        {
+            per_partition[r.partition as usize] += 1;
+        }
+    }
+    assert_eq!(per_partition.iter().sum::<usize>(), n, "{per_partition:?}");
+    for (p, count) in per_partition.iter().enumerate() {
+        assert!(
+            *count > n / PARTITIONS as usize / 3,
+            "partition {p} resolved {count} of the space's {n} events: {per_partition:?}"
+        );
+    }
+    let text: String = admins
+        .iter()
+        .map(|a| corral_tests::http::metrics_text(a))
+        .collect();
+    let hits = counter(&text, "corral_identity_lookups_total", "result=\"hit\"");
+    let misses = counter(&text, "corral_identity_lookups_total", "result=\"miss\"");
+    eprintln!(
+        "one space: events per stitcher partition {per_partition:?}, hits {hits}, misses {misses}"
+    );
+    assert!(
+        hits > 0.0,
+        "some lookups hit ({hits} hits, {misses} misses)"
+    );
+    assert!(
+        hits + misses >= n as f64,
+        "every event looked up once at least"
+    );
+    for s in services {
+        s.terminate();
+    }
+}
