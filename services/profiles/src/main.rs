@@ -62,9 +62,15 @@ fn follow(
     let shutdown = svc.shutdown_flag();
     let stop = shutdown.clone();
     let t = topic.to_string();
+    // librdkafka prefetches up to 64 MiB per reader by default; four readers would hold a
+    // quarter of a GiB for nothing while RocksDB is the bottleneck (unless set with --kafka).
+    let mut kafka = svc.kafka().clone();
+    kafka
+        .entry("queued.max.messages.kbytes".into())
+        .or_insert_with(|| "8192".into());
     Ok(follow_topic(
         svc.bootstrap(),
-        svc.kafka(),
+        &kafka,
         topic,
         &group,
         caught_up,

@@ -73,7 +73,6 @@ pub struct Folder<'a> {
     store: &'a ProfileStore,
     now_ms: i64,
     states: HashMap<String, ProfileState>,
-    live: HashMap<String, String>,
 }
 
 impl<'a> Folder<'a> {
@@ -107,22 +106,13 @@ impl<'a> Folder<'a> {
             store,
             now_ms,
             states: HashMap::new(),
-            live: HashMap::new(),
         })
     }
 
-    /// The profile `pid` belongs to now.
+    /// The profile `pid` belongs to now (not cached: an alias lookup is a bloom-filter miss
+    /// for most ids, cheaper than holding a map of every id for the whole preview).
     fn live_id(&mut self, pid: &str) -> Result<String, PreviewError> {
-        if let Some(l) = self.live.get(pid) {
-            return Ok(l.clone());
-        }
-        let live = self
-            .store
-            .profile(&self.space, pid)?
-            .map(|p| p.id)
-            .unwrap_or_else(|| pid.to_string());
-        self.live.insert(pid.to_string(), live.clone());
-        Ok(live)
+        Ok(self.store.live_id(&self.space, pid)?)
     }
 
     fn state(&mut self, pid: &str) -> Result<&mut ProfileState, PreviewError> {

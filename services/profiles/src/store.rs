@@ -481,6 +481,22 @@ impl ProfileStore {
         Ok(None)
     }
 
+    /// The id `pid` forwards to through identity's aliases (itself when it was never merged
+    /// away), without reading the profile: one lookup per hop, usually a bloom-filter miss.
+    pub fn live_id(&self, space: &str, pid: &str) -> Result<String, StoreError> {
+        let mut cur = pid.to_string();
+        for _ in 0..10_000 {
+            match self
+                .graph(&alias_key(space, &cur))?
+                .and_then(|b| String::from_utf8(b).ok())
+            {
+                Some(next) => cur = next,
+                None => break,
+            }
+        }
+        Ok(cur)
+    }
+
     /// The live profile of an external id.
     pub fn profile_of(&self, space: &str, ident: &Ident) -> Result<Option<Profile>, StoreError> {
         match self
@@ -831,6 +847,8 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(st.profile("s", "a").unwrap().unwrap().id, "c");
+        assert_eq!(st.live_id("s", "a").unwrap(), "c");
+        assert_eq!(st.live_id("s", "c").unwrap(), "c");
         assert_eq!(
             st.profile_of("s", &Ident::new("user_id", "u"))
                 .unwrap()
