@@ -103,7 +103,13 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Receiver::start_on(0)
+    }
+
+    /// [`Receiver::start`] on a given port of 127.0.0.1 (0: any free one).
+    pub fn start_on(port: u16) -> Receiver {
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("binding the receiver on 127.0.0.1:{port}: {e}"));
         let port = listener.local_addr().unwrap().port();
         let r = Receiver {
             port,
