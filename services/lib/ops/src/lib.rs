@@ -10,6 +10,7 @@
 //! - [`destination`], [`destinations`]: fanout's destination specs, `destinations apply` and
 //!   `replay deliveries`;
 //! - [`export`]: an audience's members as CSV in Segment's three layouts;
+//! - [`privacy`]: regulations (`corralctl privacy`): suppress, delete, unsuppress, status;
 //! - [`sources`]: sources and their hashed write keys (`sources apply|list|delete`);
 //! - [`query`]: clients of identity's and compute's query interfaces, with their wire types;
 //! - [`tokens`]: the tokens those interfaces require (`tokens create|list|delete`).
@@ -25,6 +26,7 @@ pub mod destination;
 pub mod destinations;
 pub mod export;
 pub mod plans;
+pub mod privacy;
 pub mod query;
 pub mod sources;
 pub mod tokens;

@@ -1,0 +1,498 @@
+//! Privacy regulations (`corralctl privacy`): requests to suppress, delete, suppress-with-delete or
+//! unsuppress the data of a person, named by one or more identifiers (`user_id:ada`,
+//! `email:ada@example.com`, `anonymous_id:...`) of one space, after Segment's regulations.
+//!
+//! A regulation is a record of the compacted `definitions` topic (kind [`KIND`], key
+//! `{space}/regulation/{id}`), so every service that follows definitions sees it; a regulation
+//! is never changed after it was written, and an unsuppress is a new regulation, not the deletion
+//! of the suppress (the history of requests stays auditable).
+//!
+//! What is pure here (unit-tested): the record's body ([`Regulation`]), parsing `TYPE:VALUE`
+//! ([`Subject`]), the identifiers a Segment message carries ([`subjects_of`]) and the set of
+//! identifiers suppressed in a space at the end of a sequence of regulations ([`Suppressions`]):
+//! regulations apply in the order they were created (ties: by id), so an unsuppress undoes the
+//! suppressions created before it and a later suppress is in force again.
+//!
+//! The edges are [`create`], [`list`] and [`status`] (reads and writes of the definitions topic).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::str::FromStr;
+
+use corral_codec::{Definition, SegmentMessage};
+use corral_runtime::definitions::{apply_versioned, read_all, Applied, Desired, READ_TIMEOUT};
+use corral_runtime::RuntimeError;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+/// The definition kind of a regulation.
+pub const KIND: &str = "regulation";
+
+/// What a regulation asks for (Segment's regulation types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegulationType {
+    /// Drop the person's new events at ingest.
+    Suppress,
+    /// Delete what Corral holds about the person.
+    Delete,
+    /// Both.
+    SuppressWithDelete,
+    /// Stop dropping the person's events (undoes earlier suppressions of the same identifiers).
+    Unsuppress,
+}
+
+impl RegulationType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegulationType::Suppress => "suppress",
+            RegulationType::Delete => "delete",
+            RegulationType::SuppressWithDelete => "suppress_with_delete",
+            RegulationType::Unsuppress => "unsuppress",
+        }
+    }
+
+    /// Whether events of the identifiers are dropped from now on.
+    pub fn suppresses(self) -> bool {
+        matches!(
+            self,
+            RegulationType::Suppress | RegulationType::SuppressWithDelete
+        )
+    }
+
+    /// Whether stored data of the identifiers is to be deleted.
+    pub fn deletes(self) -> bool {
+        matches!(
+            self,
+            RegulationType::Delete | RegulationType::SuppressWithDelete
+        )
+    }
+}
+
+/// One identifier a regulation names: an id type of the `users` collection and a value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Subject {
+    #[serde(rename = "type")]
+    pub id_type: String,
+    pub value: String,
+}
+
+impl Subject {
+    pub fn new(id_type: impl Into<String>, value: impl Into<String>) -> Subject {
+        Subject {
+            id_type: id_type.into(),
+            value: value.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.id_type, self.value)
+    }
+}
+
+impl FromStr for Subject {
+    type Err = String;
+
+    /// `TYPE:VALUE`; the type is letters, digits and `_` (`user_id`, `email`, a custom id type),
+    /// the value anything non-empty (it may contain `:`).
+    fn from_str(s: &str) -> Result<Subject, String> {
+        let Some((t, v)) = s.split_once(':') else {
+            return Err(format!(
+                "identifier {s:?} is not TYPE:VALUE (for example user_id:ada or email:ada@example.com)"
+            ));
+        };
+        if t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!(
+                "identifier type {t:?} must be letters, digits and _ (user_id, anonymous_id, email, ...)"
+            ));
+        }
+        if v.is_empty() {
+            return Err(format!("identifier {s:?} has an empty value"));
+        }
+        Ok(Subject::new(t, v))
+    }
+}
+
+/// The body of a regulation record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Regulation {
+    #[serde(rename = "type")]
+    pub regulation_type: RegulationType,
+    pub subjects: Vec<Subject>,
+    /// When the request was made (epoch ms); orders regulations.
+    pub created_at_ms: i64,
+}
+
+impl Regulation {
+    pub fn to_json(&self) -> Json {
+        serde_json::to_value(self).unwrap_or(Json::Null)
+    }
+}
+
+/// The regulation in a definition; `None` when the definition is of another kind.
+pub fn regulation_of(def: &Definition) -> Option<Result<Regulation, String>> {
+    (def.kind == KIND).then(|| {
+        serde_json::from_value(def.body.clone())
+            .map_err(|e| format!("regulation {}/{}: {e}", def.space_id, def.key))
+    })
+}
+
+/// Whether a definitions key names a regulation (`{space}/regulation/{id}`).
+pub fn is_regulation_key(key: &str) -> bool {
+    key.split('/').nth(1) == Some(KIND)
+}
+
+/// The identifiers of a message that a suppression can name: `user_id`, `anonymous_id`, and
+/// `email` from `traits` or `context.traits` (where Segment's clients put it).
+pub fn subjects_of(msg: &SegmentMessage) -> Vec<Subject> {
+    let mut out = Vec::with_capacity(3);
+    if let Some(u) = msg.user_id.as_deref().filter(|s| !s.is_empty()) {
+        out.push(Subject::new("user_id", u));
+    }
+    if let Some(a) = msg.anonymous_id.as_deref().filter(|s| !s.is_empty()) {
+        out.push(Subject::new("anonymous_id", a));
+    }
+    let emails = [
+        msg.traits.as_ref().and_then(|t| t.get("email")),
+        msg.context
+            .as_ref()
+            .and_then(|c| c.get("traits"))
+            .and_then(|t| t.get("email")),
+    ];
+    for e in emails.into_iter().flatten() {
+        if let Some(e) = e.as_str().filter(|s| !s.is_empty()) {
+            let s = Subject::new("email", e);
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
+/// The regulations read so far and the identifiers suppressed per space at their end.
+#[derive(Debug, Default, Clone)]
+pub struct Suppressions {
+    /// By definitions key: (space, regulation).
+    regulations: BTreeMap<String, (String, Regulation)>,
+    /// Space -> identifiers whose events are dropped.
+    active: HashMap<String, HashSet<Subject>>,
+}
+
+impl Suppressions {
+    /// A regulation was written (or rewritten) under `key`.
+    pub fn upsert(&mut self, key: &str, space: &str, regulation: Regulation) {
+        self.regulations
+            .insert(key.to_string(), (space.to_string(), regulation));
+        self.recompute();
+    }
+
+    /// The record under `key` was deleted (or became unreadable).
+    pub fn remove(&mut self, key: &str) {
+        if self.regulations.remove(key).is_some() {
+            self.recompute();
+        }
+    }
+
+    fn recompute(&mut self) {
+        let mut ordered: Vec<(&String, &(String, Regulation))> = self.regulations.iter().collect();
+        ordered.sort_by_key(|(k, (_, r))| (r.created_at_ms, k.as_str()));
+        let mut active: HashMap<String, HashSet<Subject>> = HashMap::new();
+        for (_, (space, r)) in ordered {
+            let set = active.entry(space.clone()).or_default();
+            if r.regulation_type.suppresses() {
+                set.extend(r.subjects.iter().cloned());
+            } else if r.regulation_type == RegulationType::Unsuppress {
+                for s in &r.subjects {
+                    set.remove(s);
+                }
+            }
+        }
+        active.retain(|_, s| !s.is_empty());
+        self.active = active;
+    }
+
+    /// Identifiers suppressed in force, over every space.
+    pub fn len(&self) -> usize {
+        self.active.values().map(HashSet::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.active.is_empty()
+    }
+
+    /// Whether any of `subjects` is suppressed in `space`.
+    pub fn suppressed(&self, space: &str, subjects: &[Subject]) -> bool {
+        self.active
+            .get(space)
+            .is_some_and(|set| subjects.iter().any(|s| set.contains(s)))
+    }
+
+    /// Whether `msg` of `space` is to be dropped.
+    pub fn drops(&self, space: &str, msg: &SegmentMessage) -> bool {
+        !self.active.is_empty() && self.suppressed(space, &subjects_of(msg))
+    }
+}
+
+/// One regulation as `corralctl privacy list|status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Listed {
+    pub space_id: String,
+    pub id: String,
+    #[serde(flatten)]
+    pub regulation: Regulation,
+    /// `finished` or `pending`, see [`status_of`].
+    pub status: String,
+    /// What is finished and what is not, in words.
+    pub detail: String,
+}
+
+/// The status of a regulation as far as Corral can vouch for it.
+///
+/// A suppression or unsuppression is `finished` once its record is in the definitions topic:
+/// every collector that follows the topic applies it within its follow lag (about a second) and
+/// a collector that starts reads it before it turns ready. A deletion stays `pending`: erasing the
+/// person's stored state (identity graph, compute state, outbox, retained history) is not
+/// implemented yet (docs/privacy.md says exactly what is missing).
+pub fn status_of(r: &Regulation) -> (&'static str, String) {
+    let mut done = Vec::new();
+    let mut left = Vec::new();
+    if r.regulation_type.suppresses() {
+        done.push("new events dropped at the collector");
+    }
+    if r.regulation_type == RegulationType::Unsuppress {
+        done.push("events accepted again at the collector");
+    }
+    if r.regulation_type.deletes() {
+        left.push("deletion of stored data is not implemented");
+    }
+    let status = if left.is_empty() {
+        "finished"
+    } else {
+        "pending"
+    };
+    let detail = done
+        .iter()
+        .map(|d| format!("done: {d}"))
+        .chain(left.iter().map(|l| format!("not done: {l}")))
+        .collect::<Vec<_>>()
+        .join("; ");
+    (status, detail)
+}
+
+/// A fresh regulation id (`reg-` and 16 hex digits from the OS's generator).
+pub fn new_id() -> String {
+    let bytes: [u8; 8] = rand::random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("reg-{hex}")
+}
+
+/// Writes a new regulation `id` of `space`.
+pub fn create(
+    bootstrap: &str,
+    kafka: &BTreeMap<String, String>,
+    topic: &str,
+    space: &str,
+    id: &str,
+    regulation: &Regulation,
+    updated_by: Option<&str>,
+) -> Result<Applied, RuntimeError> {
+    if regulation.subjects.is_empty() {
+        return Err(RuntimeError::Processor(
+            "a regulation names at least one identifier (TYPE:VALUE)".into(),
+        ));
+    }
+    let desired = Desired {
+        space_id: space.to_string(),
+        kind: KIND.to_string(),
+        key: id.to_string(),
+        name: None,
+        body: regulation.to_json(),
+    };
+    let mut applied = apply_versioned(
+        bootstrap,
+        kafka,
+        topic,
+        std::slice::from_ref(&desired),
+        updated_by,
+        |_| Ok::<_, RuntimeError>(()),
+    )?;
+    applied
+        .pop()
+        .ok_or_else(|| RuntimeError::Processor("nothing was applied".into()))
+}
+
+/// Every regulation, of `space` or of every space, oldest first, with its status.
+pub fn list(
+    bootstrap: &str,
+    kafka: &BTreeMap<String, String>,
+    topic: &str,
+    space: Option<&str>,
+) -> Result<Vec<Listed>, RuntimeError> {
+    let mut out: Vec<Listed> = read_all(bootstrap, kafka, topic, READ_TIMEOUT)?
+        .into_values()
+        .filter(|d| space.is_none_or(|s| d.space_id == s))
+        .filter_map(|d| match regulation_of(&d)? {
+            Ok(regulation) => {
+                let (status, detail) = status_of(&regulation);
+                Some(Listed {
+                    space_id: d.space_id,
+                    id: d.key,
+                    regulation,
+                    status: status.into(),
+                    detail,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable regulation skipped");
+                None
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (a.regulation.created_at_ms, &a.id).cmp(&(b.regulation.created_at_ms, &b.id))
+    });
+    Ok(out)
+}
+
+/// Regulation `id` (of any space when `space` is `None`) with its status; `None` when unknown.
+pub fn status(
+    bootstrap: &str,
+    kafka: &BTreeMap<String, String>,
+    topic: &str,
+    space: Option<&str>,
+    id: &str,
+) -> Result<Option<Listed>, RuntimeError> {
+    Ok(list(bootstrap, kafka, topic, space)?
+        .into_iter()
+        .find(|l| l.id == id))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    fn reg(t: RegulationType, subjects: &[&str], at: i64) -> Regulation {
+        Regulation {
+            regulation_type: t,
+            subjects: subjects.iter().map(|s| s.parse().unwrap()).collect(),
+            created_at_ms: at,
+        }
+    }
+
+    fn msg(v: Json) -> SegmentMessage {
+        let mut base = json!({"space_id": "acme", "type": "track", "messageId": "m1",
+            "event": "x", "receivedAt": "2026-01-01T00:00:00.000Z"});
+        if let (Json::Object(b), Json::Object(o)) = (&mut base, v) {
+            b.extend(o);
+        }
+        serde_json::from_value(base).unwrap()
+    }
+
+    #[test]
+    fn identifiers_parse_as_type_colon_value() {
+        assert_eq!(
+            "user_id:ada".parse::<Subject>().unwrap(),
+            Subject::new("user_id", "ada")
+        );
+        assert_eq!(
+            "email:a:b@x".parse::<Subject>().unwrap(),
+            Subject::new("email", "a:b@x")
+        );
+        for bad in ["ada", ":ada", "user_id:", "user id:ada"] {
+            assert!(bad.parse::<Subject>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_body_round_trips_in_snake_case() {
+        let r = reg(RegulationType::SuppressWithDelete, &["user_id:ada"], 5);
+        let j = r.to_json();
+        assert_eq!(j["type"], "suppress_with_delete");
+        assert_eq!(j["subjects"][0], json!({"type": "user_id", "value": "ada"}));
+        assert_eq!(serde_json::from_value::<Regulation>(j).unwrap(), r);
+        assert!(is_regulation_key("acme/regulation/reg-1"));
+        assert!(!is_regulation_key("acme/source/web"));
+    }
+
+    #[test]
+    fn a_message_names_its_user_anonymous_id_and_emails() {
+        let m = msg(json!({"userId": "ada", "anonymousId": "anon-1",
+            "traits": {"email": "ada@x.io"}, "context": {"traits": {"email": "ada@x.io"}}}));
+        assert_eq!(
+            subjects_of(&m),
+            vec![
+                Subject::new("user_id", "ada"),
+                Subject::new("anonymous_id", "anon-1"),
+                Subject::new("email", "ada@x.io")
+            ]
+        );
+        assert!(subjects_of(&msg(json!({}))).is_empty());
+    }
+
+    #[test]
+    fn regulations_apply_in_creation_order_per_space() {
+        let mut s = Suppressions::default();
+        let ada = msg(json!({"userId": "ada"}));
+        let by_mail =
+            msg(json!({"anonymousId": "z", "context": {"traits": {"email": "ada@x.io"}}}));
+        assert!(!s.drops("acme", &ada));
+        s.upsert(
+            "acme/regulation/r1",
+            "acme",
+            reg(
+                RegulationType::Suppress,
+                &["user_id:ada", "email:ada@x.io"],
+                10,
+            ),
+        );
+        assert!(s.drops("acme", &ada) && s.drops("acme", &by_mail));
+        assert!(!s.drops("other", &ada), "suppressions are per space");
+        assert!(!s.drops("acme", &msg(json!({"userId": "bob"}))));
+        // A delete alone does not suppress.
+        s.upsert(
+            "acme/regulation/r0",
+            "acme",
+            reg(RegulationType::Delete, &["user_id:bob"], 11),
+        );
+        assert!(!s.drops("acme", &msg(json!({"userId": "bob"}))));
+        // Unsuppress undoes what was suppressed before it, only for the ids it names.
+        s.upsert(
+            "acme/regulation/r2",
+            "acme",
+            reg(RegulationType::Unsuppress, &["user_id:ada"], 20),
+        );
+        assert!(!s.drops("acme", &ada));
+        assert!(s.drops("acme", &by_mail));
+        assert_eq!(s.len(), 1);
+        // A later suppress-with-delete is in force again; one created before the unsuppress is not.
+        s.upsert(
+            "acme/regulation/r3",
+            "acme",
+            reg(RegulationType::SuppressWithDelete, &["user_id:ada"], 15),
+        );
+        assert!(!s.drops("acme", &ada));
+        s.upsert(
+            "acme/regulation/r4",
+            "acme",
+            reg(RegulationType::SuppressWithDelete, &["user_id:ada"], 25),
+        );
+        assert!(s.drops("acme", &ada));
+        s.remove("acme/regulation/r4");
+        s.remove("acme/regulation/r1");
+        assert!(!s.drops("acme", &by_mail) && !s.drops("acme", &ada));
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn status_is_finished_only_when_every_part_is_done() {
+        let (st, _) = status_of(&reg(RegulationType::Suppress, &["user_id:a"], 1));
+        assert_eq!(st, "finished");
+        let (st, detail) = status_of(&reg(RegulationType::SuppressWithDelete, &["user_id:a"], 1));
+        assert_eq!(st, "pending");
+        assert!(detail.contains("not done: deletion"), "{detail}");
+    }
+}
