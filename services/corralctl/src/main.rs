@@ -17,6 +17,8 @@
 //!   from identity's and compute's query interfaces (see `profile.rs`).
 //! - `corralctl sources apply|list|delete`: sources and write keys (see `sources.rs`).
 //! - `corralctl tokens create|list|delete`: tokens for the query interfaces (see `tokens.rs`).
+//! - `corralctl privacy delete|suppress|suppress-with-delete|unsuppress|list|status`: privacy
+//!   regulations (see `privacy.rs` and `corral_ops::privacy`).
 //! - `corralctl acls`: least-privilege Kafka ACLs, one principal per service (see `acls.rs`).
 
 mod acls;
@@ -24,6 +26,7 @@ mod audiences;
 mod destinations;
 mod identity;
 mod plans;
+mod privacy;
 mod profile;
 mod sources;
 mod tail;
@@ -111,6 +114,11 @@ enum Command {
         #[command(subcommand)]
         action: tokens::TokensAction,
     },
+    /// Privacy regulations: suppress or delete a person's data by identifier, and their status.
+    Privacy {
+        #[command(subcommand)]
+        action: privacy::PrivacyAction,
+    },
     /// Profiles from identity's query interface: the profile of an external id, a profile's ids.
     Identity(identity::IdentityArgs),
     /// A profile's traits, computed traits, audiences and external ids (identity + compute).
@@ -164,6 +172,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Audiences { action } => audiences::audiences(kafka, cli.output, action),
         Command::Sources { action } => sources::sources(kafka, cli.output, action),
         Command::Tokens { action } => tokens::tokens(kafka, cli.output, action),
+        Command::Privacy { action } => privacy::privacy(kafka, cli.output, action),
         Command::Acls(args) => acls::acls(cli.output, *args).map(|()| ExitCode::SUCCESS),
         Command::Identity(args) => identity::identity(args),
         Command::Profile(args) => profile::profile(args),
