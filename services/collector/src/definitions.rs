@@ -15,6 +15,7 @@ use corral_runtime::RuntimeError;
 use crate::auth::WriteKeys;
 use crate::metrics::Metrics;
 use crate::sources::{is_source_key, source_of_definition};
+use crate::suppress::SharedSuppressions;
 
 /// What happened to one record (the `outcome` label of
 /// `corral_collector_definition_records_total`).
@@ -136,6 +137,7 @@ pub fn start(
     kafka_cfg: &BTreeMap<String, String>,
     topic: &str,
     keys: WriteKeys,
+    suppressions: SharedSuppressions,
     metrics: Metrics,
 ) -> Result<Follower, RuntimeError> {
     let caught_up = Arc::new(AtomicBool::new(false));
@@ -151,6 +153,14 @@ pub fn start(
         caught_up.clone(),
         shutdown.clone(),
         move |event| {
+            if suppressions.apply(&event) {
+                metrics
+                    .definition_records
+                    .with_label_values(&["regulation"])
+                    .inc();
+                metrics.suppressed_ids.set(suppressions.len() as i64);
+                return;
+            }
             let outcome = apply_event(&keys, event);
             metrics
                 .definition_records

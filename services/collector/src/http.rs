@@ -27,6 +27,7 @@ use crate::ip::{self, Cidr};
 use crate::metrics::Metrics;
 use crate::settings::{self, PublicUrl};
 use crate::sink::{OutRecord, Sink, Topic};
+use crate::suppress::SharedSuppressions;
 use corral_codec::MessageType;
 
 /// Everything a request handler needs.
@@ -43,6 +44,8 @@ pub struct App<S> {
     pub public_url: Option<PublicUrl>,
     /// analytics.js's files (`--analytics-js`); `None`: not served.
     pub analytics_js: Option<AnalyticsJs>,
+    /// Identifiers whose events are dropped (privacy regulations, docs/privacy.md).
+    pub suppressions: SharedSuppressions,
 }
 
 /// Paths and the endpoint each serves (the one-letter forms are analytics.js's).
@@ -405,6 +408,15 @@ async fn ingest_request<S: Sink>(
     for item in items {
         match ingest::normalize(item, &envelope, &rcpt, || uuid::Uuid::new_v4().to_string()) {
             Normalized::Accepted(msg) => {
+                if app.suppressions.drops(&source.space_id, &msg) {
+                    // Answered like an accepted message, never written (docs/privacy.md).
+                    app.metrics.suppressed.inc();
+                    app.metrics
+                        .messages
+                        .with_label_values(&[msg.message_type.as_str(), "suppressed"])
+                        .inc();
+                    continue;
+                }
                 let value = msg.encode().map_err(|e| {
                     IngestError::InvalidRequest(format!(
                         "message {} could not be encoded: {e}",
@@ -574,7 +586,57 @@ mod tests {
             guards: Guards::default(),
             public_url: None,
             analytics_js: None,
+            suppressions: Default::default(),
         })
+    }
+
+    #[tokio::test]
+    async fn suppressed_identifiers_get_200_and_are_never_written() {
+        use corral_ops::privacy::{Regulation, RegulationType, KIND};
+        let app = app();
+        let definition = corral_codec::Definition {
+            space_id: "default".into(),
+            kind: KIND.into(),
+            key: "r1".into(),
+            version: 1,
+            name: None,
+            body: Regulation {
+                regulation_type: RegulationType::SuppressWithDelete,
+                subjects: vec!["email:gone@example.com".parse().unwrap()],
+                created_at_ms: 1,
+            }
+            .to_json(),
+            updated_at_ms: 0,
+            updated_by: None,
+        };
+        assert!(app
+            .suppressions
+            .apply(&corral_runtime::definitions::DefinitionEvent::Upsert {
+                key: "default/regulation/r1",
+                definition,
+            }));
+        let req = post("/v1/batch")
+            .header("authorization", basic())
+            .body(Body::from(
+                r#"{"batch":[{"type":"track","userId":"u1","event":"E","context":{"traits":{"email":"gone@example.com"}}},
+                             {"type":"identify","userId":"u2","traits":{"email":"kept@example.com"}}]}"#,
+            ))
+            .unwrap();
+        let (status, _, body) = call(&app, req).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, serde_json::json!({"success": true}));
+        let recs = app.sink.records.lock().unwrap().clone();
+        assert_eq!(recs.len(), 1, "only u2's identify is written");
+        let ev = RawEvent::decode(&recs[0].value).unwrap();
+        assert_eq!(ev.user_id.as_deref(), Some("u2"));
+        assert_eq!(app.metrics.suppressed.get(), 1);
+        assert_eq!(
+            app.metrics
+                .messages
+                .with_label_values(&["track", "suppressed"])
+                .get(),
+            1
+        );
     }
 
     fn basic() -> String {

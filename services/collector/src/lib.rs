@@ -8,7 +8,7 @@
 //! the analytics.js files it can serve itself. [`sources`] is
 //! the `source` definition (file format, write-key hashing, the operations of `corralctl
 //! sources`); [`definitions`] follows the definitions topic so sources' keys work and stop
-//! working without a restart. See `docs/collector.md`.
+//! working without a restart, and so do [`suppress`]ions (privacy regulations). See `docs/collector.md`.
 
 pub mod auth;
 pub mod bundle;
@@ -24,4 +24,5 @@ pub mod readiness;
 pub mod serve;
 pub mod settings;
 pub mod sink;
+pub mod suppress;
 pub use corral_ops::sources;

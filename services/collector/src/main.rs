@@ -64,6 +64,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         },
         public_url: cfg.public_url.clone(),
         analytics_js,
+        suppressions: Default::default(),
     });
 
     // Readiness: probe Kafka until it answers and both topics exist, and again whenever a

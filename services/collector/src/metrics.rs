@@ -1,7 +1,7 @@
 //! The collector's own metrics. The registry adds the `corral_` prefix and the `service` label,
 //! so `collector_requests_total` is exported as `corral_collector_requests_total`. Every label is
 //! bounded: endpoint (the 6 message types, batch, settings, analytics_js), status (HTTP status
-//! code), type (6 + unknown), outcome, reason, error.
+//! code), type (6 + unknown), outcome, reason, error. No label carries an identifier.
 
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
@@ -35,6 +35,11 @@ pub struct Metrics {
     pub definition_keys: IntGauge,
     /// `corral_collector_definitions_loaded`: 1 once the topic was read to its end
     pub definitions_loaded: IntGauge,
+    /// `corral_collector_suppressed_total`: messages answered 200 but dropped because they carry
+    /// an identifier a privacy regulation suppresses
+    pub suppressed: IntCounter,
+    /// `corral_collector_suppressed_identifiers`: identifiers suppressed in force (every space)
+    pub suppressed_ids: IntGauge,
 }
 
 impl Metrics {
@@ -65,7 +70,7 @@ impl Metrics {
         let messages = IntCounterVec::new(
             Opts::new(
                 "collector_messages_total",
-                "Messages by type and outcome (accepted: written to events.raw; dead_lettered: written to events.dlq; rejected: the request failed).",
+                "Messages by type and outcome (accepted: written to events.raw; dead_lettered: written to events.dlq; suppressed: dropped by a privacy regulation; rejected: the request failed).",
             ),
             &["type", "outcome"],
         )?;
@@ -97,7 +102,7 @@ impl Metrics {
         let definition_records = IntCounterVec::new(
             Opts::new(
                 "collector_definition_records_total",
-                "Records read from the definitions topic, by outcome (applied, deleted, invalid, undecodable: source records; ignored: other kinds).",
+                "Records read from the definitions topic, by outcome (applied, deleted, invalid, undecodable: source records; regulation: privacy regulations; ignored: other kinds).",
             ),
             &["outcome"],
         )?;
@@ -113,6 +118,16 @@ impl Metrics {
             "collector_definitions_loaded",
             "1 once the definitions topic was read to its end (0 while loading or absent).",
         ))?;
+        let suppressed = IntCounter::with_opts(Opts::new(
+            "collector_suppressed_total",
+            "Messages answered 200 but dropped, never written, because they carry an identifier a privacy regulation suppresses.",
+        ))?;
+        let suppressed_ids = IntGauge::with_opts(Opts::new(
+            "collector_suppressed_identifiers",
+            "Identifiers suppressed in force by privacy regulations, over every space.",
+        ))?;
+        registry.register(Box::new(suppressed.clone()))?;
+        registry.register(Box::new(suppressed_ids.clone()))?;
         registry.register(Box::new(definition_records.clone()))?;
         registry.register(Box::new(definition_sources.clone()))?;
         registry.register(Box::new(definition_keys.clone()))?;
@@ -138,6 +153,8 @@ impl Metrics {
             definition_sources,
             definition_keys,
             definitions_loaded,
+            suppressed,
+            suppressed_ids,
         })
     }
 }

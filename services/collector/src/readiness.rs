@@ -49,6 +49,7 @@ pub fn run(app: &App<KafkaSink>, cfg: &Config, metrics: &Metrics, stop: &AtomicB
                         &cfg.kafka_properties,
                         topic,
                         app.keys.clone(),
+                        app.suppressions.clone(),
                         metrics.clone(),
                     ) {
                         Ok(f) => {
