@@ -104,13 +104,27 @@ fn write_history(args: &Args, prefix: &str, t0: i64) -> anyhow::Result<()> {
         ("events.resolved", CleanupPolicy::Delete, PARTITIONS),
         ("definitions", CleanupPolicy::Compact, 1),
     ] {
-        admin.create(&DesiredTopic {
+        let topic = DesiredTopic {
             name: format!("{prefix}{name}"),
             partitions,
             replication_factor: -1,
             cleanup_policy: policy,
             retention_ms: None,
-        })?;
+        };
+        // A busy broker can time out a creation that then completes: ask again, then check.
+        for attempt in 1..=5 {
+            match admin.create(&topic) {
+                Ok(_) => break,
+                Err(e) if attempt < 5 => {
+                    eprintln!("creating {}: {e}; again", topic.name);
+                    std::thread::sleep(Duration::from_secs(2));
+                    if admin.partitions(&topic.name)?.is_some() {
+                        break;
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
     let p = producer(&args.bootstrap)?;
     let graph = format!("{prefix}identity.graph-changelog");
