@@ -19,7 +19,8 @@
 //! (blocked values, limits, priorities, caps, merge protection), [`engine`] (flat matching,
 //! deterministic profile ids), [`stitch`] (routing and link lookups). [`store`] maps the graph onto
 //! a runtime store, [`processor`] is the runtime glue, [`view`] answers Profile API reads
-//! ([`client`] asks them), [`kafka`] holds the Kafka edges.
+//! ([`client`] asks them), [`kafka`] holds the Kafka edges. [`privacy`] carries out deletion
+//! requests on the coordinator (docs/privacy.md).
 
 /// The query interface's client and answer types, shared with `corralctl`.
 pub use corral_ops::query::identity as client;
@@ -27,6 +28,7 @@ pub mod engine;
 pub mod ids;
 pub mod kafka;
 pub mod metrics;
+pub mod privacy;
 pub mod processor;
 pub mod rules;
 pub mod stitch;

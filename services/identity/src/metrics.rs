@@ -17,6 +17,10 @@ pub struct Metrics {
     pub lookups: IntCounterVec,
     /// Link updates the coordinator sent to the stitchers, by kind (`link`, `unlink`).
     pub links: IntCounterVec,
+    /// Deletion requests carried out (docs/privacy.md).
+    pub deletions: IntCounter,
+    /// Profiles deleted by them.
+    pub deleted_profiles: IntCounter,
 }
 
 const KNOWN_TYPES: &[&str] = &[
@@ -102,6 +106,14 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        let deletions = IntCounter::new(
+            "identity_deletions_total",
+            "Privacy deletion requests the coordinator carried out.",
+        )?;
+        let deleted_profiles = IntCounter::new(
+            "identity_deleted_profiles_total",
+            "Profiles deleted from the graph by privacy deletion requests.",
+        )?;
         let definition_errors = IntCounter::new(
             "identity_definition_errors_total",
             "identity_settings definitions that did not decode or compile (the previous settings stay in force).",
@@ -109,6 +121,8 @@ impl Metrics {
         for c in [
             Box::new(events.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(profiles_created.clone()),
+            Box::new(deletions.clone()),
+            Box::new(deleted_profiles.clone()),
             Box::new(merges.clone()),
             Box::new(demotions.clone()),
             Box::new(blocked_values.clone()),
@@ -130,6 +144,8 @@ impl Metrics {
             merge_protection_refusals,
             caps,
             routed,
+            deletions,
+            deleted_profiles,
             definition_errors,
             lookups,
             links,

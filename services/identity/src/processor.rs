@@ -203,6 +203,23 @@ impl Processor for CoordinatorProcessor {
         ctx: &mut ProcessContext<'_>,
         record: &InputRecord<'_>,
     ) -> Result<(), ProcessError> {
+        // A deletion request (docs/privacy.md), in order with the space's events.
+        if let Some(req) = record
+            .value
+            .and_then(corral_ops::privacy::DeletionRequest::decode)
+        {
+            let req = req.map_err(|e| ProcessError::bad_input("undecodable_deletion", e))?;
+            let done = crate::privacy::on_request(ctx, &req)?;
+            self.metrics.deletions.inc();
+            self.metrics.deleted_profiles.inc_by(done.profiles as u64);
+            tracing::info!(
+                regulation = %req.regulation_id,
+                profiles = done.profiles,
+                identifiers = done.identifiers,
+                "deletion request carried out"
+            );
+            return Ok(());
+        }
         let ev = decode(record).inspect_err(|_| {
             self.metrics
                 .events

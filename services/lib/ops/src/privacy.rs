@@ -235,6 +235,82 @@ impl Suppressions {
     }
 }
 
+/// The first byte of a deletion request on `identity.events-by-space` (events there are Avro
+/// single-object records, which start with `0xC3 0x01`; links elsewhere use `L`).
+pub const DELETION_TAG: u8 = b'R';
+
+/// A deletion request for identity's coordinator: written by `corralctl privacy delete` to
+/// `identity.events-by-space`, keyed by the space id, so the one task that owns the space's graph
+/// processes it exactly once, in order with the space's events, and again after a crash until its
+/// transaction commits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletionRequest {
+    pub regulation_id: String,
+    pub space_id: String,
+    pub subjects: Vec<Subject>,
+    /// When the request was made (epoch ms): what was received up to then is erased; events
+    /// received later are a new life of the identifiers.
+    #[serde(default)]
+    pub requested_at_ms: i64,
+}
+
+impl DeletionRequest {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = vec![DELETION_TAG];
+        v.extend(serde_json::to_vec(self).unwrap_or_default());
+        v
+    }
+
+    /// `None` when `value` is not a deletion request (an event).
+    pub fn decode(value: &[u8]) -> Option<Result<DeletionRequest, String>> {
+        match value.split_first() {
+            Some((&DELETION_TAG, body)) => Some(
+                serde_json::from_slice(body)
+                    .map_err(|e| format!("undecodable deletion request: {e}")),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// The `trigger_message_id` of the records a deletion causes (`profiles.merges`,
+/// `audiences.membership`): `regulation:{id}`.
+pub fn deletion_trigger(regulation_id: &str) -> String {
+    format!("regulation:{regulation_id}")
+}
+
+/// The regulation a trigger names, if it is a deletion's.
+pub fn regulation_of_trigger(trigger: &str) -> Option<&str> {
+    trigger.strip_prefix("regulation:")
+}
+
+/// Sends `req` to identity (`by_space_topic`: `identity.events-by-space`), keyed by its space,
+/// and waits for the broker's acknowledgement. Sending it again is harmless: a second request
+/// finds nothing left to delete.
+pub fn send_deletion(
+    bootstrap: &str,
+    kafka: &BTreeMap<String, String>,
+    by_space_topic: &str,
+    req: &DeletionRequest,
+) -> Result<(), RuntimeError> {
+    use rdkafka::producer::{BaseRecord, Producer};
+    let p = corral_runtime::reader::idempotent_producer(bootstrap, kafka)?;
+    let value = req.encode();
+    let record: BaseRecord<'_, str, [u8]> = BaseRecord::to(by_space_topic)
+        .key(req.space_id.as_str())
+        .payload(value.as_slice());
+    corral_runtime::produce::send_waiting(&p, record, std::time::Duration::from_millis(50))
+        .map_err(|source| RuntimeError::Kafka {
+            during: "sending a deletion request",
+            source,
+        })?;
+    p.flush(std::time::Duration::from_secs(30))
+        .map_err(|source| RuntimeError::Kafka {
+            during: "sending a deletion request (is identity.events-by-space there?)",
+            source,
+        })
+}
+
 /// One regulation as `corralctl privacy list|status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Listed {
@@ -485,6 +561,24 @@ mod tests {
         s.remove("acme/regulation/r1");
         assert!(!s.drops("acme", &by_mail) && !s.drops("acme", &ada));
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn deletion_requests_round_trip_and_are_told_from_events() {
+        let r = DeletionRequest {
+            regulation_id: "reg-1".into(),
+            space_id: "acme".into(),
+            subjects: vec![Subject::new("user_id", "ada")],
+            requested_at_ms: 7,
+        };
+        assert_eq!(DeletionRequest::decode(&r.encode()), Some(Ok(r)));
+        assert_eq!(DeletionRequest::decode(&[0xC3, 0x01, 1]), None);
+        assert!(DeletionRequest::decode(b"R{").unwrap().is_err());
+        assert_eq!(
+            regulation_of_trigger(&deletion_trigger("reg-1")),
+            Some("reg-1")
+        );
+        assert_eq!(regulation_of_trigger("msg-1"), None);
     }
 
     #[test]

@@ -1,0 +1,152 @@
+//! Deletion requests (docs/privacy.md). `corralctl privacy delete` writes a
+//! [`DeletionRequest`] to `identity.events-by-space`, keyed by the space, so it reaches the one
+//! coordinator task that owns the space's graph, in order with the space's events. In one
+//! transaction the task:
+//!
+//! 1. finds the profiles the request's identifiers belong to ([`plan`]);
+//! 2. deletes every identifier of those profiles and the profiles themselves from the `graph`
+//!    store (tombstones on `identity.graph-changelog`, which compaction then erases);
+//! 3. removes the stitchers' links of those identifiers (link tombstones on
+//!    `identity.events-by-id`, which the stitchers turn into deletes on their `links` changelog);
+//! 4. tells compute: one `profiles.merges` record per deleted profile, keyed by it, with an
+//!    empty `into` (a deletion, not a merge), no identifiers, `trigger_message_id`
+//!    `regulation:{id}` and `merged_at_ms` = the request's time. When nothing matched, one record
+//!    with an empty `from` says the request was handled (for `corralctl privacy status`).
+//!
+//! A crash before the commit replays the request; after it, the request finds nothing left.
+//! Left behind: aliases of profiles merged into a deleted one earlier (`a` keys: profile id ->
+//! profile id, no identifier, no trait).
+
+use corral_codec::ProfileMerge;
+use corral_ops::privacy::{deletion_trigger, DeletionRequest};
+use corral_runtime::cli::names;
+use corral_runtime::{Output, ProcessContext, ProcessError};
+
+use crate::engine::{canonical, Graph, Profile};
+use crate::ids::Ident;
+use crate::stitch;
+use crate::store::{id_key, profile_key, CtxGraph, STORE};
+
+/// The live profiles that `subjects` of `space` belong to, each once, in the order found.
+pub fn plan<G: Graph>(
+    g: &mut G,
+    space: &str,
+    subjects: &[Ident],
+) -> Result<Vec<Profile>, G::Error> {
+    let mut out: Vec<Profile> = Vec::new();
+    for s in subjects {
+        let Some(pid) = g.mapping(space, s)? else {
+            continue;
+        };
+        let pid = canonical(g, space, &pid)?;
+        if out.iter().any(|p| p.id == pid) {
+            continue;
+        }
+        if let Some(p) = g.profile(space, &pid)? {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+/// What the coordinator did for one request (counted by the caller).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deleted {
+    pub profiles: usize,
+    pub identifiers: usize,
+}
+
+/// Carries out `req` on the coordinator's task (see the module doc).
+pub fn on_request(
+    ctx: &mut ProcessContext<'_>,
+    req: &DeletionRequest,
+) -> Result<Deleted, ProcessError> {
+    let space = req.space_id.as_str();
+    let subjects: Vec<Ident> = req
+        .subjects
+        .iter()
+        .map(|s| Ident::new(s.id_type.clone(), s.value.clone()))
+        .collect();
+    let profiles = plan(&mut CtxGraph { ctx }, space, &subjects)?;
+    let by_id = ctx.topic(names::BY_ID);
+    let trigger = deletion_trigger(&req.regulation_id);
+    let mut identifiers = 0;
+    for p in &profiles {
+        for ident in p.idents() {
+            ctx.delete(STORE, id_key(space, &ident));
+            ctx.emit_to(Output {
+                topic: by_id.clone(),
+                key: Some(stitch::link_key(space, &ident)),
+                value: Some(stitch::encode_update(None)),
+                partition: None,
+            });
+            identifiers += 1;
+        }
+        ctx.delete(STORE, profile_key(space, &p.id));
+        ctx.emit_record(p.id.as_bytes(), &deletion(space, &p.id, &trigger, req))?;
+    }
+    if profiles.is_empty() {
+        ctx.emit_record(space.as_bytes(), &deletion(space, "", &trigger, req))?;
+    }
+    Ok(Deleted {
+        profiles: profiles.len(),
+        identifiers,
+    })
+}
+
+fn deletion(space: &str, pid: &str, trigger: &str, req: &DeletionRequest) -> ProfileMerge {
+    ProfileMerge {
+        space_id: space.to_string(),
+        from_profile_id: pid.to_string(),
+        into_profile_id: String::new(),
+        trigger_message_id: Some(trigger.to_string()),
+        trigger_ids: Vec::new(),
+        merged_at_ms: req.requested_at_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::engine::{resolve, MemGraph};
+    use crate::rules::Rules;
+
+    #[test]
+    fn the_plan_finds_each_profile_of_the_identifiers_once() {
+        let mut g = MemGraph::default();
+        let rules = Rules::default();
+        let ada = [
+            Ident::new("user_id", "ada"),
+            Ident::new("email", "ada@x.io"),
+        ];
+        let bob = [Ident::new("user_id", "bob")];
+        resolve(&mut g, &rules, "s", &ada, 1).unwrap();
+        resolve(&mut g, &rules, "s", &bob, 2).unwrap();
+        // An anonymous id merged into ada's profile later.
+        resolve(
+            &mut g,
+            &rules,
+            "s",
+            &[Ident::new("anonymous_id", "a1"), ada[0].clone()],
+            3,
+        )
+        .unwrap();
+        let found = plan(
+            &mut g,
+            "s",
+            &[
+                Ident::new("email", "ada@x.io"),
+                Ident::new("anonymous_id", "a1"),
+                Ident::new("user_id", "nobody"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(found.len(), 1);
+        let ids: Vec<Ident> = found[0].idents().collect();
+        assert_eq!(ids.len(), 3, "{ids:?}");
+        assert!(ids.contains(&Ident::new("anonymous_id", "a1")));
+        assert!(plan(&mut g, "other", &ada).unwrap().is_empty());
+        assert!(plan(&mut g, "s", &[]).unwrap().is_empty());
+    }
+}
