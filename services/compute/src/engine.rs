@@ -841,6 +841,11 @@ impl Engine {
         }
     }
 
+    /// Whether `key` is an audience in force (not a computed trait).
+    pub fn is_audience_key(&self, key: &str) -> bool {
+        self.is_audience(key)
+    }
+
     fn is_audience(&self, key: &str) -> bool {
         self.defs
             .get(key)

@@ -20,6 +20,10 @@ pub struct Metrics {
     pub merges: IntCounter,
     /// Events of merged-away profiles read after their merge, sent on to the survivor.
     pub merge_forwarded: IntCounter,
+    /// Profiles deleted by privacy requests (docs/privacy.md).
+    pub deletions: IntCounter,
+    /// Events and merge state of deleted profiles ignored (received before the deletion).
+    pub deleted_events: IntCounter,
     /// Timers scheduled and not fired (this instance's view since start).
     pub timers_pending: IntGauge,
     /// Timers fired.
@@ -72,6 +76,14 @@ impl Metrics {
             merge_forwarded: IntCounter::new(
                 "compute_merge_forwarded_events_total",
                 "Events of merged-away profiles read after their merge and sent on to the survivor.",
+            )?,
+            deletions: IntCounter::new(
+                "compute_deletions_total",
+                "Profiles deleted by privacy deletion requests.",
+            )?,
+            deleted_events: IntCounter::new(
+                "compute_deleted_events_total",
+                "Events and merge state of deleted profiles ignored, live or in a backfill (received before the deletion).",
             )?,
             timers_pending: IntGauge::new(
                 "compute_timers_pending",
@@ -145,6 +157,8 @@ impl Metrics {
         registry.register(Box::new(m.trait_changes.clone()))?;
         registry.register(Box::new(m.merges.clone()))?;
         registry.register(Box::new(m.merge_forwarded.clone()))?;
+        registry.register(Box::new(m.deletions.clone()))?;
+        registry.register(Box::new(m.deleted_events.clone()))?;
         registry.register(Box::new(m.timers_pending.clone()))?;
         registry.register(Box::new(m.timers_fired.clone()))?;
         registry.register(Box::new(m.state_bytes.clone()))?;

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use corral_ops::privacy::{self, Regulation, RegulationType, Subject};
+use corral_ops::privacy::{self, DeletionRequest, Regulation, RegulationType, Subject};
 
 use crate::sources::Where;
 use crate::{print_json, Kafka, Output};
@@ -58,6 +58,10 @@ pub enum PrivacyAction {
         space: Option<String>,
         #[command(flatten)]
         at: Where,
+        /// Compute's application id (`--app` of corral-compute): its backfill changelog
+        /// `{prefix}{app}.backfill-changelog` holds the marks of committed deletions.
+        #[arg(long, env = "CORRAL_COMPUTE_APP", default_value = "compute")]
+        compute_app: String,
     },
 }
 
@@ -86,8 +90,24 @@ pub fn privacy(kafka: &Kafka, output: Output, action: PrivacyAction) -> anyhow::
             }
             return Ok(ExitCode::SUCCESS);
         }
-        PrivacyAction::Status { id, space, at } => {
-            let Some(l) = privacy::status(b, p, &at.definitions_topic(), space.as_deref(), &id)?
+        PrivacyAction::Status {
+            id,
+            space,
+            at,
+            compute_app,
+        } => {
+            let progress = privacy::ProgressTopics {
+                merges: at.prefixed("profiles.merges"),
+                compute_changelog: at.prefixed(&format!("{compute_app}.backfill-changelog")),
+            };
+            let Some(l) = privacy::status(
+                b,
+                p,
+                &at.definitions_topic(),
+                space.as_deref(),
+                &id,
+                &progress,
+            )?
             else {
                 eprintln!("no regulation {id}");
                 return Ok(ExitCode::from(1));
@@ -116,6 +136,21 @@ pub fn privacy(kafka: &Kafka, output: Output, action: PrivacyAction) -> anyhow::
         req.by.as_deref(),
     )?;
     eprintln!("{applied}");
+    if t.deletes() {
+        // To identity's coordinator of the space, in order with its events (docs/privacy.md).
+        // Written after the regulation: a failure here leaves it pending; re-run with --id.
+        privacy::send_deletion(
+            b,
+            p,
+            &req.at.prefixed("identity.events-by-space"),
+            &DeletionRequest {
+                regulation_id: id.clone(),
+                space_id: req.space.clone(),
+                subjects: regulation.subjects.clone(),
+                requested_at_ms: regulation.created_at_ms,
+            },
+        )?;
+    }
     // The id alone on stdout, for scripts: `id=$(corralctl privacy delete user_id:ada)`.
     println!("{id}");
     Ok(ExitCode::SUCCESS)

@@ -27,6 +27,11 @@ impl Where {
             .clone()
             .unwrap_or_else(|| format!("{}definitions", self.prefix))
     }
+
+    /// Topic `name` under the prefix (`identity.events-by-space`, `profiles.merges`, ...).
+    pub fn prefixed(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
 }
 
 #[derive(Subcommand)]

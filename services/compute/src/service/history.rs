@@ -37,6 +37,8 @@ struct Slot {
     dirty: bool,
     /// The profile was merged away before its history was read: the history goes to this one.
     merged_into: Option<String>,
+    /// The profile was deleted (docs/privacy.md): its history up to this time is skipped.
+    deleted_until: Option<i64>,
 }
 
 /// One history slice's filter and the profiles it changed: which events the pending leaves
@@ -161,6 +163,9 @@ impl<'s, 'c, 'a> Slice<'s, 'c, 'a> {
                 return;
             }
         };
+        if slot.deleted_until.is_some_and(|t| ev.resolved_at_ms <= t) {
+            return;
+        }
         let st = &mut slot.st;
         let applies = as_event(m, event_time_ms(m, now), |ev| {
             engine.backfill_event(st, ev, &only, now)
@@ -197,6 +202,7 @@ impl<'s, 'c, 'a> Slice<'s, 'c, 'a> {
                 ),
             };
             let old_wake = st.wake_ms;
+            let deleted_until = ComputeProcessor::deleted_until(self.ctx, profile)?;
             self.cache.insert(
                 profile.to_string(),
                 Slot {
@@ -204,6 +210,7 @@ impl<'s, 'c, 'a> Slice<'s, 'c, 'a> {
                     old_wake,
                     dirty: false,
                     merged_into,
+                    deleted_until,
                 },
             );
         }

@@ -43,6 +43,10 @@ impl ComputeProcessor {
     ) -> Result<(), ProcessError> {
         let mg = ProfileMerge::decode(bytes)
             .map_err(|e| ProcessError::bad_input("undecodable", e.to_string()))?;
+        if mg.into_profile_id.is_empty() {
+            // A deletion, not a merge (docs/privacy.md).
+            return self.on_delete(ctx, mg);
+        }
         if mg.from_profile_id == mg.into_profile_id {
             return Ok(());
         }
@@ -163,8 +167,14 @@ impl ComputeProcessor {
             return self.hand_over(ctx, ms);
         }
         let now = self.clock.now_ms();
+        let loaded = Self::load(ctx, &ms.into)?;
+        if loaded.is_none() && Self::deleted_until(ctx, &ms.into)?.is_some() {
+            // State of a profile merged into one deleted since (docs/privacy.md).
+            self.metrics.deleted_events.inc();
+            return Ok(());
+        }
         self.metrics.merges.inc();
-        let mut into = Self::load(ctx, &ms.into)?.unwrap_or_default();
+        let mut into = loaded.unwrap_or_default();
         let old_wake = into.wake_ms;
         let space = if into.space_id.is_empty() {
             ms.state.space_id.clone()

@@ -40,6 +40,7 @@ use tracing::warn;
 mod accounts;
 mod history;
 mod merge;
+mod privacy;
 mod timers;
 
 pub use accounts::{account_profile_id, AccountMessage, ACCOUNTS};
@@ -514,6 +515,10 @@ impl ComputeProcessor {
             ));
         }
         self.metrics.events.inc();
+        if self.erased(ctx, profile, ev.resolved_at_ms)? {
+            // Received before the profile's deletion (docs/privacy.md).
+            return Ok(());
+        }
         let mut st = match Self::load(ctx, profile)? {
             Some(st) => st,
             None => match Self::merged_into(ctx, profile)? {

@@ -324,24 +324,58 @@ pub struct Listed {
     pub detail: String,
 }
 
+/// How far a deletion went, read from the topics (see [`deletion_progress`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeletionProgress {
+    /// Identity carried out the request (its record is in `profiles.merges`).
+    pub identity: bool,
+    /// Profiles identity deleted.
+    pub profiles: Vec<String>,
+    /// Of those, the ones whose deletion compute committed (marker in its backfill changelog).
+    pub compute: Vec<String>,
+}
+
 /// The status of a regulation as far as Corral can vouch for it.
 ///
 /// A suppression or unsuppression is `finished` once its record is in the definitions topic:
 /// every collector that follows the topic applies it within its follow lag (about a second) and
-/// a collector that starts reads it before it turns ready. A deletion stays `pending`: erasing the
-/// person's stored state (identity graph, compute state, outbox, retained history) is not
-/// implemented yet (docs/privacy.md says exactly what is missing).
+/// a collector that starts reads it before it turns ready. A deletion is `finished` when identity
+/// carried out the request and compute committed the deletion of every profile identity deleted
+/// ([`status_with`]); without that progress it is `pending`.
 pub fn status_of(r: &Regulation) -> (&'static str, String) {
-    let mut done = Vec::new();
-    let mut left = Vec::new();
+    status_with(r, None)
+}
+
+/// [`status_of`] with what is known of the deletion.
+pub fn status_with(r: &Regulation, progress: Option<&DeletionProgress>) -> (&'static str, String) {
+    let mut done: Vec<&str> = Vec::new();
+    let mut left: Vec<&str> = Vec::new();
     if r.regulation_type.suppresses() {
         done.push("new events dropped at the collector");
     }
     if r.regulation_type == RegulationType::Unsuppress {
         done.push("events accepted again at the collector");
     }
+    let deletion_parts;
     if r.regulation_type.deletes() {
-        left.push("deletion of stored data is not implemented");
+        match progress {
+            Some(d) if d.identity => {
+                done.push("identity graph and links deleted");
+                let missing = d.profiles.len() - d.compute.len().min(d.profiles.len());
+                deletion_parts = format!(
+                    "compute state of {} of {} profiles deleted",
+                    d.profiles.len() - missing,
+                    d.profiles.len()
+                );
+                if missing == 0 {
+                    done.push(deletion_parts.as_str());
+                } else {
+                    left.push(deletion_parts.as_str());
+                }
+            }
+            Some(_) => left.push("identity has not carried out the request yet"),
+            None => left.push("deletion not checked (corralctl privacy status ID checks it)"),
+        }
     }
     let status = if left.is_empty() {
         "finished"
@@ -355,6 +389,80 @@ pub fn status_of(r: &Regulation) -> (&'static str, String) {
         .collect::<Vec<_>>()
         .join("; ");
     (status, detail)
+}
+
+/// Reads how far deletion `regulation_id` went: identity's records in `merges_topic`
+/// (`profiles.merges`, read in full: its retention bounds the cost) and compute's markers in
+/// `compute_changelog` (`{prefix}{compute app}.backfill-changelog`).
+pub fn deletion_progress(
+    bootstrap: &str,
+    kafka: &BTreeMap<String, String>,
+    merges_topic: &str,
+    compute_changelog: &str,
+    regulation_id: &str,
+) -> Result<DeletionProgress, RuntimeError> {
+    use corral_codec::{AvroRecord, ProfileMerge};
+    use corral_runtime::reader::{read_to_end, Flow, Start};
+    use rdkafka::message::Message;
+    let trigger = deletion_trigger(regulation_id);
+    let mut progress = DeletionProgress::default();
+    read_to_end(
+        bootstrap,
+        kafka,
+        corral_runtime::definitions::READER_GROUP,
+        merges_topic,
+        Start::Beginning,
+        READ_TIMEOUT,
+        |m| {
+            if let Some(mg) = m.payload().and_then(|v| ProfileMerge::decode(v).ok()) {
+                if mg.into_profile_id.is_empty()
+                    && mg.trigger_message_id.as_deref() == Some(trigger.as_str())
+                {
+                    progress.identity = true;
+                    if !mg.from_profile_id.is_empty()
+                        && !progress.profiles.contains(&mg.from_profile_id)
+                    {
+                        progress.profiles.push(mg.from_profile_id);
+                    }
+                }
+            }
+            Ok::<_, RuntimeError>(Flow::Continue)
+        },
+    )?;
+    if progress.profiles.is_empty() {
+        return Ok(progress);
+    }
+    let wanted: Vec<Vec<u8>> = progress
+        .profiles
+        .iter()
+        .map(|p| format!("deleted/{p}").into_bytes())
+        .collect();
+    let mut found = HashSet::new();
+    read_to_end(
+        bootstrap,
+        kafka,
+        corral_runtime::definitions::READER_GROUP,
+        compute_changelog,
+        Start::Beginning,
+        READ_TIMEOUT,
+        |m| {
+            if let Some(i) = m.key().and_then(|k| wanted.iter().position(|w| w == k)) {
+                if m.payload().is_some() {
+                    found.insert(i);
+                } else {
+                    found.remove(&i);
+                }
+            }
+            Ok::<_, RuntimeError>(Flow::Continue)
+        },
+    )?;
+    let mut found: Vec<usize> = found.into_iter().collect();
+    found.sort_unstable();
+    progress.compute = found
+        .into_iter()
+        .map(|i| progress.profiles[i].clone())
+        .collect();
+    Ok(progress)
 }
 
 /// A fresh regulation id (`reg-` and 16 hex digits from the OS's generator).
@@ -432,17 +540,42 @@ pub fn list(
     Ok(out)
 }
 
-/// Regulation `id` (of any space when `space` is `None`) with its status; `None` when unknown.
+/// Where a deletion's progress is read: `profiles.merges` and compute's backfill changelog.
+#[derive(Debug, Clone)]
+pub struct ProgressTopics {
+    pub merges: String,
+    pub compute_changelog: String,
+}
+
+/// Regulation `id` (of any space when `space` is `None`) with its status, a deletion's progress
+/// read from `progress`; `None` when there is no such regulation.
 pub fn status(
     bootstrap: &str,
     kafka: &BTreeMap<String, String>,
     topic: &str,
     space: Option<&str>,
     id: &str,
+    progress: &ProgressTopics,
 ) -> Result<Option<Listed>, RuntimeError> {
-    Ok(list(bootstrap, kafka, topic, space)?
+    let Some(mut l) = list(bootstrap, kafka, topic, space)?
         .into_iter()
-        .find(|l| l.id == id))
+        .find(|l| l.id == id)
+    else {
+        return Ok(None);
+    };
+    if l.regulation.regulation_type.deletes() {
+        let d = deletion_progress(
+            bootstrap,
+            kafka,
+            &progress.merges,
+            &progress.compute_changelog,
+            id,
+        )?;
+        let (s, detail) = status_with(&l.regulation, Some(&d));
+        l.status = s.into();
+        l.detail = detail;
+    }
+    Ok(Some(l))
 }
 
 #[cfg(test)]
@@ -585,8 +718,26 @@ mod tests {
     fn status_is_finished_only_when_every_part_is_done() {
         let (st, _) = status_of(&reg(RegulationType::Suppress, &["user_id:a"], 1));
         assert_eq!(st, "finished");
-        let (st, detail) = status_of(&reg(RegulationType::SuppressWithDelete, &["user_id:a"], 1));
+        let r = reg(RegulationType::SuppressWithDelete, &["user_id:a"], 1);
+        let (st, detail) = status_of(&r);
         assert_eq!(st, "pending");
-        assert!(detail.contains("not done: deletion"), "{detail}");
+        assert!(
+            detail.contains("not done: deletion not checked"),
+            "{detail}"
+        );
+        let mut d = DeletionProgress::default();
+        assert_eq!(status_with(&r, Some(&d)).0, "pending");
+        d.identity = true;
+        assert_eq!(status_with(&r, Some(&d)).0, "finished", "nothing matched");
+        d.profiles = vec!["use_1".into(), "use_2".into()];
+        d.compute = vec!["use_1".into()];
+        let (st, detail) = status_with(&r, Some(&d));
+        assert_eq!(st, "pending");
+        assert!(
+            detail.contains("not done: compute state of 1 of 2"),
+            "{detail}"
+        );
+        d.compute.push("use_2".into());
+        assert_eq!(status_with(&r, Some(&d)).0, "finished");
     }
 }
