@@ -5,8 +5,9 @@
 #
 # - Baseline, same run, before the services start: the runtime's exactly-once pass-through
 #   (corral-loadgen, 6 partitions, 1 KB records, 100 ms commits, records/s).
-# - PIPELINE_RUNS (3) runs on the same running stack: collector-loadgen POSTs PIPELINE_MESSAGES
-#   track calls in batches of 100; events/s from the first request to the last event compute
+# - PIPELINE_RUNS (3) runs on the same running stack for each of two loads: collector-loadgen
+#   POSTs PIPELINE_MESSAGES track calls of 5,000 users in batches of 100, with one anonymous id per
+#   user and run (`per-user`) or a new one on every call (`unique`); events/s from the first request to the last event compute
 #   consumed, each service's CPU-seconds per 1,000 events, the records the services wrote per
 #   event. The summary gives the median with min and max, and the ratio (events/s x records
 #   written per event) / pass-through records/s: how close the pipeline comes to what the broker
@@ -46,14 +47,19 @@ trap 'deploy/local/services.sh stop >/dev/null 2>&1 || true' EXIT
 # name -> admin port, as deploy/local/services.sh starts them.
 declare -A admin=([collector]=9101 [validator]=9102 [identity]=9103 [compute]=9104 [fanout]=9105)
 sample() { # port metric-line-filter -> sum of matching samples
-  curl -fsS "127.0.0.1:$1/metrics" | grep -E "^$2" | awk '{s += $NF} END {printf "%.0f", s}'
+  # A labelled series appears with its first sample: none yet counts as 0.
+  curl -fsS "127.0.0.1:$1/metrics" | { grep -E "^$2" || true; } | awk '{s += $NF} END {printf "%.0f", s}'
 }
 cpu_ticks() { # pid -> utime + stime in clock ticks
   awk '{print $14 + $15}' "/proc/$1/stat"
 }
 median() { sort -n | awk '{v[NR] = $1} END {printf "median=%s min=%s max=%s", v[int((NR + 1) / 2)], v[1], v[NR]}'; }
-: >"$run_dir/pipeline-rates" ; : >"$run_dir/pipeline-records"
 tck="$(getconf CLK_TCK)"
+# per-user: one anonymous id per user and run (a browser's), so most events carry identifiers
+# identity already linked; unique: a new anonymous id on every message (the first figures' load,
+# every event new to identity).
+for workload in per-user unique; do
+: >"$run_dir/pipeline-rates" ; : >"$run_dir/pipeline-records"
 for run in $(seq 1 "$runs"); do
   declare -A cpu_before
   for s in "${!admin[@]}"; do cpu_before[$s]="$(cpu_ticks "$(cat "$run_dir/$s.pid")")"; done
@@ -62,7 +68,8 @@ for run in $(seq 1 "$runs"); do
 
   start_ns="$(date +%s%N)"
   "$bin/collector-loadgen" --target 127.0.0.1:8080 --pid "$(cat "$run_dir/collector.pid")" \
-    --write-key corral-demo --batch-requests $((messages / 100)) --single-requests 0 | sed "s/^/pipeline run=$run collector-loadgen /"
+    --write-key corral-demo --batch-requests $((messages / 100)) --single-requests 0 --anonymous-ids "$workload" \
+    | sed "s/^/pipeline workload=$workload run=$run collector-loadgen /"
 
   # Done when compute's consumed count of events.resolved stops growing for 5 s (every message
   # that passed the plan reached it); the end is the last time it grew.
@@ -79,18 +86,19 @@ for run in $(seq 1 "$runs"); do
   per_event="$(awk -v p="$((produced_after - produced_before))" -v n="$messages" 'BEGIN {printf "%.2f", (p + n) / n}')"
   rate="$(awk -v n="$messages" -v s="$seconds" 'BEGIN {printf "%.0f", n / s}')"
   echo "$rate" >>"$run_dir/pipeline-rates"; echo "$per_event" >>"$run_dir/pipeline-records"
-  echo "pipeline end_to_end run=$run messages=$messages resolved_consumed_by_compute=$((last - resolved_before)) seconds=$seconds events_per_sec=$rate records_written_per_event=$per_event"
+  echo "pipeline end_to_end workload=$workload run=$run messages=$messages resolved_consumed_by_compute=$((last - resolved_before)) seconds=$seconds events_per_sec=$rate records_written_per_event=$per_event"
   for s in collector validator identity compute fanout; do
     after="$(cpu_ticks "$(cat "$run_dir/$s.pid")")"
-    awk -v s="$s" -v a="$after" -v b="${cpu_before[$s]}" -v t="$tck" -v n="$messages" -v r="$run" \
-      'BEGIN {printf "pipeline cpu run=%s service=%s cpu_seconds=%.1f cpu_seconds_per_1000_events=%.3f\n", r, s, (a - b) / t, (a - b) / t / n * 1000}'
+    awk -v s="$s" -v a="$after" -v b="${cpu_before[$s]}" -v t="$tck" -v n="$messages" -v r="$workload run=$run" \
+      'BEGIN {printf "pipeline cpu workload=%s service=%s cpu_seconds=%.1f cpu_seconds_per_1000_events=%.3f\n", r, s, (a - b) / t, (a - b) / t / n * 1000}'
   done
 done
 rate_median="$(median <"$run_dir/pipeline-rates")"
 records_median="$(median <"$run_dir/pipeline-records")"
 ratio="$(awk -v r="${rate_median#median=}" -v w="${records_median#median=}" -v p="$passthrough" \
   'BEGIN {split(r, a, " "); split(w, b, " "); printf "%.2f", a[1] * b[1] / p}')"
-echo "pipeline summary runs=$runs events_per_sec_$rate_median records_written_per_event_$records_median broker_ratio=$ratio"
+echo "pipeline summary workload=$workload runs=$runs events_per_sec_$rate_median records_written_per_event_$records_median broker_ratio=$ratio"
+done
 
 log "latency: $latency_rate events/s, 20 new audience members per second, to the membership topic and the webhook"
 "$bin/corralctl" audiences apply deploy/local/bench/latency-audience.yaml >&2

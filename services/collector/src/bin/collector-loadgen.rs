@@ -63,15 +63,32 @@ struct Args {
     /// Keep the topics after the run.
     #[arg(long)]
     keep_topics: bool,
+    /// Anonymous ids: `unique` (a new one on every message: each is a new identifier for
+    /// identity) or `per-user` (one per user and run, as a browser keeps one: the user's later
+    /// messages carry identifiers identity already linked).
+    #[arg(long, value_enum, default_value_t = AnonymousIds::Unique)]
+    anonymous_ids: AnonymousIds,
 }
 
-fn track(i: usize, run: &str) -> serde_json::Value {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum AnonymousIds {
+    Unique,
+    PerUser,
+}
+
+const USERS: usize = 5000;
+
+fn track(i: usize, run: &str, anonymous_ids: AnonymousIds) -> serde_json::Value {
+    let anonymous_id = match anonymous_ids {
+        AnonymousIds::Unique => format!("anon-{run}-{i}"),
+        AnonymousIds::PerUser => format!("anon-{run}-u{}", i % USERS),
+    };
     // Shaped like an @segment/analytics-node track call (~600 bytes of JSON).
     serde_json::json!({
         "type": "track",
         "event": "Product Added",
-        "userId": format!("user-{}", i % 5000),
-        "anonymousId": format!("anon-{run}-{i}"),
+        "userId": format!("user-{}", i % USERS),
+        "anonymousId": anonymous_id,
         "timestamp": "2026-11-30T12:00:00.000Z",
         "properties": {"product_id": format!("sku-{}", i % 300), "price": 19.99, "quantity": (i % 4) + 1,
                         "currency": "EUR", "category": "Games", "position": i % 10, "coupon": null},
@@ -376,7 +393,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let bodies = (0..16)
                 .map(|b| {
                     let batch: Vec<_> = (0..args.batch_size)
-                        .map(|i| track(b * args.batch_size + i, &run_id))
+                        .map(|i| track(b * args.batch_size + i, &run_id, args.anonymous_ids))
                         .collect();
                     Bytes::from(
                         serde_json::json!({"batch": batch, "sentAt": "2026-11-30T12:00:01.000Z"})
@@ -401,7 +418,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         if args.single_requests > 0 {
             let bodies = (0..64)
-                .map(|i| Bytes::from(track(i, &run_id).to_string()))
+                .map(|i| Bytes::from(track(i, &run_id, args.anonymous_ids).to_string()))
                 .collect();
             run_phase(
                 addr,
