@@ -5,6 +5,13 @@
 //! `corralctl privacy unsuppress` restores the flow; `corralctl privacy status` reports each
 //! regulation.
 //!
+//! The second test deletes a user with events, traits and an audience membership delivered to a
+//! webhook: her exit reaches `audiences.membership` (trigger `regulation:{id}`) and the webhook
+//! (`Audience Exited`), `corralctl privacy status` turns `finished`, no live record of identity's
+//! graph and links changelogs or compute's profiles changelog names any of her identifiers, her
+//! profile id or her traits, a backfill of a new audience over the retained history takes the
+//! other user in and never her, and the other user is untouched.
+//!
 //! Needs the service binaries (`cargo build --workspace --bins`). Every wait is a condition with
 //! a deadline; no timing is asserted.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -136,14 +143,18 @@ fn suppressed_users_never_reach_events_raw_until_unsuppressed() {
         Some(2.0)
     );
 
-    // Suppressions are finished as soon as they are written; a deletion is not (yet).
+    // Suppressions are finished as soon as they are written; the deletion part of
+    // suppress-with-delete once identity handled it (nothing of that email was ever stored).
     assert!(privacy(&["status", &suppress_id]).contains("finished"));
-    let status = Command::new(&ctl)
-        .args(["--bootstrap", &bootstrap, "privacy", "status", &email_id])
-        .args(["--prefix", &prefix])
-        .output()
-        .unwrap();
-    assert_eq!(status.status.code(), Some(3), "a deletion is pending");
+    wait_for(&mut stack, "the suppress-with-delete finished", || {
+        Command::new(&ctl)
+            .args(["--bootstrap", &bootstrap, "privacy", "status", &email_id])
+            .args(["--prefix", &prefix])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    });
 
     // Unsuppress ada's user id: her calls flow again; the email stays suppressed.
     privacy(&["unsuppress", &format!("user_id:{ada}")]);
@@ -176,5 +187,260 @@ fn suppressed_users_never_reach_events_raw_until_unsuppressed() {
     );
     let listed = privacy(&["list"]);
     assert_eq!(listed.lines().count(), 3, "{listed}");
+    stack.assert_running();
+}
+
+/// The latest value of every key of a compacted topic (what compaction keeps, and what a
+/// restoring store or a replica reads), without tombstoned keys.
+fn live_values(bootstrap: &str, topic: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut r = TopicReader::new(bootstrap, topic);
+    // Until a second passes without a new record.
+    loop {
+        let before = r.records.len();
+        r.poll(Duration::from_secs(1));
+        if r.records.len() == before {
+            break;
+        }
+    }
+    let mut latest: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+    for rec in &r.records {
+        if let Some(k) = &rec.key {
+            latest.insert(k.clone(), rec.value.clone());
+        }
+    }
+    latest
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect()
+}
+
+fn mentions(bytes: &[u8], needle: &str) -> bool {
+    bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn a_deleted_user_leaves_every_store_exits_downstream_and_never_comes_back() {
+    use corral_codec::MembershipChange;
+    for name in [
+        "corral-collector",
+        "corral-validator",
+        "corral-identity",
+        "corral-compute",
+        "corral-fanout",
+        "corralctl",
+    ] {
+        binary(name);
+    }
+    let bootstrap = corral_tests::bootstrap();
+    let run_id = corral_tests::unique("e2e-del");
+    let prefix = format!("{run_id}.");
+    let dir = tempfile::tempdir().unwrap();
+    create_topics(&bootstrap, &prefix);
+    let hook = common::Webhook::start();
+    let ctl = binary("corralctl");
+    const BUYERS: &str = "order_completed_last_30days";
+    const EVER: &str = "ordered_ever";
+    let audiences = |path: &std::path::Path, keys: &[(&str, &str)]| {
+        let mut text = String::from("audiences:\n");
+        for (key, query) in keys {
+            text.push_str(&format!(
+                "  - key: {key}\n    type: users\n    include_historical_data: true\n    query: \"{query}\"\n"
+            ));
+        }
+        std::fs::write(path, text).unwrap();
+        run(
+            Command::new(&ctl)
+                .args(["--bootstrap", &bootstrap, "audiences", "apply"])
+                .arg(path)
+                .args(["--prefix", &prefix, "--space", SPACE, "--by", "corral-e2e"]),
+            "corralctl audiences apply",
+        );
+    };
+    audiences(
+        &dir.path().join("a1.yaml"),
+        &[(
+            BUYERS,
+            "event('Order Completed').within(30 days).count() >= 1",
+        )],
+    );
+    let destinations = dir.path().join("destinations.yaml");
+    std::fs::write(
+        &destinations,
+        format!(
+            "space_id: {SPACE}\ndestinations:\n  - key: hook\n    type: webhook\n    url: {url}\n    rate_limit_per_second: 0\n    connections:\n      - audience: {BUYERS}\n        mode: track\n",
+            url = hook.url("/hook")
+        ),
+    )
+    .unwrap();
+    run(
+        Command::new(&ctl)
+            .args(["--bootstrap", &bootstrap, "destinations", "apply"])
+            .arg(&destinations)
+            .args(["--prefix", &prefix, "--by", "corral-e2e"]),
+        "corralctl destinations apply",
+    );
+    let (mut stack, collector) = start_pipeline(&PipelineConfig {
+        bootstrap: &bootstrap,
+        prefix: &prefix,
+        run_id: &run_id,
+        dir: dir.path(),
+        write_keys: vec![format!("{WRITE_KEY}=e2e-source:{SPACE}")],
+        instances: 1,
+        fanout: true,
+        env: BTreeMap::new(),
+    });
+    stack.wait_ready(STAGE);
+    let ada = format!("{run_id}-ada");
+    let bob = format!("{run_id}-bob");
+    let email = format!("{run_id}-ada@example.com");
+    let anon = format!("{run_id}-anon");
+    let order = |user: &str| {
+        json!({"call": "track", "user_id": user, "event": "Order Completed",
+        "properties": {"order_id": "o1", "total": 12.5}})
+    };
+    send_with_python(
+        &collector,
+        WRITE_KEY,
+        &json!([
+            {"call": "identify", "user_id": ada, "anonymous_id": anon,
+             "traits": {"email": email, "name": "Ada Lovelace"}},
+            order(&ada),
+            {"call": "identify", "user_id": bob, "traits": {"name": "Bob"}},
+            order(&bob),
+        ]),
+    );
+    let mut membership = TopicReader::new(&bootstrap, &format!("{prefix}audiences.membership"));
+    let changes = |r: &TopicReader| decode_all::<MembershipChange>(r);
+    let user_of = |c: &MembershipChange, user: &str| {
+        c.external_ids
+            .iter()
+            .any(|i| i.id_type == "user_id" && i.id == user)
+    };
+    let entered_webhook = |user: &str, event: &str| {
+        hook.requests().iter().any(|r| {
+            r.body["userId"] == user
+                && r.body["event"] == event
+                && r.body["properties"]["audience_key"] == BUYERS
+        })
+    };
+    wait_for(
+        &mut stack,
+        "ada and bob entering, at the webhook too",
+        || {
+            membership.poll(Duration::from_millis(200));
+            entered_webhook(&ada, "Audience Entered")
+                && entered_webhook(&bob, "Audience Entered")
+                && changes(&membership).iter().any(|c| user_of(c, &ada))
+        },
+    );
+    let ada_profile = changes(&membership)
+        .into_iter()
+        .find(|c| user_of(c, &ada))
+        .unwrap()
+        .profile_id;
+
+    // Delete ada by her email: every identifier of her profile goes.
+    let id = run(
+        Command::new(&ctl)
+            .args(["--bootstrap", &bootstrap, "privacy", "delete"])
+            .arg(format!("email:{email}"))
+            .args(["--prefix", &prefix, "--space", SPACE]),
+        "corralctl privacy delete",
+    )
+    .trim()
+    .to_string();
+    let trigger = format!("regulation:{id}");
+    wait_for(&mut stack, "ada's exit caused by the deletion", || {
+        membership.poll(Duration::from_millis(200));
+        changes(&membership).iter().any(|c| {
+            c.profile_id == ada_profile
+                && c.audience_key == BUYERS
+                && c.change == corral_codec::MembershipChangeKind::Exited
+                && c.trigger_message_id.as_deref() == Some(trigger.as_str())
+        })
+    });
+    wait_for(&mut stack, "Audience Exited for ada at the webhook", || {
+        entered_webhook(&ada, "Audience Exited")
+    });
+    let status = |id: &str| {
+        Command::new(&ctl)
+            .args(["--bootstrap", &bootstrap, "privacy", "status", id])
+            .args([
+                "--prefix",
+                &prefix,
+                "--compute-app",
+                &format!("{run_id}-compute"),
+            ])
+            .output()
+            .unwrap()
+    };
+    wait_for(&mut stack, "the deletion's status: finished", || {
+        status(&id).status.success()
+    });
+    let out = String::from_utf8_lossy(&status(&id).stdout).to_string();
+    assert!(out.contains("finished") && out.contains("1 of 1"), "{out}");
+
+    // No live record of the graph, links or profile state names her.
+    for changelog in [
+        format!("{prefix}{run_id}-identity.graph-changelog"),
+        format!("{prefix}{run_id}-identity-stitcher.links-changelog"),
+        format!("{prefix}{run_id}-compute.profiles-changelog"),
+    ] {
+        let live = live_values(&bootstrap, &changelog);
+        assert!(!live.is_empty(), "{changelog} holds bob");
+        for (k, v) in &live {
+            for needle in [
+                &ada,
+                &email,
+                &anon,
+                &ada_profile,
+                &"Ada Lovelace".to_string(),
+            ] {
+                assert!(
+                    !mentions(k, needle) && !mentions(v, needle),
+                    "{changelog} still holds {needle}"
+                );
+            }
+        }
+        assert!(
+            live.iter()
+                .any(|(k, v)| mentions(k, &bob) || mentions(v, &bob)),
+            "{changelog} lost bob"
+        );
+    }
+
+    // A backfill after the deletion: a new audience over the retained history takes bob in, and
+    // never ada.
+    audiences(
+        &dir.path().join("a2.yaml"),
+        &[
+            (
+                BUYERS,
+                "event('Order Completed').within(30 days).count() >= 1",
+            ),
+            (EVER, "event('Order Completed').count() >= 1"),
+        ],
+    );
+    wait_for(&mut stack, "bob entering the backfilled audience", || {
+        membership.poll(Duration::from_millis(200));
+        changes(&membership)
+            .iter()
+            .any(|c| c.audience_key == EVER && user_of(c, &bob))
+    });
+    let all = changes(&membership);
+    assert!(
+        !all.iter()
+            .any(|c| c.audience_key == EVER && c.profile_id == ada_profile),
+        "the backfill brought ada back"
+    );
+    // Bob is untouched: in, never out.
+    assert!(!all
+        .iter()
+        .any(|c| user_of(c, &bob) && c.change == corral_codec::MembershipChangeKind::Exited));
+    let compute = stack.admin("compute");
+    assert_eq!(
+        metric(compute, &["corral_compute_deletions_total"]),
+        Some(1.0)
+    );
     stack.assert_running();
 }
