@@ -122,7 +122,110 @@ fn run(defs: usize, events: usize, profiles: usize) {
     );
 }
 
+/// One user's flip on the account side, in accounts of `sizes` users, with the store round
+/// trip (decode the account and the user's record, adjust the counters, evaluate 10 account
+/// definitions, encode both), against the baseline of recounting every user's conditions on
+/// each flip (what an account side without counters would do).
+fn accounts_flip(sizes: &[usize], flips: usize) {
+    use corral_compute::accounts::{AccountState, MemberState};
+    let yaml = r#"
+audiences:
+  - {key: a0, type: accounts, query: "ANY event('Flip').count() >= 1"}
+  - {key: a1, type: accounts, query: "NONE event('Logged In').within(30 days).count() >= 1"}
+  - {key: a2, type: accounts, query: "ALL event('E1').count() >= 1"}
+  - {key: a3, type: accounts, query: "trait('plan') = 'business' AND NONE event('E2').within(7 days).count() >= 1"}
+  - {key: a4, type: accounts, query: "ANY event('E3').count() >= 2"}
+  - {key: a5, type: accounts, query: "NONE event('E4').count() >= 1"}
+  - {key: a6, type: accounts, query: "ANY trait('plan') = 'pro'"}
+  - {key: a7, type: accounts, query: "trait('size') > 100 AND ANY event('E1').count() >= 1"}
+  - {key: a8, type: accounts, query: "ALL NOT event('E2').count() >= 3"}
+  - {key: a9, type: accounts, query: "trait('a0') = true AND trait('plan') = 'business'"}
+"#;
+    let Ok(defs) = corral_query::load_definitions_str(yaml, "bench") else {
+        return;
+    };
+    let specs: Vec<DefinitionSpec> = defs
+        .definitions
+        .iter()
+        .map(|d| DefinitionSpec {
+            key: d.key.clone(),
+            name: None,
+            target: d.target,
+            kind: d.kind,
+            version: 1,
+            query: d.text.clone(),
+            include_historical_data: false,
+        })
+        .collect();
+    let engine = Engine::new(EngineConfig::default(), specs);
+    let Some(side) = engine.accounts() else {
+        return;
+    };
+    let conds: Vec<String> = side.conditions.keys().cloned().collect();
+    let now = 1_735_689_600_000i64;
+    for &n in sizes {
+        let mut acct = AccountState::default();
+        let mut members: Vec<Vec<u8>> = Vec::with_capacity(n);
+        for u in 0..n {
+            let m = MemberState {
+                ids: Vec::new(),
+                conditions: conds
+                    .iter()
+                    .filter(|_| u % 2 == 0)
+                    .take(3)
+                    .cloned()
+                    .collect(),
+            };
+            acct.set_member(None, Some(&m));
+            members.push(rmp_serde::to_vec_named(&m).unwrap_or_default());
+        }
+        let _ = side.evaluate(&mut acct, now);
+        let mut acct_bytes = rmp_serde::to_vec_named(&acct).unwrap_or_default();
+        // Counters: O(conditions) per flip.
+        let t = Instant::now();
+        for i in 0..flips {
+            let u = (i * 7919) % n;
+            let mut a: AccountState = rmp_serde::from_slice(&acct_bytes).unwrap_or_default();
+            let old: MemberState = rmp_serde::from_slice(&members[u]).unwrap_or_default();
+            let mut new = old.clone();
+            let k = &conds[i % conds.len()];
+            if !new.conditions.remove(k) {
+                new.conditions.insert(k.clone());
+            }
+            a.set_member(Some(&old), Some(&new));
+            let _ = side.evaluate(&mut a, now + i as i64);
+            members[u] = rmp_serde::to_vec_named(&new).unwrap_or_default();
+            acct_bytes = rmp_serde::to_vec_named(&a).unwrap_or_default();
+        }
+        let per = t.elapsed().as_secs_f64() / flips as f64;
+        // Baseline: recount every user's conditions on each flip.
+        let base_flips = (flips / n.max(1)).clamp(5, flips);
+        let t = Instant::now();
+        for i in 0..base_flips {
+            let mut a: AccountState = rmp_serde::from_slice(&acct_bytes).unwrap_or_default();
+            a.users = 0;
+            a.satisfied.clear();
+            for m in &members {
+                let m: MemberState = rmp_serde::from_slice(m).unwrap_or_default();
+                a.set_member(None, Some(&m));
+            }
+            let _ = side.evaluate(&mut a, now + i as i64);
+        }
+        let base = t.elapsed().as_secs_f64() / base_flips as f64;
+        println!(
+            "accounts flip users_in_account={n} definitions=10 counters_us_per_flip={:.1} recount_baseline_us_per_flip={:.1} account_record_bytes={}",
+            per * 1e6,
+            base * 1e6,
+            acct_bytes.len()
+        );
+    }
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "--accounts") {
+        accounts_flip(&[10, 1_000, 10_000], arg("--flips", 20_000));
+        return;
+    }
     let events = arg("--events", 200_000);
     let profiles = arg("--profiles", 20_000);
     run(10, events, profiles);
