@@ -18,12 +18,16 @@
 # port 9292, stopped after), which separates the broker's disk stalls from our own tail;
 # profiles: corral-profiles over 1,000,000 profiles (PROFILES_BENCH_PROFILES): the Profile API's
 # latency at 1,000 requests/s against the HTTP floor, resident memory, and an audience preview
-# over 1,000,000 events against reading them.
+# over 1,000,000 events against reading them;
+# accounts: compute's ACCOUNTS definitions, 1,000 accounts x 50 users with 10 account definitions
+# through the broker (group calls/s, track events/s, a user's flip to its account's change p50/p99)
+# and one user's flip in an account of 10,000 users (through the broker, and in process against
+# recounting the account's users).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
-parts="${BENCH_ONLY:-baseline runtime security pipeline criterion collector validator identity compute merges fanout profiles tmpfs}"
+parts="${BENCH_ONLY:-baseline runtime security pipeline criterion collector validator identity compute accounts merges fanout profiles tmpfs}"
 out="$root/.run/bench/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"
 log() { echo "bench.sh: $*" >&2; }
@@ -125,6 +129,14 @@ if want compute; then
     | grep -vE '^\s*(Compiling|Finished|Running)' | tee "$out/compute.txt"
   log "compute through the broker: latency at 5,000 events/s, backfill, throughput with 10 and 100 definitions"
   cargo bench -p corral-compute --bench pipeline 2>&1 | grep -E '^compute ' | tee "$out/compute-pipeline.txt"
+fi
+
+if want accounts; then
+  log "accounts: one user's flip by account size, counters vs recounting every user (in process)"
+  cargo run --release -p corral-compute --bin compute-bench -- --accounts 2>&1 \
+    | grep -E '^accounts ' | tee "$out/accounts.txt"
+  log "accounts through the broker: 1,000 accounts x 50 users, 10 account definitions; an account of 10,000 users"
+  cargo bench -p corral-compute --bench accounts 2>&1 | grep -E '^compute ' | tee -a "$out/accounts.txt"
 fi
 
 if want merges; then
