@@ -10,7 +10,9 @@
 //! (`Audience Exited`), `corralctl privacy status` turns `finished`, no live record of identity's
 //! graph and links changelogs or compute's profiles changelog names any of her identifiers, her
 //! profile id or her traits, a backfill of a new audience over the retained history takes the
-//! other user in and never her, and the other user is untouched.
+//! other user in and never her, and the other user is untouched. Identity and compute are
+//! SIGKILLed right after the request is sent and restarted; the request completes; fanout's
+//! outbox changelog holds nothing of her once her exit was delivered.
 //!
 //! Needs the service binaries (`cargo build --workspace --bins`). Every wait is a condition with
 //! a deadline; no timing is asserted.
@@ -349,6 +351,12 @@ fn a_deleted_user_leaves_every_store_exits_downstream_and_never_comes_back() {
     )
     .trim()
     .to_string();
+    // SIGKILL identity and compute while the request is in flight: it completes after restart.
+    // (start_pipeline's order: collector, validator, identity, compute, fanout.)
+    for i in [2, 3] {
+        stack.kill_and_restart(i);
+    }
+    stack.wait_ready(STAGE);
     let trigger = format!("regulation:{id}");
     wait_for(&mut stack, "ada's exit caused by the deletion", || {
         membership.poll(Duration::from_millis(200));
@@ -385,6 +393,8 @@ fn a_deleted_user_leaves_every_store_exits_downstream_and_never_comes_back() {
         format!("{prefix}{run_id}-identity.graph-changelog"),
         format!("{prefix}{run_id}-identity-stitcher.links-changelog"),
         format!("{prefix}{run_id}-compute.profiles-changelog"),
+        // The exit was delivered: nothing of her waits in fanout's outbox.
+        format!("{prefix}{run_id}-fanout.outbox-changelog"),
     ] {
         let live = live_values(&bootstrap, &changelog);
         assert!(!live.is_empty(), "{changelog} holds bob");
