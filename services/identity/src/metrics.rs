@@ -50,7 +50,7 @@ impl Metrics {
         let events = IntCounterVec::new(
             Opts::new(
                 "identity_events_total",
-                "Events by outcome: created, added, matched, merged, capped, no_identifiers, dead_letter.",
+                "Events by outcome: created, added, matched, merged, capped, no_identifiers, dead_letter, erased (received before a deletion of one of its identifiers).",
             ),
             &["outcome"],
         )?;

@@ -13,6 +13,13 @@
 //!    `regulation:{id}` and `merged_at_ms` = the request's time. When nothing matched, one record
 //!    with an empty `from` says the request was handled (for `corralctl privacy status`).
 //!
+//! 5. records, per deleted identifier, a mark `x`+space+digest -> the request's time in the graph
+//!    store (a UUIDv5 digest of the identifier, not the identifier): an event carrying the
+//!    identifier that was received before the request but reaches the coordinator after it (it
+//!    was still in flight between the router, the stitchers and here) is dropped
+//!    ([`erased`]) instead of re-creating the graph; compute drops such events by their profile's
+//!    mark the same way. Events received after the request are a new life of the identifier.
+//!
 //! A crash before the commit replays the request; after it, the request finds nothing left.
 //! Left behind: aliases of profiles merged into a deleted one earlier (`a` keys: profile id ->
 //! profile id, no identifier, no trait).
@@ -25,7 +32,46 @@ use corral_runtime::{Output, ProcessContext, ProcessError};
 use crate::engine::{canonical, Graph, Profile};
 use crate::ids::Ident;
 use crate::stitch;
-use crate::store::{id_key, profile_key, CtxGraph, STORE};
+use crate::store::{id_key, key, profile_key, CtxGraph, STORE};
+
+/// Namespace of the digests in deletion marks (fixed forever).
+const MARK_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5c0f_7a1e_c0a1_4d1e_9b0e_1d3a_7e11_00de);
+
+/// Graph-store key of the deletion mark of `ident` in `space`.
+pub fn mark_key(space: &str, ident: &Ident) -> Vec<u8> {
+    // Length-prefixed type, so no two identifiers hash the same name.
+    let mut name = Vec::with_capacity(ident.id_type.len() + ident.value.len() + 4);
+    name.extend_from_slice(&(ident.id_type.len() as u32).to_be_bytes());
+    name.extend_from_slice(ident.id_type.as_bytes());
+    name.extend_from_slice(ident.value.as_bytes());
+    let digest = uuid::Uuid::new_v5(&MARK_NAMESPACE, &name)
+        .simple()
+        .to_string();
+    key(b'x', &[space, &digest])
+}
+
+/// Whether an event of `space` with identifiers `ids`, received at `received_ms`, belongs to a
+/// deleted life of one of them (received before that identifier's deletion request).
+pub fn erased(
+    ctx: &ProcessContext<'_>,
+    space: &str,
+    ids: &[Ident],
+    received_ms: i64,
+) -> Result<bool, ProcessError> {
+    for i in ids {
+        if let Some(v) = ctx.get(STORE, &mark_key(space, i))? {
+            let until = v
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(i64::from_be_bytes)
+                .unwrap_or(i64::MAX);
+            if received_ms <= until {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
 
 /// The live profiles that `subjects` of `space` belong to, each once, in the order found.
 pub fn plan<G: Graph>(
@@ -74,6 +120,11 @@ pub fn on_request(
     for p in &profiles {
         for ident in p.idents() {
             ctx.delete(STORE, id_key(space, &ident));
+            ctx.put(
+                STORE,
+                mark_key(space, &ident),
+                req.requested_at_ms.to_be_bytes().to_vec(),
+            );
             ctx.emit_to(Output {
                 topic: by_id.clone(),
                 key: Some(stitch::link_key(space, &ident)),
@@ -111,6 +162,18 @@ mod tests {
     use super::*;
     use crate::engine::{resolve, MemGraph};
     use crate::rules::Rules;
+
+    #[test]
+    fn marks_hold_a_digest_not_the_identifier() {
+        let k = mark_key("s", &Ident::new("email", "ada@x.io"));
+        assert!(!k.windows(8).any(|w| w == b"ada@x.io"));
+        assert_ne!(k, mark_key("s", &Ident::new("email", "bob@x.io")));
+        assert_ne!(k, mark_key("t", &Ident::new("email", "ada@x.io")));
+        assert_ne!(
+            mark_key("s", &Ident::new("a", "b\u{0}c")),
+            mark_key("s", &Ident::new("a\u{0}b", "c"))
+        );
+    }
 
     #[test]
     fn the_plan_finds_each_profile_of_the_identifiers_once() {

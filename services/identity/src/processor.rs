@@ -232,6 +232,11 @@ impl Processor for CoordinatorProcessor {
         let now = event_time(&msg, record);
         let extracted = extract(&msg, &rules);
         count_blocked(&self.metrics, &extracted);
+        if crate::privacy::erased(ctx, &space, &extracted.ids, now)? {
+            // Received before a deletion of one of its identifiers (docs/privacy.md).
+            self.metrics.events.with_label_values(&["erased"]).inc();
+            return Ok(());
+        }
         let mut graph = CtxGraph { ctx };
         let Some(res) = resolve(&mut graph, &rules, &space, &extracted.ids, now)? else {
             self.metrics

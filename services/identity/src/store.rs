@@ -6,6 +6,7 @@
 //! | `i` space type value | live profile id of the identifier (UTF-8) |
 //! | `p` space profile-id | [`Profile`] as compact JSON |
 //! | `a` space profile-id | the id a retired profile forwards to (UTF-8) |
+//! | `x` space digest | a deleted identifier's deletion time (i64 ms, big-endian; `privacy`) |
 
 use corral_runtime::{ProcessContext, ProcessError, Store};
 
