@@ -12,7 +12,8 @@
 //! profile id or her traits, a backfill of a new audience over the retained history takes the
 //! other user in and never her, and the other user is untouched. Identity and compute are
 //! SIGKILLed right after the request is sent and restarted; the request completes; fanout's
-//! outbox changelog holds nothing of her once her exit was delivered.
+//! outbox changelog holds nothing of her once her exit was delivered. No service's log names
+//! either user's identifiers or profile id.
 //!
 //! Needs the service binaries (`cargo build --workspace --bins`). Every wait is a condition with
 //! a deadline; no timing is asserted.
@@ -447,6 +448,23 @@ fn a_deleted_user_leaves_every_store_exits_downstream_and_never_comes_back() {
     assert!(!all
         .iter()
         .any(|c| user_of(c, &bob) && c.change == corral_codec::MembershipChangeKind::Exited));
+    // Personal data stays out of the services' logs at info level (RUST_LOG=info by default).
+    let mut logs = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "log") {
+            logs += 1;
+            let text = std::fs::read_to_string(&path).unwrap();
+            for needle in [&ada, &bob, &email, &anon, &ada_profile] {
+                assert!(
+                    !text.contains(needle.as_str()),
+                    "{} logs {needle}",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert_eq!(logs, 5, "one log per service");
     let compute = stack.admin("compute");
     assert_eq!(
         metric(compute, &["corral_compute_deletions_total"]),
