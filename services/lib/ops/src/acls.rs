@@ -219,7 +219,8 @@ pub fn plan(input: &AclInput) -> AclPlan {
         });
     }
     // Operators: read and create every topic of the deployment (tail, topics apply with drift),
-    // write definitions and the replay inputs; their readers' groups are `corralctl-*`.
+    // write definitions, the replay inputs and deletion requests (identity's coordinator input,
+    // docs/privacy.md); their readers' groups are `corralctl-*`.
     let mut b = Builder {
         entries: Vec::new(),
     };
@@ -230,7 +231,13 @@ pub fn plan(input: &AclInput) -> AclPlan {
     );
     b.topics(
         &[Write],
-        [names::DEFINITIONS, "events.raw", names::REPLAY].map(t),
+        [
+            names::DEFINITIONS,
+            "events.raw",
+            names::REPLAY,
+            names::BY_SPACE,
+        ]
+        .map(t),
     );
     b.group(Pattern::Prefixed, "corralctl".to_string());
     b.group(
