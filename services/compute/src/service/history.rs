@@ -39,6 +39,8 @@ struct Slot {
     merged_into: Option<String>,
     /// The profile was deleted (docs/privacy.md): its history up to this time is skipped.
     deleted_until: Option<i64>,
+    /// The latest resolve time of the events applied (for the survivor's deletion check).
+    until_ms: i64,
 }
 
 /// One history slice's filter and the profiles it changed: which events the pending leaves
@@ -187,6 +189,7 @@ impl<'s, 'c, 'a> Slice<'s, 'c, 'a> {
             st.add_ids(ext_ids(&ev.external_ids));
         }
         slot.dirty = true;
+        slot.until_ms = slot.until_ms.max(ev.resolved_at_ms);
         self.applied += 1;
     }
 
@@ -211,6 +214,7 @@ impl<'s, 'c, 'a> Slice<'s, 'c, 'a> {
                     dirty: false,
                     merged_into,
                     deleted_until,
+                    until_ms: i64::MIN,
                 },
             );
         }
@@ -495,6 +499,7 @@ impl ComputeProcessor {
                         trigger: None,
                         at_ms: now,
                         hops: 0,
+                        until_ms: Some(slot.until_ms),
                     },
                 )?,
                 None => {

@@ -27,6 +27,10 @@ pub(super) struct MergeState {
     /// Times this was forwarded because `into` had itself been merged away.
     #[serde(default)]
     pub(super) hops: u32,
+    /// The latest identity time (resolve or merge time) of what `state` holds; a profile deleted
+    /// at or after it takes none of it (docs/privacy.md). Absent in records of earlier builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) until_ms: Option<i64>,
 }
 
 /// Merge chains longer than this are taken for a loop (identity never makes one).
@@ -74,6 +78,7 @@ impl ComputeProcessor {
                 trigger: mg.trigger_message_id,
                 at_ms: now,
                 hops: 0,
+                until_ms: Some(mg.merged_at_ms),
             },
         )
     }
@@ -117,6 +122,7 @@ impl ComputeProcessor {
                 trigger: Some(m.message_id.clone()),
                 at_ms: now,
                 hops: 0,
+                until_ms: Some(ev.resolved_at_ms),
             },
         )
     }
@@ -167,12 +173,14 @@ impl ComputeProcessor {
             return self.hand_over(ctx, ms);
         }
         let now = self.clock.now_ms();
-        let loaded = Self::load(ctx, &ms.into)?;
-        if loaded.is_none() && Self::deleted_until(ctx, &ms.into)?.is_some() {
-            // State of a profile merged into one deleted since (docs/privacy.md).
-            self.metrics.deleted_events.inc();
-            return Ok(());
+        if let Some(t) = Self::deleted_until(ctx, &ms.into)? {
+            if ms.until_ms.is_none_or(|u| u <= t) {
+                // State from before the survivor's deletion (docs/privacy.md).
+                self.metrics.deleted_events.inc();
+                return Ok(());
+            }
         }
+        let loaded = Self::load(ctx, &ms.into)?;
         self.metrics.merges.inc();
         let mut into = loaded.unwrap_or_default();
         let old_wake = into.wake_ms;

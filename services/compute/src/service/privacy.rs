@@ -11,8 +11,8 @@
 //! The marker is what keeps the profile deleted: profile ids are derived from identifiers, so the
 //! same person coming back gets the same id. Every event of the profile received up to the
 //! request's time is ignored, live (events still in flight) and when a backfill reads
-//! `events.resolved` again; merge state arriving for a deleted profile that has no state since is
-//! dropped. Events received after the request are a new life of the profile. The marker holds the
+//! `events.resolved` again; merge state arriving for a deleted profile is dropped when everything
+//! in it was resolved or merged at or before that time (its `until_ms`). Events received after the request are a new life of the profile. The marker holds the
 //! profile id and a time, nothing else. This is a filter over the retained history, not an erasure
 //! of it: docs/privacy.md says what that guarantees.
 
