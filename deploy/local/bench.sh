@@ -22,12 +22,15 @@
 # accounts: compute's ACCOUNTS definitions, 1,000 accounts x 50 users with 10 account definitions
 # through the broker (group calls/s, track events/s, a user's flip to its account's change p50/p99)
 # and one user's flip in an account of 10,000 users (through the broker, and in process against
-# recounting the account's users).
+# recounting the account's users);
+# privacy: deletion through identity and compute over PRIVACY_BENCH_PROFILES (1,000,000) profiles and
+# PRIVACY_BENCH_EVENTS (10,000,000) events of history: corralctl privacy delete -> committed exit
+# against a new user's order -> committed entry, and the status check (docs/privacy.md).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
-parts="${BENCH_ONLY:-baseline runtime security pipeline criterion collector validator identity compute accounts merges fanout profiles tmpfs}"
+parts="${BENCH_ONLY:-baseline runtime security pipeline criterion collector validator identity compute accounts merges privacy fanout profiles tmpfs}"
 out="$root/.run/bench/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"
 log() { echo "bench.sh: $*" >&2; }
@@ -135,6 +138,9 @@ if want accounts; then
   log "accounts: one user's flip by account size, counters vs recounting every user (in process)"
   cargo run --release -p corral-compute --bin compute-bench -- --accounts 2>&1 \
     | grep -E '^accounts ' | tee "$out/accounts.txt"
+  log "accounts baseline: a USERS audience's change latency at the flips' rate (200 events/s), same broker"
+  COMPUTE_BENCH_RATE=200 COMPUTE_BENCH_SECONDS=5 cargo bench -p corral-compute --bench pipeline -- latency 2>&1 \
+    | grep -E '^compute ' | sed 's/^/baseline /' | tee -a "$out/accounts.txt"
   log "accounts through the broker: 1,000 accounts x 50 users, 10 account definitions; an account of 10,000 users"
   cargo bench -p corral-compute --bench accounts 2>&1 | grep -E '^compute ' | tee -a "$out/accounts.txt"
 fi
@@ -143,6 +149,12 @@ if want merges; then
   log "merges: identify that causes a merge -> survivor's entered committed, at 1,000 events/s with 10 % merge-causing (identity + compute)"
   cargo build --release --workspace --bins
   cargo bench -p corral-e2e --bench merge_handover 2>&1 | grep -E '^compute ' | tee "$out/merges.txt"
+fi
+
+if want privacy; then
+  log "privacy: delete one user among ${PRIVACY_BENCH_PROFILES:-1000000} profiles and ${PRIVACY_BENCH_EVENTS:-10000000} events (identity + compute)"
+  cargo build --release --workspace --bins
+  cargo bench -p corral-e2e --bench privacy 2>&1 | grep -E '^privacy ' | tee "$out/privacy.txt"
 fi
 
 if want fanout; then

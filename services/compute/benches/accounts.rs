@@ -224,6 +224,39 @@ fn committed_total(group: &str, topic: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Records of `topic` the group has not committed yet, over all partitions (a transactional
+/// topic keeps one commit marker after the last record: an idle consumer lags 1 per partition).
+fn account_lag(group: &str, topic: &str) -> u64 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition(topic, p);
+    }
+    let Ok(committed) = c.committed_offsets(tpl, Duration::from_secs(5)) else {
+        return u64::MAX;
+    };
+    let mut lag = 0u64;
+    for p in 0..PARTITIONS {
+        let Ok((_, high)) = c.fetch_watermarks(topic, p, Duration::from_secs(5)) else {
+            return u64::MAX;
+        };
+        let done = committed
+            .find_partition(topic, p)
+            .and_then(|e| match e.offset() {
+                rdkafka::Offset::Offset(o) => Some(o),
+                _ => None,
+            })
+            .unwrap_or(0);
+        lag += (high - done).max(0) as u64;
+    }
+    lag
+}
+
 fn scale() {
     let accounts: u64 = env_or("COMPUTE_BENCH_ACCOUNTS", 1000);
     let per: u64 = env_or("COMPUTE_BENCH_USERS", 50);
@@ -310,11 +343,20 @@ fn scale() {
     }
     producer.join().unwrap();
     // From the first event produced to the commit covering the last (compute consumes while
-    // the producer writes).
+    // the producer writes): the user side. Then until the account side has applied every
+    // message the users sent it (its input lag back to the transaction markers).
     let secs = last.1.duration_since(produced_from).as_secs_f64().max(1e-3);
+    let accounts_topic = format!("corral.{}.accounts", stack.app);
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while account_lag(&stack.app, &accounts_topic) > PARTITIONS as u64 && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let drained = produced_from.elapsed().as_secs_f64();
     println!(
-        "compute accounts track_events accounts={accounts} users_per_account={per} definitions=10 events={events} events_per_s={:.0} seconds={secs:.1} loadavg={}",
+        "compute accounts track_events accounts={accounts} users_per_account={per} definitions=10 events={events} user_side_events_per_s={:.0} user_side_seconds={secs:.1} with_account_side_events_per_s={:.0} with_account_side_seconds={drained:.1} loadavg={}",
         (last.0 - before) as f64 / secs,
+        events as f64 / drained,
         loadavg()
     );
 
