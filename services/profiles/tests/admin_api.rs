@@ -18,7 +18,7 @@ use corral_ops::audiences::{desired, DefinitionKind, Target};
 use corral_ops::export::sha256_hex;
 use serde_json::{json, Value};
 
-const WAIT: Duration = Duration::from_secs(60);
+const WAIT: Duration = Duration::from_secs(120);
 
 /// (profile, audience, change) of every membership record so far.
 fn memberships(stack: &Stack) -> Vec<(String, String, MembershipChangeKind)> {

@@ -15,7 +15,7 @@ use common::{basic, message, request, until, Answer, Stack, SPACE};
 use corral_codec::MessageType;
 use serde_json::{json, Value};
 
-const WAIT: Duration = Duration::from_secs(60);
+const WAIT: Duration = Duration::from_secs(120);
 
 #[test]
 fn profile_api_answers_as_segment_documents() {

@@ -158,7 +158,7 @@ impl Stack {
             prefix,
             dir,
         };
-        stack.wait_ready(&stack.admin, Duration::from_secs(90));
+        stack.wait_ready(&stack.admin, Duration::from_secs(240));
         stack
     }
 
