@@ -84,7 +84,11 @@ start() {
       log "$name already runs (pid $(pid_of "$name"))"
     else
       # shellcheck disable=SC2086 # args is a trusted, space-separated command line from above
-      RUST_LOG="${RUST_LOG:-info}" nohup setsid "$bin" $args >"$run_dir/$name.log" 2>&1 </dev/null &
+      # corral-profiles: glibc's per-thread arenas keep ~200 MiB of what loading its replicas
+      # freed (BENCHMARKS.md, "Profile API"); two arenas are enough for it.
+      extra_env=()
+      [[ "$name" != profiles ]] || extra_env=("MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2}")
+      RUST_LOG="${RUST_LOG:-info}" nohup setsid env "${extra_env[@]}" "$bin" $args >"$run_dir/$name.log" 2>&1 </dev/null &
       echo $! >"$run_dir/$name.pid"
       log "started $name (pid $!, log .run/services/$name.log, admin 127.0.0.1:$port)"
     fi
