@@ -4,7 +4,8 @@
 # broker.
 #
 # - Baseline, same run, before the services start: the runtime's exactly-once pass-through
-#   (corral-loadgen, 6 partitions, 1 KB records, 100 ms commits, records/s).
+#   (corral-loadgen, 6 partitions, 1 KB records, 100 ms commits, records/s) and the latency of one
+#   exactly-once hop at the latency rate (what each of the pipeline's hops costs at least).
 # - PIPELINE_RUNS (3) runs on the same running stack for each of two loads: collector-loadgen
 #   POSTs PIPELINE_MESSAGES track calls of 5,000 users in batches of 100, with one anonymous id per
 #   user and run (`per-user`) or a new one on every call (`unique`); events/s from the first request to the last event compute
@@ -17,22 +18,27 @@
 #   (deploy/local/bench/); p50/p99 from the HTTP request to the committed membership record and
 #   to the webhook request.
 #
-# Prints `pipeline ...` lines; bench.sh sets CORRAL_KAFKA_BOOTSTRAP to its fresh broker.
+# PIPELINE_ONLY="throughput latency" picks the halves. Prints `pipeline ...` lines; bench.sh sets
+# CORRAL_KAFKA_BOOTSTRAP to its fresh broker.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 messages="${PIPELINE_MESSAGES:-200000}"
 runs="${PIPELINE_RUNS:-3}"
+only="${PIPELINE_ONLY:-throughput latency}" # which halves to run
+want() { [[ " $only " == *" $1 "* ]]; }
 latency_rate="${PIPELINE_LATENCY_RATE:-5000}"
 bin=target/release
 log() { echo "bench-pipeline.sh: $*" >&2; }
 
 cargo build --release --workspace --bins >&2
-log "baseline: the runtime's exactly-once pass-through on this broker"
-passthrough="$("$bin/corral-loadgen" --parts throughput --partitions 6 --records 300000 | tee /dev/stderr \
-  | sed -n 's/.*commit_interval_ms=100 .*records_per_sec=\([0-9]*\).*/\1/p' | head -1)"
+log "baseline: the runtime's exactly-once pass-through and its latency per hop at $latency_rate records/s"
+baseline="$("$bin/corral-loadgen" --parts throughput,latency --partitions 6 --records 300000 \
+  --latency-rate "$latency_rate" | tee /dev/stderr)"
+passthrough="$(sed -n 's/.*commit_interval_ms=100 .*records_per_sec=\([0-9]*\).*/\1/p' <<<"$baseline" | head -1)"
 echo "pipeline baseline passthrough_records_per_sec=$passthrough"
+echo "pipeline baseline hop_latency $(grep -m1 '^runtime latency' <<<"$baseline" | cut -d' ' -f3-)"
 export CORRAL_BIN_DIR="$root/$bin"
 run_dir="$root/.run/services"
 # Fresh state: the bench broker is new, so is every service's state.
@@ -58,7 +64,7 @@ tck="$(getconf CLK_TCK)"
 # per-user: one anonymous id per user and run (a browser's), so most events carry identifiers
 # identity already linked; unique: a new anonymous id on every message (the first figures' load,
 # every event new to identity).
-for workload in per-user unique; do
+want throughput && for workload in per-user unique; do
 : >"$run_dir/pipeline-rates" ; : >"$run_dir/pipeline-records"
 for run in $(seq 1 "$runs"); do
   declare -A cpu_before
@@ -100,6 +106,7 @@ ratio="$(awk -v r="${rate_median#median=}" -v w="${records_median#median=}" -v p
 echo "pipeline summary workload=$workload runs=$runs events_per_sec_$rate_median records_written_per_event_$records_median broker_ratio=$ratio"
 done
 
+want latency || exit 0
 log "latency: $latency_rate events/s, 20 new audience members per second, to the membership topic and the webhook"
 "$bin/corralctl" audiences apply deploy/local/bench/latency-audience.yaml >&2
 "$bin/corralctl" destinations apply deploy/local/bench/latency-destination.yaml >&2

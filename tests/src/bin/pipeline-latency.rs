@@ -5,8 +5,8 @@
 //! `127.0.0.1:--webhook-port`, it sends `--rate` events/s to the collector for `--seconds`: a
 //! background of track calls in batches, and `--probes` single track calls per second, each from a
 //! new user, each of which makes that user enter the audience. Per probe it measures the time from
-//! sending the HTTP request to (a) the committed `entered` record on the membership topic (matched
-//! by the probe's messageId) and (b) the webhook request for that user. Prints one
+//! sending the HTTP request to (a) the committed `entered` record on the membership topic and (b)
+//! the webhook request, both matched by the probe's user id. Prints one
 //! `pipeline latency ...` line with p50/p99 of both and what never arrived.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark driver: fail loudly
 
@@ -50,8 +50,11 @@ struct Args {
     #[arg(long, default_value_t = 20)]
     seconds: u64,
     /// Events per background batch request.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 100)]
     batch: u64,
+    /// Background connections, each sending its share of the rate.
+    #[arg(long, default_value_t = 4)]
+    connections: u64,
 }
 
 /// One HTTP/1.1 POST on a kept-alive connection; returns the status.
@@ -145,8 +148,14 @@ fn main() {
                     continue;
                 };
                 if mc.audience_key == audience && mc.change == MembershipChangeKind::Entered {
-                    if let Some(id) = mc.trigger_message_id {
-                        entered.lock().unwrap().entry(id).or_insert(now);
+                    // By the probe's user id (the entry may come from a later evaluation than
+                    // the probe's own event, with another trigger).
+                    if let Some(user) = mc.external_ids.iter().find(|i| i.id_type == "user_id") {
+                        entered
+                            .lock()
+                            .unwrap()
+                            .entry(user.id.clone())
+                            .or_insert(now);
                     }
                 }
             }
@@ -156,40 +165,45 @@ fn main() {
     let host = args.collector.clone();
     let background_rate = args.rate.saturating_sub(args.probes);
     let sent_background = Arc::new(AtomicU64::new(0));
-    let background = {
-        let (stop, sent, host, key) = (
-            stop.clone(),
-            sent_background.clone(),
-            host.clone(),
-            args.write_key.clone(),
-        );
-        let batch = args.batch.max(1);
-        std::thread::spawn(move || {
-            let mut conn = connect(&host);
-            let started = Instant::now();
-            let mut n: u64 = 0;
-            while !stop.load(Ordering::Relaxed) {
-                // Open loop: the batch is sent when the schedule says, late batches catch up.
-                let due =
-                    started + Duration::from_secs_f64(n as f64 / background_rate.max(1) as f64);
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
+    let connections = args.connections.max(1);
+    let per_connection = (background_rate / connections).max(1);
+    let background: Vec<_> = (0..connections)
+        .map(|c| {
+            let (stop, sent, host, key) = (
+                stop.clone(),
+                sent_background.clone(),
+                host.clone(),
+                args.write_key.clone(),
+            );
+            let batch = args.batch.max(1);
+            std::thread::spawn(move || {
+                let mut conn = connect(&host);
+                let started = Instant::now();
+                let mut n: u64 = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    // Open loop: each batch is sent when the schedule says, late ones catch up.
+                    let due =
+                        started + Duration::from_secs_f64(n as f64 / per_connection as f64);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    let events: Vec<serde_json::Value> = (0..batch)
+                        .map(|k| {
+                            let i = (n + k) * connections + c;
+                            json!({"type": "track", "userId": format!("bg-{}", i % 50_000),
+                                   "event": "Feature Used", "messageId": format!("bg-{}-{i}", std::process::id()),
+                                   "properties": {"feature_name": "search"}})
+                        })
+                        .collect();
+                    let body =
+                        serde_json::to_vec(&json!({"writeKey": key, "batch": events})).unwrap();
+                    post(&mut conn, &host, "/v1/batch", &body);
+                    n += batch;
+                    sent.fetch_add(batch, Ordering::Relaxed);
                 }
-                let events: Vec<serde_json::Value> = (0..batch)
-                    .map(|k| {
-                        let i = n + k;
-                        json!({"type": "track", "userId": format!("bg-{}", i % 50_000),
-                               "event": "Feature Used", "messageId": format!("bg-{}-{i}", std::process::id()),
-                               "properties": {"feature_name": "search"}})
-                    })
-                    .collect();
-                let body = serde_json::to_vec(&json!({"writeKey": key, "batch": events})).unwrap();
-                post(&mut conn, &host, "/v1/batch", &body);
-                n += batch;
-                sent.store(n, Ordering::Relaxed);
-            }
+            })
         })
-    };
+        .collect();
 
     let mut sent_probes: Vec<(String, String, Instant)> = Vec::new();
     let mut conn = connect(&host);
@@ -213,7 +227,9 @@ fn main() {
     }
     let elapsed = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
-    background.join().unwrap();
+    for b in background {
+        b.join().unwrap();
+    }
     let background_sent = sent_background.load(Ordering::Relaxed);
 
     // Stragglers: wait until every probe arrived both ways, or 30 s.
@@ -248,8 +264,8 @@ fn main() {
     reader.join().unwrap();
     let mut to_membership = Vec::new();
     let mut to_webhook = Vec::new();
-    for (mid, user, at) in &sent_probes {
-        if let Some(t) = members.get(mid) {
+    for (_, user, at) in &sent_probes {
+        if let Some(t) = members.get(user) {
             to_membership.push(t.saturating_duration_since(*at).as_secs_f64() * 1000.0);
         }
         if let Some(t) = hooks.get(user) {
