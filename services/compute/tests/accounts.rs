@@ -10,9 +10,10 @@
 //! results equal `corral_query::evaluate_audience` with `Subject::Account` over the account's
 //! traits and its users' full histories at that "now".
 //!
-//! Restrictions (documented in docs/compute.md, "Accounts"): unique event times, no late
-//! events and no merges in these histories (users' merges are covered by the USERS
-//! differential test; an account sees a merge as one user leaving and the survivor joining).
+//! Merges are applied as the service does: the merged-away user leaves its accounts, the
+//! survivor absorbs its state and joins them (the reference: one user with both histories, the
+//! latest plan, in the union of accounts). Restrictions (docs/compute.md, "Accounts"): unique
+//! event times, no late events.
 //!
 //! Cases: `COMPUTE_ACCOUNTS_DIFF_CASES` (default 1500).
 
@@ -98,6 +99,12 @@ enum Op {
         group: usize,
         traits: Option<(bool, i64)>,
     },
+    /// `from`'s profile is merged into `into`'s (as identity does; later ops on `from` go to
+    /// the survivor).
+    Merge {
+        from: usize,
+        into: usize,
+    },
     Advance(i64),
     Check,
 }
@@ -109,6 +116,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..USERS, any::<bool>()).prop_map(|(user, pro)| Op::Identify { user, pro }),
         3 => (0..USERS, 0..GROUPS.len(), prop::option::of((any::<bool>(), 0i64..20)))
             .prop_map(|(user, group, traits)| Op::Group { user, group, traits }),
+        1 => (0..USERS, 0..USERS).prop_map(|(from, into)| Op::Merge { from, into }),
         2 => prop::sample::select(vec![DAY / 4, DAY, 2 * DAY, 4 * DAY]).prop_map(Op::Advance),
         2 => Just(Op::Check),
     ]
@@ -236,12 +244,22 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
     let mut profiles: Vec<Profile> = vec![Profile::default(); USERS];
     let mut account_traits: BTreeMap<usize, Map<String, Value>> = BTreeMap::new();
     let mut membership: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
+    // Merged-away user -> survivor; the time each user's plan was last set.
+    let mut merged: Vec<Option<usize>> = vec![None; USERS];
+    let mut plan_at: Vec<i64> = vec![i64::MIN; USERS];
+    let live = |merged: &[Option<usize>], mut u: usize| {
+        while let Some(n) = merged[u] {
+            u = n;
+        }
+        u
+    };
     let mut now: i64 = 1_700_000_000_000;
     let empty = Map::new();
     for op in c.ops.iter().chain(std::iter::once(&Op::Check)) {
         now += 1;
         match op {
             Op::Track { user, name } => {
+                let user = &live(&merged, *user);
                 let ev = InEvent {
                     name,
                     ts_ms: now,
@@ -254,6 +272,8 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
                 sim.save_user(*user, now);
             }
             Op::Identify { user, pro } => {
+                let user = &live(&merged, *user);
+                plan_at[*user] = now;
                 let plan = if *pro { "pro" } else { "free" };
                 let traits = json!({ "plan": plan });
                 let t = traits.as_object().cloned().unwrap_or_default();
@@ -266,6 +286,7 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
                 group,
                 traits,
             } => {
+                let user = &live(&merged, *user);
                 // The service: account traits first (their message is sent first), then the
                 // user's state write tells the account it joined.
                 if let Some((gold, size)) = traits {
@@ -291,10 +312,45 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
                 membership.entry(*group).or_default().insert(*user);
                 sim.save_user(*user, now);
             }
+            Op::Merge { from, into } => {
+                let (f, i) = (live(&merged, *from), live(&merged, *into));
+                if f == i {
+                    continue;
+                }
+                // The merged-away side: its state leaves, and it leaves its accounts.
+                let from_st = std::mem::take(&mut sim.users[f]);
+                for group in &from_st.accounts_sent {
+                    let g = GROUPS.iter().position(|x| x == group).unwrap_or(0);
+                    if let Some(old) = sim.accounts.members.remove(&(g, f)) {
+                        sim.account(g).set_member(Some(&old), None);
+                        sim.evaluate_account(g, now);
+                    }
+                }
+                // The survivor's task absorbs it and tells its (now more) accounts.
+                let _ = engine.absorb(&mut sim.users[i], from_st, now);
+                sim.save_user(i, now);
+                let moved = std::mem::take(&mut profiles[f]);
+                profiles[i].events.extend(moved.events);
+                if plan_at[f] > plan_at[i] {
+                    if let Some(p) = moved.traits.get("plan") {
+                        profiles[i].traits.insert("plan".into(), p.clone());
+                    }
+                    plan_at[i] = plan_at[f];
+                }
+                for users in membership.values_mut() {
+                    if users.remove(&f) {
+                        users.insert(i);
+                    }
+                }
+                merged[f] = Some(i);
+            }
             Op::Advance(d) => now += d,
             Op::Check => {
                 // Punctuation: due timers, as the service fires them.
-                for u in 0..USERS {
+                for (u, gone) in merged.iter().enumerate() {
+                    if gone.is_some() {
+                        continue;
+                    }
                     if sim.users[u].wake_ms.is_some_and(|w| w <= now) {
                         let _ = engine.tick(&mut sim.users[u], now);
                         sim.save_user(u, now);
