@@ -47,7 +47,8 @@ rm -rf "$root/.run/state"
 "$bin/corralctl" topics apply --manifest deploy/topics.yaml >&2
 "$bin/corralctl" plans apply examples/tracking-plan.yaml >&2
 "$bin/corralctl" audiences apply examples/definitions.yaml >&2
-deploy/local/services.sh start >&2
+# The five services of the pipeline only (make up also starts corral-profiles, a reader).
+deploy/local/services.sh start collector validator identity compute fanout >&2
 trap 'deploy/local/services.sh stop >/dev/null 2>&1 || true' EXIT
 
 # name -> admin port, as deploy/local/services.sh starts them.
