@@ -119,7 +119,6 @@ show audiences.membership "Account audiences: the account, and each of its users
   '"%-28s %-7s %-28s group=%s" % (v["profile_id"], v["change"], v["audience_key"], [i["id"] for i in v["external_ids"] if i["type"] == "group_id"])'
 post /v1/track "{\"userId\":\"bo-$run_id\",\"event\":\"Logged In\"}"
 echo "  (bo logs in: acme is no longer at risk, for the account and both users)"
-await_record audiences.membership exited 30
 deadline=$((SECONDS + 20))
 until grep -F "$acme" "$webhook_log" 2>/dev/null | grep -q 'Audience Exited' || ((SECONDS > deadline)); do sleep 0.5; done
 grep -F "$acme" "$webhook_log" 2>/dev/null | python3 -c '

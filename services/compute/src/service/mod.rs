@@ -297,8 +297,12 @@ fn ext_ids(ids: &[ExternalId]) -> Vec<ExtId> {
         .collect()
 }
 
+/// A profile's ids as outputs carry them: its own identifiers, without the accounts
+/// (collection `accounts`) it was grouped with; an account audience's change for a user names
+/// its one account itself (see `accounts`).
 fn codec_ids(ids: &[ExtId]) -> Vec<ExternalId> {
     ids.iter()
+        .filter(|i| i.collection.as_deref() != Some("accounts"))
         .map(|i| ExternalId {
             id_type: i.id_type.clone(),
             id: i.id.clone(),
