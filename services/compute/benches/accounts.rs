@@ -132,7 +132,11 @@ fn call(
 }
 
 fn group(user: &str, id: &str, account: &str, size: u64, at: i64) -> (Vec<u8>, Vec<u8>) {
-    let plan = if size.is_multiple_of(2) { "business" } else { "free" };
+    let plan = if size.is_multiple_of(2) {
+        "business"
+    } else {
+        "free"
+    };
     call(
         user,
         id,
