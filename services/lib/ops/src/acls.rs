@@ -207,6 +207,14 @@ pub fn plan(input: &AclInput) -> AclPlan {
                 ResourceType::Topic,
                 changelogs(service),
             );
+            if service == "identity" {
+                // The stitcher is its own application: `{prefix}{app}-stitcher.links-changelog`.
+                b.prefixed(
+                    &[Read, Write, Create],
+                    ResourceType::Topic,
+                    format!("{}{}-stitcher.", input.topics.prefix(), app(service)),
+                );
+            }
             // Prefixed: the group `{app}` and the readers outside it (`{app}-restore`,
             // `{app}-definitions`, `{app}-view-*`, identity's `{app}-router` and `{app}-stitcher`).
             b.group(Pattern::Prefixed, app(service));
@@ -369,6 +377,19 @@ mod tests {
             "corral.validator.dedup-changelog"
         ));
         assert!(!allowed(&plan, v, Read, "corral.events.resolved"));
+        let identity = "User:corral-identity";
+        assert!(allowed(
+            &plan,
+            identity,
+            Create,
+            "corral.identity-stitcher.links-changelog"
+        ));
+        assert!(allowed(
+            &plan,
+            identity,
+            Write,
+            "corral.identity.events-by-id"
+        ));
         assert!(!allowed(&plan, v, Write, "corral.audiences.membership"));
         assert!(!allowed(
             &plan,
