@@ -216,6 +216,8 @@ fn start(name: &str, args: &[String], env: &[(String, String)], log: &Path) -> C
         .stdin(Stdio::null())
         .stdout(file.try_clone().unwrap())
         .stderr(file)
+        // A failing service's error, not anyhow's backtrace, must fit in the tail we print.
+        .env("RUST_LIB_BACKTRACE", "0")
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
