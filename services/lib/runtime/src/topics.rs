@@ -388,13 +388,28 @@ impl TopicAdmin {
     pub fn apply(&self, desired: &[DesiredTopic]) -> Result<ApplyReport, RuntimeError> {
         let mut report = ApplyReport::default();
         for t in desired {
-            match self.shape(&t.name)? {
-                None => {
-                    if self.create(t)? {
-                        report.created.push(t.name.clone());
-                    } else {
-                        report.unchanged.push(t.name.clone());
+            let mut shape = self.shape(&t.name)?;
+            if shape.is_none() {
+                if self.create(t)? {
+                    report.created.push(t.name.clone());
+                    continue;
+                }
+                // It exists but the metadata we read did not show it yet (created a moment ago):
+                // wait for it, so its shape is checked like any other.
+                for _ in 0..50 {
+                    std::thread::sleep(Duration::from_millis(100));
+                    shape = self.shape(&t.name)?;
+                    if shape.is_some() {
+                        break;
                     }
+                }
+            }
+            match shape {
+                None => {
+                    return Err(RuntimeError::Admin(format!(
+                        "topic {} exists (the broker refused to create it again) but its metadata never showed it; try again",
+                        t.name
+                    )))
                 }
                 Some((have, replicas)) => {
                     let before = report.drift.len();
