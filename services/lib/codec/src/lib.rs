@@ -22,6 +22,7 @@
 
 mod binary;
 mod error;
+pub mod history;
 mod json;
 mod read;
 mod records;
