@@ -35,6 +35,7 @@ pub mod definitions;
 pub mod error;
 pub mod follow;
 pub mod metrics;
+pub mod partitions;
 pub mod processor;
 pub mod produce;
 pub mod reader;
@@ -73,6 +74,7 @@ pub struct StreamRuntime {
 impl StreamRuntime {
     pub fn new(cfg: RuntimeConfig) -> Result<Self, RuntimeError> {
         cfg.validate()?;
+        partitions::register(&cfg.bootstrap_servers, &cfg.kafka);
         let registry = corral_telemetry::registry(&cfg.application_id);
         // Registering build info twice (a second runtime in one test process) is harmless.
         let _ = corral_telemetry::register_build_info(&registry, env!("CARGO_PKG_VERSION"));

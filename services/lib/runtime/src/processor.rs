@@ -261,6 +261,25 @@ impl<'a> ProcessContext<'a> {
         self.push_record(topic.to_string(), key.into(), record)
     }
 
+    /// Encodes `record` and produces it to the topic its type travels on, keyed `key` but on the
+    /// partition the murmur2 partitioner gives `partition_key` (the plain profile id of an
+    /// `events.resolved` record whose key is unique per event; see `partitions`).
+    pub fn emit_record_partitioned<R: AvroRecord>(
+        &mut self,
+        key: impl Into<Vec<u8>>,
+        partition_key: &[u8],
+        record: &R,
+    ) -> Result<(), ProcessError> {
+        let topic = self.topics.of::<R>();
+        let n = crate::partitions::count(&topic)
+            .map_err(|e| ProcessError::Fatal(format!("cannot place a {} record: {e}", R::TOPIC)))?;
+        self.push_record(topic, key.into(), record)?;
+        if let Some(out) = self.outputs.last_mut() {
+            out.partition = Some(corral_codec::history::partition(partition_key, n));
+        }
+        Ok(())
+    }
+
     /// One owned topic name per output, as `emit` has.
     fn push_record<R: AvroRecord>(
         &mut self,
