@@ -147,7 +147,11 @@ impl Processor for StitcherProcessor {
                     external_ids,
                     resolved_at_ms: now,
                 };
-                ctx.emit_record(link.profile_id.into_bytes(), &out)?;
+                ctx.emit_record_partitioned(
+                    corral_codec::history::key(&out),
+                    out.profile_id.as_bytes(),
+                    &out,
+                )?;
             }
             _ => {
                 self.metrics.lookups.with_label_values(&["miss"]).inc();
@@ -297,7 +301,11 @@ impl Processor for CoordinatorProcessor {
             external_ids,
             resolved_at_ms: now,
         };
-        ctx.emit_record(pid.as_bytes(), &out)?;
+        ctx.emit_record_partitioned(
+            corral_codec::history::key(&out),
+            out.profile_id.as_bytes(),
+            &out,
+        )?;
         Ok(())
     }
 }
