@@ -90,6 +90,8 @@ pub struct Readiness {
     pub events: Arc<AtomicBool>,
     /// Compute's accounts changelog (set from the start when the topic does not exist).
     pub accounts: Arc<AtomicBool>,
+    /// `profiles.merges`: deletions to apply to the events index.
+    pub merges: Arc<AtomicBool>,
 }
 
 impl Readiness {
@@ -103,6 +105,8 @@ impl Readiness {
             Some("events.resolved")
         } else if !self.accounts.load(Ordering::SeqCst) {
             Some("compute's accounts")
+        } else if !self.merges.load(Ordering::SeqCst) {
+            Some("profiles.merges")
         } else {
             None
         }

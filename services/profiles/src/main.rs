@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{ArgAction, Parser};
-use corral_codec::ResolvedEvent;
+use corral_codec::{ProfileMerge, ResolvedEvent};
 use corral_profiles::admin::{self, AdminState, PREVIEW_TIMEOUT};
 use corral_profiles::api::{self, ApiState, Readiness};
 use corral_profiles::defs::SpaceDefinitions;
@@ -162,9 +162,37 @@ fn main() -> anyhow::Result<()> {
             m.applied
                 .with_label_values(&["events"])
                 .inc_by(b.len() as u64);
+            // Deletions come through profiles.merges; tombstones here are skipped.
+            let applied = s.apply_event_records(b)?;
+            m.undecodable.inc_by(applied.undecodable as u64);
+            m.erased_events.inc_by(applied.erased as u64);
+            Ok(())
+        },
+    )?);
+    // Deletions (docs/privacy.md) and the merges they extend to; read to its end before ready,
+    // so a restarted service never shows a deleted life's events.
+    let merges_topic = svc.topics().of::<ProfileMerge>();
+    let (s, m) = (store.clone(), metrics.clone());
+    threads.push(follow(
+        &svc,
+        &merges_topic,
+        format!("{app}-merges-{instance}"),
+        ready.merges.clone(),
+        move |b| {
+            m.applied
+                .with_label_values(&["merges"])
+                .inc_by(b.len() as u64);
             let values: Vec<Vec<u8>> = b.into_iter().filter_map(|r| r.value).collect();
-            let bad = s.apply_events(&values)?;
-            m.undecodable.inc_by(bad as u64);
+            let applied = s.apply_merges(&values)?;
+            m.deletions.inc_by(applied.deletions as u64);
+            m.erased_events.inc_by(applied.erased_events as u64);
+            if applied.deletions > 0 {
+                info!(
+                    deletions = applied.deletions,
+                    erased_events = applied.erased_events,
+                    "deleted profiles erased from the events index"
+                );
+            }
             Ok(())
         },
     )?);

@@ -1,5 +1,5 @@
 //! `corral_profiles_*` metrics (the registry adds the `corral_` prefix). The one label,
-//! `replica`, is `graph`, `compute`, `accounts` or `events`.
+//! `replica`, is `graph`, `compute`, `accounts`, `events` or `merges`.
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
@@ -11,6 +11,10 @@ pub struct Metrics {
     pub undecodable: IntCounter,
     /// RocksDB's estimate of its live data.
     pub store_bytes: IntGauge,
+    /// Deletion records of `profiles.merges` applied to the events index.
+    pub deletions: IntCounter,
+    /// Events of deleted lives erased from the index or skipped when read.
+    pub erased_events: IntCounter,
 }
 
 impl Metrics {
@@ -30,6 +34,16 @@ impl Metrics {
             "profiles_store_bytes",
             "RocksDB's estimate of the profile store's live data",
         )?;
+        let deletions = IntCounter::new(
+            "profiles_deletions_total",
+            "Deletion records (profiles.merges, empty into) applied to the events index",
+        )?;
+        let erased_events = IntCounter::new(
+            "profiles_erased_events_total",
+            "Events of deleted profiles erased from the events index or skipped when read",
+        )?;
+        registry.register(Box::new(deletions.clone()))?;
+        registry.register(Box::new(erased_events.clone()))?;
         registry.register(Box::new(applied.clone()))?;
         registry.register(Box::new(undecodable.clone()))?;
         registry.register(Box::new(store_bytes.clone()))?;
@@ -37,6 +51,8 @@ impl Metrics {
             applied,
             undecodable,
             store_bytes,
+            deletions,
+            erased_events,
         })
     }
 }

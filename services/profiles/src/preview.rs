@@ -134,8 +134,21 @@ impl<'a> Folder<'a> {
         self.state(pid).map(|_| ())
     }
 
-    /// Folds a decoded event of the space in.
+    /// Whether `pid` was ever deleted (its records need their resolved time checked).
+    pub fn deleted(&self, pid: &str) -> Result<bool, PreviewError> {
+        Ok(self.store.deleted_at(&self.space, pid)?.is_some())
+    }
+
+    /// Folds a decoded event of the space in; an event of a deleted life (resolved at or
+    /// before its profile's deletion, docs/privacy.md) is left out.
     pub fn fold(&mut self, ev: &ResolvedEvent) -> Result<(), PreviewError> {
+        if self
+            .store
+            .deleted_at(&self.space, &ev.profile_id)?
+            .is_some_and(|t| ev.resolved_at_ms <= t)
+        {
+            return Ok(());
+        }
         let m = &ev.message;
         let ts = event_time_ms(m, ev.resolved_at_ms);
         let now = self.now_ms;
@@ -187,6 +200,17 @@ impl<'a> Folder<'a> {
     }
 }
 
+/// The profile id at the start of an `events.resolved` key: the key is the profile id, or
+/// starts with it followed by a separator and more (the message id); profile ids are `use_`
+/// and base62 characters, so the first byte outside `[A-Za-z0-9_.-]` ends it.
+pub fn profile_of_key(key: &str) -> &str {
+    let end = key
+        .bytes()
+        .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')))
+        .unwrap_or(key.len());
+    &key[..end]
+}
+
 /// Previews `def` over the whole history (see the module doc).
 pub fn preview(
     history: &History,
@@ -223,8 +247,11 @@ pub fn preview(
                         if pk.space != space {
                             return Ok(());
                         }
-                        if pk.name.is_some_and(|n| !folder.reads(n)) {
-                            return folder.touch(key);
+                        let pid = profile_of_key(key);
+                        // A deleted profile's records are decoded: their resolved time tells
+                        // the deleted life from a new one.
+                        if pk.name.is_some_and(|n| !folder.reads(n)) && !folder.deleted(pid)? {
+                            return folder.touch(pid);
                         }
                     }
                 }
@@ -269,4 +296,17 @@ pub fn preview(
         events_read: read,
         duration_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::profile_of_key;
+
+    #[test]
+    fn the_profile_id_is_read_from_the_start_of_the_key() {
+        assert_eq!(profile_of_key("use_0aZ9"), "use_0aZ9");
+        assert_eq!(profile_of_key("use_0aZ9\0msg-1"), "use_0aZ9");
+        assert_eq!(profile_of_key("use_0aZ9/msg-1/x"), "use_0aZ9");
+        assert_eq!(profile_of_key(""), "");
+    }
 }

@@ -6,17 +6,28 @@
 //! | `R` | space, surviving id, merged-away id | empty: the reverse of identity's aliases |
 //! | `C` | compute's profile id, as is | compute's state (replica of `compute.profiles-changelog`) |
 //! | `S` | space, group id | compute's account state (replica of `compute.accounts-changelog`, its `a/` keys) |
-//! | `E` | space, collection, owner + 8-byte inverted time + message id | the event as the API shows it |
+//! | `E` | space, collection, owner + 8-byte inverted time + message id | resolved time (8 bytes) and the event as the API shows it |
 //! | `M` | space, profile id | first and last message of the profile ([`Meta`]) |
 //! | `F` | space, id type, id value | the first message that carried the external id ([`Seen`]) |
 //! | `A` | space, group id | an account built from group calls ([`Account`]) |
 //! | `L` | space, profile id, group id | user → account link ([`Seen`]) |
 //! | `K` | space, group id, profile id | account → user link ([`Seen`]) |
+//! | `X` | space, profile id | deletion time (i64, big-endian): events resolved up to then are erased |
+//! | `N` | space, into, from | merge time (i64, big-endian), from `profiles.merges`, to follow deletions |
 //!
 //! Parts are length-prefixed (as identity's keys are), so no part can run into the next and a
 //! key's prefix of whole parts selects exactly that owner. Events are kept newest first and at
 //! most `events_per_owner` per owner (profile id or group id): older ones are deleted after each
-//! batch. Writes skip RocksDB's write-ahead log: the whole folder is rebuilt from Kafka at each
+//! batch.
+//!
+//! Deletions (docs/privacy.md) arrive on `profiles.merges` as a record with an empty `into`:
+//! [`ProfileStore::apply_merges`] erases what the index holds of the profile, and of the
+//! profiles merged into it at or before the deletion, from before the request (events, first
+//! and last message, first messages of its external ids, account links and its events in
+//! accounts' lists), and keeps a mark (`X`) so an event of the deleted life that is indexed
+//! later (the two topics are read by separate threads, in no common order) is skipped. The
+//! index and the erasure take one lock, so neither can slip between the other's read and
+//! write. Writes skip RocksDB's write-ahead log: the whole folder is rebuilt from Kafka at each
 //! start (see [`ProfileStore::open_fresh`]), so a crash loses nothing that matters.
 
 use std::collections::{BTreeSet, HashMap};
@@ -45,6 +56,8 @@ pub const T_FIRST: u8 = b'F';
 pub const T_ACCOUNT: u8 = b'A';
 pub const T_LINK_USER: u8 = b'L';
 pub const T_LINK_ACCOUNT: u8 = b'K';
+pub const T_DELETED: u8 = b'X';
+pub const T_MERGED: u8 = b'N';
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +152,46 @@ pub struct Account {
 pub struct ProfileStore {
     db: DB,
     events_per_owner: usize,
+    /// Held while events are indexed and while a deletion erases (see the module doc).
+    index_lock: std::sync::Mutex<()>,
+}
+
+/// What a batch of `events.resolved` values did to the index.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventsApplied {
+    /// Values that did not decode (skipped).
+    pub undecodable: usize,
+    /// Events of a deleted life (resolved at or before their profile's deletion), skipped.
+    pub erased: usize,
+}
+
+/// What a batch of `profiles.merges` records did to the index.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MergesApplied {
+    /// Deletion records (empty `into`).
+    pub deletions: usize,
+    /// Indexed events erased by them.
+    pub erased_events: usize,
+    /// Records that did not decode (skipped).
+    pub undecodable: usize,
+}
+
+/// The 8-byte resolved time in front of a stored event, then its JSON.
+fn stored_event(resolved_at_ms: i64, json: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + json.len());
+    v.extend_from_slice(&resolved_at_ms.to_be_bytes());
+    v.extend_from_slice(json);
+    v
+}
+
+/// (resolved time, JSON bytes) of a stored event.
+fn split_stored_event(v: &[u8]) -> Option<(i64, &[u8])> {
+    let (t, json) = v.split_at_checked(8)?;
+    Some((i64::from_be_bytes(t.try_into().ok()?), json))
+}
+
+fn be_i64(v: &[u8]) -> Option<i64> {
+    Some(i64::from_be_bytes(v.try_into().ok()?))
 }
 
 fn db_err(path: &Path) -> impl Fn(rocksdb::Error) -> StoreError + '_ {
@@ -180,6 +233,7 @@ impl ProfileStore {
         Ok(ProfileStore {
             db,
             events_per_owner: events_per_owner.max(1),
+            index_lock: std::sync::Mutex::new(()),
         })
     }
 
@@ -302,18 +356,28 @@ impl ProfileStore {
             .and_then(|b| rmp_serde::from_slice(&b).ok()))
     }
 
-    /// Indexes `events.resolved` values (see the module doc); returns how many did not decode
-    /// (they are skipped: this replica never holds up on one bad record).
-    pub fn apply_events(&self, values: &[Vec<u8>]) -> Result<usize, StoreError> {
+    /// Indexes `events.resolved` values (see the module doc). Values that do not decode are
+    /// counted and skipped (this replica never holds up on one bad record), and so are events
+    /// of a deleted life. Tombstones (records without a value) are not passed here: the
+    /// caller drops them (a deletion reaches this index through [`Self::apply_merges`]).
+    pub fn apply_events(&self, values: &[Vec<u8>]) -> Result<EventsApplied, StoreError> {
+        let _guard = self.index_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = WriteBatch::default();
         let mut json_overlay: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
         let mut touched: BTreeSet<Vec<u8>> = BTreeSet::new();
-        let mut bad = 0;
+        let mut out = EventsApplied::default();
         for v in values {
             let Ok(ev) = ResolvedEvent::decode(v) else {
-                bad += 1;
+                out.undecodable += 1;
                 continue;
             };
+            if self
+                .deleted_at(&ev.message.space_id, &ev.profile_id)?
+                .is_some_and(|t| ev.resolved_at_ms <= t)
+            {
+                out.erased += 1;
+                continue;
+            }
             self.index_event(&ev, &mut batch, &mut json_overlay, &mut touched)?;
         }
         for (k, v) in json_overlay {
@@ -321,7 +385,198 @@ impl ProfileStore {
         }
         self.write(batch)?;
         self.trim(&touched)?;
-        Ok(bad)
+        Ok(out)
+    }
+
+    /// [`Self::apply_events`] over records of `events.resolved` as read: tombstones (no value)
+    /// are skipped, and the key is not read (the profile id is in the value; the key's shape is
+    /// the writer's business: the profile id, or the profile id and the message id).
+    pub fn apply_event_records(
+        &self,
+        records: Vec<ChangelogRecord>,
+    ) -> Result<EventsApplied, StoreError> {
+        let values: Vec<Vec<u8>> = records.into_iter().filter_map(|r| r.value).collect();
+        self.apply_events(&values)
+    }
+
+    /// When `pid` of `space` was deleted (the latest deletion), if it was.
+    pub fn deleted_at(&self, space: &str, pid: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .get(&key(T_DELETED, &[space, pid]))?
+            .and_then(|v| be_i64(&v)))
+    }
+
+    /// Applies `profiles.merges` values: merges are remembered (`N`) so that a deletion also
+    /// covers the profiles merged into the deleted one at or before it; a deletion (empty
+    /// `into`, docs/privacy.md) erases the deleted life from the index (see the module doc).
+    /// The order of merges and deletions between partitions does not matter: a merge into a
+    /// profile deleted after the merge, read after the deletion, erases the merged profile too.
+    pub fn apply_merges(&self, values: &[Vec<u8>]) -> Result<MergesApplied, StoreError> {
+        use corral_codec::ProfileMerge;
+        let _guard = self.index_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = MergesApplied::default();
+        for v in values {
+            let Ok(m) = ProfileMerge::decode(v) else {
+                out.undecodable += 1;
+                continue;
+            };
+            if m.from_profile_id.is_empty() {
+                // A deletion that matched no profile: nothing to erase.
+                continue;
+            }
+            let space = m.space_id.as_str();
+            if m.into_profile_id.is_empty() {
+                out.deletions += 1;
+                out.erased_events += self.delete_life(space, &m.from_profile_id, m.merged_at_ms)?;
+                continue;
+            }
+            let mut batch = WriteBatch::default();
+            batch.put(
+                key(T_MERGED, &[space, &m.into_profile_id, &m.from_profile_id]),
+                m.merged_at_ms.to_be_bytes(),
+            );
+            self.write(batch)?;
+            if let Some(t) = self.deleted_at(space, &m.into_profile_id)? {
+                if m.merged_at_ms <= t {
+                    out.erased_events += self.delete_life(space, &m.from_profile_id, t)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks `pid` deleted at `at` and erases its indexed data from before then, and that of
+    /// every profile merged into it at or before `at` (transitively). Returns the events erased.
+    fn delete_life(&self, space: &str, pid: &str, at: i64) -> Result<usize, StoreError> {
+        let mut todo = vec![pid.to_string()];
+        let mut done: BTreeSet<String> = BTreeSet::new();
+        let mut erased = 0;
+        while let Some(p) = todo.pop() {
+            if !done.insert(p.clone()) {
+                continue;
+            }
+            let mark = self.deleted_at(space, &p)?.map_or(at, |t| t.max(at));
+            let mut batch = WriteBatch::default();
+            batch.put(key(T_DELETED, &[space, &p]), mark.to_be_bytes());
+            self.write(batch)?;
+            erased += self.erase(space, &p, mark)?;
+            for (k, v) in self.scan(&key(T_MERGED, &[space, &p]))? {
+                if be_i64(&v).is_some_and(|t| t <= at) {
+                    if let Some(from) = last_part(&k) {
+                        todo.push(from);
+                    }
+                }
+            }
+        }
+        Ok(erased)
+    }
+
+    /// Erases what the index holds of `pid` from events resolved at or before `at`: its events,
+    /// its first and last message (rebuilt from the events that stay), the first messages of
+    /// the external ids those events carried, its account links, and its events in the
+    /// accounts' lists. Returns the profile's events erased.
+    fn erase(&self, space: &str, pid: &str, at: i64) -> Result<usize, StoreError> {
+        let mut batch = WriteBatch::default();
+        let owner = key(T_EVENT, &[space, USERS, pid]);
+        let mut erased = 0;
+        let mut gone_ids: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut gone_messages: BTreeSet<String> = BTreeSet::new();
+        let mut kept: Vec<(Seen, Value)> = Vec::new();
+        for (k, v) in self.scan(&owner)? {
+            let rest = &k[owner.len()..];
+            let Some((resolved, json)) = split_stored_event(&v) else {
+                batch.delete(&k);
+                continue;
+            };
+            let json: Value = serde_json::from_slice(json).unwrap_or(Value::Null);
+            if resolved > at {
+                let ts = rest
+                    .get(..8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map_or(0, |b| (u64::MAX - u64::from_be_bytes(b)) as i64);
+                let seen = Seen {
+                    ms: ts,
+                    message_id: json["message_id"].as_str().unwrap_or_default().to_string(),
+                    source_id: json["source_id"].as_str().map(String::from),
+                };
+                kept.push((seen, json));
+                continue;
+            }
+            batch.delete(&k);
+            erased += 1;
+            if let Some(m) = json["message_id"].as_str() {
+                gone_messages.insert(m.to_string());
+            }
+            for id in json["external_ids"].as_array().into_iter().flatten() {
+                if id["collection"] == ACCOUNTS {
+                    continue;
+                }
+                if let (Some(t), Some(i)) = (id["type"].as_str(), id["id"].as_str()) {
+                    gone_ids.insert((t.to_string(), i.to_string()));
+                }
+            }
+        }
+        // First and last message: from the events of the new life, if any.
+        let mk = key(T_META, &[space, pid]);
+        match kept.split_first() {
+            Some(((first, _), rest)) => {
+                let mut meta = Meta {
+                    first: first.clone(),
+                    last: first.clone(),
+                };
+                for (s, _) in rest {
+                    meta.fold(s);
+                }
+                batch.put(&mk, serde_json::to_vec(&meta).unwrap_or_default());
+            }
+            None => batch.delete(&mk),
+        }
+        // The first message of each external id the erased events carried: the earliest event
+        // of the new life that carries it, else none.
+        let carries = |j: &Value, t: &str, i: &str| {
+            j["external_ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|x| x["type"] == t && x["id"] == i)
+        };
+        for (t, i) in &gone_ids {
+            let fk = key(T_FIRST, &[space, t, i]);
+            let first = kept
+                .iter()
+                .filter(|(_, j)| carries(j, t, i))
+                .min_by_key(|(s, _)| s.ms);
+            match first {
+                Some((seen, _)) => batch.put(&fk, serde_json::to_vec(seen).unwrap_or_default()),
+                None => batch.delete(&fk),
+            }
+        }
+        // Account links, unless a group call of the new life made them again; the profile's
+        // group calls in the accounts' event lists.
+        for (gid, _) in self.accounts_of(space, pid)? {
+            let relinked = kept
+                .iter()
+                .any(|(_, j)| j["type"] == "group" && j["group_id"] == gid.as_str());
+            if !relinked {
+                batch.delete(key(T_LINK_USER, &[space, pid, &gid]));
+                batch.delete(key(T_LINK_ACCOUNT, &[space, &gid, pid]));
+            }
+            let acct = key(T_EVENT, &[space, ACCOUNTS, &gid]);
+            for (k, v) in self.scan(&acct)? {
+                let Some((resolved, json)) = split_stored_event(&v) else {
+                    continue;
+                };
+                if resolved > at {
+                    continue;
+                }
+                let json: Value = serde_json::from_slice(json).unwrap_or(Value::Null);
+                if json["related"]["users"] == pid {
+                    batch.delete(&k);
+                }
+            }
+        }
+        self.write(batch)?;
+        Ok(erased)
     }
 
     fn read_json_through<T: for<'de> Deserialize<'de>>(
@@ -351,7 +606,10 @@ impl ProfileStore {
             source_id: m.source_id.clone(),
         };
         let item = event_json(ev, ts);
-        let bytes = serde_json::to_vec(&item).unwrap_or_default();
+        let bytes = stored_event(
+            ev.resolved_at_ms,
+            &serde_json::to_vec(&item).unwrap_or_default(),
+        );
         let mut suffix = (u64::MAX - ts as u64).to_be_bytes().to_vec();
         suffix.extend_from_slice(m.message_id.as_bytes());
 
@@ -578,7 +836,9 @@ impl ProfileStore {
                     continue;
                 }
                 let inv = u64::from_be_bytes(rest[..8].try_into().unwrap_or_default());
-                let Ok(json) = serde_json::from_slice::<Value>(&v) else {
+                let Some(Ok(json)) =
+                    split_stored_event(&v).map(|(_, j)| serde_json::from_slice::<Value>(j))
+                else {
                     continue;
                 };
                 out.push(StoredEvent {
@@ -743,8 +1003,8 @@ mod tests {
         let vals: Vec<Vec<u8>> = (1..=5)
             .map(|i| ev("p1", &format!("m{i}"), MessageType::Track, 1_000 * i))
             .collect();
-        assert_eq!(st.apply_events(&vals).unwrap(), 0);
-        assert_eq!(st.apply_events(&[b"junk".to_vec()]).unwrap(), 1);
+        assert_eq!(st.apply_events(&vals).unwrap().undecodable, 0);
+        assert_eq!(st.apply_events(&[b"junk".to_vec()]).unwrap().undecodable, 1);
         let got = st.events("s", USERS, &["p1".into()]).unwrap();
         let ids: Vec<&str> = got.iter().map(|e| e.message_id.as_str()).collect();
         assert_eq!(ids, ["m5", "m4", "m3"]);
@@ -869,5 +1129,187 @@ mod tests {
         ids.sort();
         assert_eq!(ids, ["a", "c"]);
         assert_eq!(st.profile("s", "b").unwrap(), None);
+    }
+
+    /// `ev` with an explicit resolved time and email.
+    fn ev_at(pid: &str, mid: &str, kind: MessageType, ts: i64, resolved: i64) -> Vec<u8> {
+        let mut e = ResolvedEvent::decode(&ev(pid, mid, kind, ts)).unwrap();
+        e.resolved_at_ms = resolved;
+        e.external_ids.push(ExternalId {
+            id_type: "email".into(),
+            id: format!("{pid}@x.io"),
+            collection: Some("users".into()),
+        });
+        e.encode().unwrap()
+    }
+
+    fn merge(from: &str, into: &str, at: i64) -> Vec<u8> {
+        corral_codec::ProfileMerge {
+            space_id: "s".into(),
+            from_profile_id: from.into(),
+            into_profile_id: into.into(),
+            trigger_message_id: Some(if into.is_empty() {
+                "regulation:reg-1".into()
+            } else {
+                "m".into()
+            }),
+            trigger_ids: vec![],
+            merged_at_ms: at,
+        }
+        .encode()
+        .unwrap()
+    }
+
+    fn ids(st: &ProfileStore, owner: &str) -> Vec<String> {
+        st.events("s", USERS, &[owner.into()])
+            .unwrap()
+            .into_iter()
+            .map(|e| e.message_id)
+            .collect()
+    }
+
+    #[test]
+    fn a_deletion_erases_the_deleted_life_and_keeps_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = ProfileStore::open_fresh(&dir.path().join("db"), 10).unwrap();
+        st.apply_events(&[
+            ev_at("p1", "old-1", MessageType::Track, 1_000, 1_000),
+            ev_at("p1", "old-group", MessageType::Group, 1_500, 1_500),
+            ev_at("p2", "other", MessageType::Track, 1_200, 1_200),
+            // Resolved after the request: the new life (already indexed when the deletion
+            // arrives, the topics being read independently).
+            ev_at("p1", "new-1", MessageType::Track, 900, 5_000),
+        ])
+        .unwrap();
+        assert_eq!(st.accounts_of("s", "p1").unwrap().len(), 1);
+        let applied = st.apply_merges(&[merge("p1", "", 2_000)]).unwrap();
+        assert_eq!((applied.deletions, applied.erased_events), (1, 2));
+        assert_eq!(ids(&st, "p1"), ["new-1"]);
+        assert_eq!(ids(&st, "p2"), ["other"], "others are untouched");
+        let meta = st.meta("s", "p1").unwrap().unwrap();
+        assert_eq!(
+            (
+                meta.first.message_id.as_str(),
+                meta.last.message_id.as_str()
+            ),
+            ("new-1", "new-1")
+        );
+        // The first message of its ids was the new life's: kept; the link and the account's
+        // copy of the old group call are gone, the account itself stays.
+        assert_eq!(
+            st.first_seen("s", "email", "p1@x.io")
+                .unwrap()
+                .unwrap()
+                .message_id,
+            "new-1"
+        );
+        assert!(st.accounts_of("s", "p1").unwrap().is_empty());
+        assert!(st.users_of("s", "g1").unwrap().is_empty());
+        assert!(st.events("s", ACCOUNTS, &["g1".into()]).unwrap().is_empty());
+        assert!(st.account("s", "g1").unwrap().is_some());
+        // An event of the deleted life read after the deletion (in flight, or a restart that
+        // reads the merges first) is skipped; one of the new life is indexed.
+        let late = st
+            .apply_events(&[
+                ev_at("p1", "old-2", MessageType::Track, 1_100, 2_000),
+                ev_at("p1", "new-2", MessageType::Track, 6_000, 6_000),
+            ])
+            .unwrap();
+        assert_eq!(late.erased, 1);
+        assert_eq!(ids(&st, "p1"), ["new-2", "new-1"]);
+        assert_eq!(st.deleted_at("s", "p1").unwrap(), Some(2_000));
+        assert_eq!(st.deleted_at("s", "p2").unwrap(), None);
+    }
+
+    #[test]
+    fn a_deleted_profile_with_no_new_life_has_nothing_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = ProfileStore::open_fresh(&dir.path().join("db"), 10).unwrap();
+        st.apply_events(&[ev_at("p1", "a", MessageType::Identify, 1_000, 1_000)])
+            .unwrap();
+        st.apply_merges(&[merge("p1", "", 2_000), merge("", "", 2_000)])
+            .unwrap();
+        assert!(ids(&st, "p1").is_empty());
+        assert_eq!(st.meta("s", "p1").unwrap(), None);
+        assert_eq!(st.first_seen("s", "user_id", "p1").unwrap(), None);
+        assert_eq!(st.first_seen("s", "email", "p1@x.io").unwrap(), None);
+    }
+
+    #[test]
+    fn a_deletion_covers_profiles_merged_into_it_before_whatever_the_read_order() {
+        for merge_first in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let st = ProfileStore::open_fresh(&dir.path().join("db"), 10).unwrap();
+            st.apply_events(&[
+                ev_at("q", "q-old", MessageType::Track, 500, 500),
+                ev_at("r", "r-old", MessageType::Track, 600, 600),
+                ev_at("p", "p-old", MessageType::Track, 700, 700),
+                ev_at("late", "late-1", MessageType::Track, 800, 800),
+            ])
+            .unwrap();
+            // q merged into p before the deletion (r into q too: transitively); `late` merged
+            // into the new life after it.
+            let merges = [
+                merge("q", "p", 1_000),
+                merge("r", "q", 900),
+                merge("late", "p", 3_000),
+            ];
+            let deletion = merge("p", "", 2_000);
+            if merge_first {
+                st.apply_merges(&merges).unwrap();
+                st.apply_merges(std::slice::from_ref(&deletion)).unwrap();
+            } else {
+                // Read from other partitions after the deletion.
+                st.apply_merges(std::slice::from_ref(&deletion)).unwrap();
+                st.apply_merges(&merges).unwrap();
+            }
+            for gone in ["p", "q", "r"] {
+                assert!(
+                    ids(&st, gone).is_empty(),
+                    "{gone} (merge_first={merge_first})"
+                );
+                assert_eq!(st.deleted_at("s", gone).unwrap(), Some(2_000));
+            }
+            assert_eq!(
+                ids(&st, "late"),
+                ["late-1"],
+                "merged after the deletion: kept"
+            );
+            // q's events still in flight are skipped too.
+            assert_eq!(
+                st.apply_events(&[ev_at("q", "q-2", MessageType::Track, 1_500, 1_500)])
+                    .unwrap()
+                    .erased,
+                1
+            );
+        }
+    }
+
+    #[test]
+    fn event_records_skip_tombstones_and_do_not_read_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = ProfileStore::open_fresh(&dir.path().join("db"), 10).unwrap();
+        let rec = |k: &[u8], v: Option<Vec<u8>>| ChangelogRecord {
+            partition: 0,
+            key: k.to_vec(),
+            value: v,
+        };
+        let applied = st
+            .apply_event_records(vec![
+                rec(b"p1\0m1", Some(ev("p1", "m1", MessageType::Track, 1_000))),
+                rec(b"p1\0m0", None),
+                rec(b"p1", None),
+                rec(
+                    b"someone-else",
+                    Some(ev("p1", "m2", MessageType::Track, 2_000)),
+                ),
+            ])
+            .unwrap();
+        assert_eq!(applied, EventsApplied::default());
+        assert_eq!(
+            ids(&st, "p1"),
+            ["m2", "m1"],
+            "the profile comes from the value"
+        );
     }
 }
