@@ -15,6 +15,7 @@ pub mod bench_defs;
 /// The query interface's client and answer types, shared with `corralctl`.
 pub use corral_ops::query::compute as client;
 pub mod engine;
+pub mod erase;
 pub mod metrics;
 pub mod query;
 pub mod service;

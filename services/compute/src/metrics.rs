@@ -24,6 +24,10 @@ pub struct Metrics {
     pub deletions: IntCounter,
     /// Events and merge state of deleted profiles ignored (received before the deletion).
     pub deleted_events: IntCounter,
+    /// Tombstones written to `events.resolved` for records of deleted profiles.
+    pub erased_records: IntCounter,
+    /// Records of `events.resolved` read by erasure scans.
+    pub erase_scanned: IntCounter,
     /// Timers scheduled and not fired (this instance's view since start).
     pub timers_pending: IntGauge,
     /// Timers fired.
@@ -84,6 +88,14 @@ impl Metrics {
             deleted_events: IntCounter::new(
                 "compute_deleted_events_total",
                 "Events and merge state of deleted profiles ignored, live or in a backfill (received before the deletion).",
+            )?,
+            erased_records: IntCounter::new(
+                "compute_erased_records_total",
+                "Tombstones written to events.resolved for records of deleted profiles (erasure scans and live).",
+            )?,
+            erase_scanned: IntCounter::new(
+                "compute_erase_scanned_total",
+                "Records of events.resolved read by erasure scans.",
             )?,
             timers_pending: IntGauge::new(
                 "compute_timers_pending",
@@ -159,6 +171,8 @@ impl Metrics {
         registry.register(Box::new(m.merge_forwarded.clone()))?;
         registry.register(Box::new(m.deletions.clone()))?;
         registry.register(Box::new(m.deleted_events.clone()))?;
+        registry.register(Box::new(m.erased_records.clone()))?;
+        registry.register(Box::new(m.erase_scanned.clone()))?;
         registry.register(Box::new(m.timers_pending.clone()))?;
         registry.register(Box::new(m.timers_fired.clone()))?;
         registry.register(Box::new(m.state_bytes.clone()))?;

@@ -38,6 +38,7 @@ use std::sync::{Arc, RwLock};
 use tracing::warn;
 
 mod accounts;
+mod erase;
 mod history;
 mod merge;
 mod privacy;
@@ -275,6 +276,8 @@ pub struct ComputeProcessor {
     wave: u64,
     /// Per partition: leaf registrations (cache of the `backfill` store) and held definitions.
     tasks: HashMap<i32, TaskBackfill>,
+    /// Per partition: the reader of a running erasure scan (a cache of its committed position).
+    erasers: HashMap<i32, crate::erase::KeyReader>,
 }
 
 /// Profile id -> [`ProfileState`].
@@ -386,6 +389,7 @@ impl ComputeProcessor {
             fingerprint: backfill::current_fingerprint(),
             wave: u64::MAX,
             tasks: HashMap::new(),
+            erasers: HashMap::new(),
         }
     }
 
@@ -505,7 +509,12 @@ impl ComputeProcessor {
         Ok(())
     }
 
-    fn on_event(&self, ctx: &mut ProcessContext<'_>, bytes: &[u8]) -> Result<(), ProcessError> {
+    fn on_event(
+        &self,
+        ctx: &mut ProcessContext<'_>,
+        key: Option<&[u8]>,
+        bytes: &[u8],
+    ) -> Result<(), ProcessError> {
         let ev = ResolvedEvent::decode(bytes)
             .map_err(|e| ProcessError::bad_input("undecodable", e.to_string()))?;
         let now = self.clock.now_ms();
@@ -520,7 +529,11 @@ impl ComputeProcessor {
         }
         self.metrics.events.inc();
         if self.erased(ctx, profile, ev.resolved_at_ms)? {
-            // Received before the profile's deletion (docs/privacy.md).
+            // Received before the profile's deletion (docs/privacy.md), but read after it: the
+            // erasure scan does not reach this offset, so it is erased here.
+            if let Some(k) = key {
+                self.tombstone(ctx, k);
+            }
             return Ok(());
         }
         let mut st = match Self::load(ctx, profile)? {
@@ -616,7 +629,7 @@ impl Processor for ComputeProcessor {
             return Ok(());
         };
         if record.topic == self.topics.resolved {
-            self.on_event(ctx, v)
+            self.on_event(ctx, record.key, v)
         } else if record.topic == self.topics.merges {
             self.on_merge(ctx, v)
         } else if record.topic == self.topics.merge_state {
@@ -638,6 +651,7 @@ impl Processor for ComputeProcessor {
         for t in tasks {
             self.cursors.remove(t);
             self.drop_task(*t);
+            self.drop_eraser(*t);
         }
     }
 
@@ -645,6 +659,7 @@ impl Processor for ComputeProcessor {
         for t in tasks {
             self.cursors.remove(t);
             self.drop_task(*t);
+            self.drop_eraser(*t);
         }
     }
 
@@ -653,6 +668,10 @@ impl Processor for ComputeProcessor {
         let parts: Vec<i32> = self.tasks.keys().copied().collect();
         for t in parts {
             self.drop_task(t);
+        }
+        let parts: Vec<i32> = self.erasers.keys().copied().collect();
+        for t in parts {
+            self.drop_eraser(t);
         }
     }
 
@@ -670,6 +689,7 @@ impl Processor for ComputeProcessor {
             // first computation emits `entered` for every member, an edit the differences).
             self.cursors.remove(&part);
         }
+        self.run_erasure(ctx)?;
         self.run_timers(ctx, now)
     }
 }

@@ -12,9 +12,14 @@
 //! same person coming back gets the same id. Every event of the profile received up to the
 //! request's time is ignored, live (events still in flight) and when a backfill reads
 //! `events.resolved` again; merge state arriving for a deleted profile is dropped when everything
-//! in it was resolved or merged at or before that time (its `until_ms`). Events received after the request are a new life of the profile. The marker holds the
-//! profile id and a time, nothing else. This is a filter over the retained history, not an erasure
-//! of it: docs/privacy.md says what that guarantees.
+//! in it was resolved or merged at or before that time (its `until_ms`). Events received after
+//! the request are a new life of the profile. The marker holds the profile id and a time, nothing
+//! else.
+//!
+//! The retained history is erased as well: the deletion also records `erase/todo/{profile}`, and
+//! the task's next erasure scan (`crate::erase`, `erase`) tombstones the profile's records in its
+//! partition of `events.resolved`; events read live after the deletion are tombstoned as they are
+//! dropped. docs/privacy.md says what that guarantees and when compaction removes them.
 
 use super::*;
 use corral_codec::ProfileMerge;
@@ -67,6 +72,12 @@ impl ComputeProcessor {
         ctx.put(
             BACKFILL,
             deleted_key(profile),
+            mg.merged_at_ms.to_be_bytes().to_vec(),
+        );
+        // The partition's history of the profile is erased by the next scan (`crate::erase`).
+        ctx.put(
+            BACKFILL,
+            crate::erase::todo_key(profile),
             mg.merged_at_ms.to_be_bytes().to_vec(),
         );
         let Some(st) = Self::load(ctx, profile)? else {
