@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use corral_ops::privacy::{self, DeletionRequest, Regulation, RegulationType, Subject};
+use corral_ops::privacy::{self, Regulation, RegulationType, Subject};
 
 use crate::sources::Where;
 use crate::{print_json, Kafka, Output};
@@ -126,31 +126,21 @@ pub fn privacy(kafka: &Kafka, output: Output, action: PrivacyAction) -> anyhow::
         subjects: req.identifiers,
         created_at_ms: corral_ops::now_ms(),
     };
-    let applied = privacy::create(
+    // The regulation, then (a deletion) the request to identity's coordinator of the space
+    // (docs/privacy.md); a failure between the two leaves it pending: re-run with --id.
+    let applied = privacy::request(
         b,
         p,
-        &req.at.definitions_topic(),
+        &privacy::RequestTopics {
+            definitions: req.at.definitions_topic(),
+            by_space: req.at.prefixed("identity.events-by-space"),
+        },
         &req.space,
         &id,
         &regulation,
         req.by.as_deref(),
     )?;
     eprintln!("{applied}");
-    if t.deletes() {
-        // To identity's coordinator of the space, in order with its events (docs/privacy.md).
-        // Written after the regulation: a failure here leaves it pending; re-run with --id.
-        privacy::send_deletion(
-            b,
-            p,
-            &req.at.prefixed("identity.events-by-space"),
-            &DeletionRequest {
-                regulation_id: id.clone(),
-                space_id: req.space.clone(),
-                subjects: regulation.subjects.clone(),
-                requested_at_ms: regulation.created_at_ms,
-            },
-        )?;
-    }
     // The id alone on stdout, for scripts: `id=$(corralctl privacy delete user_id:ada)`.
     println!("{id}");
     Ok(ExitCode::SUCCESS)

@@ -348,6 +348,28 @@ pub fn status_of(r: &Regulation) -> (&'static str, String) {
 
 /// [`status_of`] with what is known of the deletion.
 pub fn status_with(r: &Regulation, progress: Option<&DeletionProgress>) -> (&'static str, String) {
+    let parts = status_parts(r, progress);
+    let detail = parts
+        .done
+        .iter()
+        .map(|d| format!("done: {d}"))
+        .chain(parts.left.iter().map(|l| format!("not done: {l}")))
+        .collect::<Vec<_>>()
+        .join("; ");
+    (parts.status, detail)
+}
+
+/// A regulation's status with what is done and what is not, each part in words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusParts {
+    /// `finished` or `pending`.
+    pub status: &'static str,
+    pub done: Vec<String>,
+    pub left: Vec<String>,
+}
+
+/// [`status_with`], its parts apart (for the admin API's answer).
+pub fn status_parts(r: &Regulation, progress: Option<&DeletionProgress>) -> StatusParts {
     let mut done: Vec<&str> = Vec::new();
     let mut left: Vec<&str> = Vec::new();
     if r.regulation_type.suppresses() {
@@ -382,13 +404,11 @@ pub fn status_with(r: &Regulation, progress: Option<&DeletionProgress>) -> (&'st
     } else {
         "pending"
     };
-    let detail = done
-        .iter()
-        .map(|d| format!("done: {d}"))
-        .chain(left.iter().map(|l| format!("not done: {l}")))
-        .collect::<Vec<_>>()
-        .join("; ");
-    (status, detail)
+    StatusParts {
+        status,
+        done: done.into_iter().map(String::from).collect(),
+        left: left.into_iter().map(String::from).collect(),
+    }
 }
 
 /// Reads how far deletion `regulation_id` went: identity's records in `merges_topic`
@@ -401,11 +421,34 @@ pub fn deletion_progress(
     compute_changelog: &str,
     regulation_id: &str,
 ) -> Result<DeletionProgress, RuntimeError> {
+    let mut all = deletions_progress(
+        bootstrap,
+        kafka,
+        merges_topic,
+        compute_changelog,
+        &[regulation_id],
+    )?;
+    Ok(all.remove(regulation_id).unwrap_or_default())
+}
+
+/// [`deletion_progress`] of several regulations with one read of each topic.
+pub fn deletions_progress(
+    bootstrap: &str,
+    kafka: &BTreeMap<String, String>,
+    merges_topic: &str,
+    compute_changelog: &str,
+    regulation_ids: &[&str],
+) -> Result<HashMap<String, DeletionProgress>, RuntimeError> {
     use corral_codec::{AvroRecord, ProfileMerge};
     use corral_runtime::reader::{read_to_end, Flow, Start};
     use rdkafka::message::Message;
-    let trigger = deletion_trigger(regulation_id);
-    let mut progress = DeletionProgress::default();
+    let mut out: HashMap<String, DeletionProgress> = regulation_ids
+        .iter()
+        .map(|id| (id.to_string(), DeletionProgress::default()))
+        .collect();
+    if out.is_empty() {
+        return Ok(out);
+    }
     read_to_end(
         bootstrap,
         kafka,
@@ -415,29 +458,37 @@ pub fn deletion_progress(
         READ_TIMEOUT,
         |m| {
             if let Some(mg) = m.payload().and_then(|v| ProfileMerge::decode(v).ok()) {
-                if mg.into_profile_id.is_empty()
-                    && mg.trigger_message_id.as_deref() == Some(trigger.as_str())
-                {
-                    progress.identity = true;
-                    if !mg.from_profile_id.is_empty()
-                        && !progress.profiles.contains(&mg.from_profile_id)
-                    {
-                        progress.profiles.push(mg.from_profile_id);
+                let reg = mg
+                    .trigger_message_id
+                    .as_deref()
+                    .and_then(regulation_of_trigger);
+                if let (true, Some(p)) = (
+                    mg.into_profile_id.is_empty(),
+                    reg.and_then(|r| out.get_mut(r)),
+                ) {
+                    p.identity = true;
+                    if !mg.from_profile_id.is_empty() && !p.profiles.contains(&mg.from_profile_id) {
+                        p.profiles.push(mg.from_profile_id);
                     }
                 }
             }
             Ok::<_, RuntimeError>(Flow::Continue)
         },
     )?;
-    if progress.profiles.is_empty() {
-        return Ok(progress);
+    // Compute's marks: `deleted/{profile}` keys, live at the end of the changelog.
+    let mut wanted: HashMap<Vec<u8>, Vec<String>> = HashMap::new();
+    for (id, p) in &out {
+        for pid in &p.profiles {
+            wanted
+                .entry(format!("deleted/{pid}").into_bytes())
+                .or_default()
+                .push(id.clone());
+        }
     }
-    let wanted: Vec<Vec<u8>> = progress
-        .profiles
-        .iter()
-        .map(|p| format!("deleted/{p}").into_bytes())
-        .collect();
-    let mut found = HashSet::new();
+    if wanted.is_empty() {
+        return Ok(out);
+    }
+    let mut found: HashSet<Vec<u8>> = HashSet::new();
     read_to_end(
         bootstrap,
         kafka,
@@ -446,23 +497,25 @@ pub fn deletion_progress(
         Start::Beginning,
         READ_TIMEOUT,
         |m| {
-            if let Some(i) = m.key().and_then(|k| wanted.iter().position(|w| w == k)) {
+            if let Some(k) = m.key().filter(|k| wanted.contains_key(*k)) {
                 if m.payload().is_some() {
-                    found.insert(i);
+                    found.insert(k.to_vec());
                 } else {
-                    found.remove(&i);
+                    found.remove(k);
                 }
             }
             Ok::<_, RuntimeError>(Flow::Continue)
         },
     )?;
-    let mut found: Vec<usize> = found.into_iter().collect();
-    found.sort_unstable();
-    progress.compute = found
-        .into_iter()
-        .map(|i| progress.profiles[i].clone())
-        .collect();
-    Ok(progress)
+    for p in out.values_mut() {
+        p.compute = p
+            .profiles
+            .iter()
+            .filter(|pid| found.contains(format!("deleted/{pid}").as_bytes()))
+            .cloned()
+            .collect();
+    }
+    Ok(out)
 }
 
 /// A fresh regulation id (`reg-` and 16 hex digits from the OS's generator).
@@ -576,6 +629,93 @@ pub fn status(
         l.detail = detail;
     }
     Ok(Some(l))
+}
+
+/// Where a request is written: the `definitions` topic and identity's
+/// `identity.events-by-space`.
+#[derive(Debug, Clone)]
+pub struct RequestTopics {
+    pub definitions: String,
+    pub by_space: String,
+}
+
+/// Files regulation `id` of `space`: writes it to the definitions topic, then, for a deletion,
+/// sends the request to identity's coordinator of the space, in order with its events. The one
+/// implementation behind `corralctl privacy` and the admin API. A failure after the write
+/// leaves the regulation pending; filing it again with the same id and body finishes it (the
+/// unchanged definition is not written twice, and identity finds nothing left of a second
+/// request).
+pub fn request(
+    bootstrap: &str,
+    kafka: &BTreeMap<String, String>,
+    topics: &RequestTopics,
+    space: &str,
+    id: &str,
+    regulation: &Regulation,
+    updated_by: Option<&str>,
+) -> Result<Applied, RuntimeError> {
+    let applied = create(
+        bootstrap,
+        kafka,
+        &topics.definitions,
+        space,
+        id,
+        regulation,
+        updated_by,
+    )?;
+    if regulation.regulation_type.deletes() {
+        send_deletion(
+            bootstrap,
+            kafka,
+            &topics.by_space,
+            &DeletionRequest {
+                regulation_id: id.to_string(),
+                space_id: space.to_string(),
+                subjects: regulation.subjects.clone(),
+                requested_at_ms: regulation.created_at_ms,
+            },
+        )?;
+    }
+    Ok(applied)
+}
+
+/// The regulations of `space` (or only `id`), oldest first, each with its status in parts; the
+/// progress of every deletion among them read with one pass over each progress topic.
+pub fn checked(
+    bootstrap: &str,
+    kafka: &BTreeMap<String, String>,
+    topic: &str,
+    space: Option<&str>,
+    id: Option<&str>,
+    progress: &ProgressTopics,
+) -> Result<Vec<(Listed, StatusParts)>, RuntimeError> {
+    let listed: Vec<Listed> = list(bootstrap, kafka, topic, space)?
+        .into_iter()
+        .filter(|l| id.is_none_or(|i| l.id == i))
+        .collect();
+    let deleting: Vec<&str> = listed
+        .iter()
+        .filter(|l| l.regulation.regulation_type.deletes())
+        .map(|l| l.id.as_str())
+        .collect();
+    let mut found = deletions_progress(
+        bootstrap,
+        kafka,
+        &progress.merges,
+        &progress.compute_changelog,
+        &deleting,
+    )?;
+    Ok(listed
+        .into_iter()
+        .map(|mut l| {
+            let d = found.remove(&l.id);
+            let parts = status_parts(&l.regulation, d.as_ref());
+            let (status, detail) = status_with(&l.regulation, d.as_ref());
+            l.status = status.into();
+            l.detail = detail;
+            (l, parts)
+        })
+        .collect())
 }
 
 #[cfg(test)]
