@@ -50,6 +50,17 @@ pub struct AdminState {
     pub history: History,
     pub store: Arc<ProfileStore>,
     pub defs: Arc<SpaceDefinitions>,
+    /// Where regulations are filed and their progress read ([`crate::regulations`]).
+    pub privacy: PrivacyTopics,
+}
+
+/// The topics of privacy regulations.
+#[derive(Clone, Debug)]
+pub struct PrivacyTopics {
+    /// `definitions` and identity's `identity.events-by-space`.
+    pub request: corral_ops::privacy::RequestTopics,
+    /// `profiles.merges` and compute's backfill changelog.
+    pub progress: corral_ops::privacy::ProgressTopics,
 }
 
 impl AdminState {
@@ -77,7 +88,30 @@ impl AdminError {
             errors: vec![json!({"type": kind, "message": message.into()})],
         }
     }
-    fn not_found(what: &str, id: &str, space: &str) -> AdminError {
+    /// One error about `field` of the request body (no `field` when it is empty).
+    pub fn field(
+        status: StatusCode,
+        kind: &str,
+        field: &str,
+        message: impl Into<String>,
+    ) -> AdminError {
+        let mut e = json!({"type": kind, "message": message.into()});
+        if !field.is_empty() {
+            e["field"] = json!(field);
+        }
+        AdminError {
+            status,
+            errors: vec![e],
+        }
+    }
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+    /// The first error's body.
+    pub fn first(&self) -> Value {
+        self.errors.first().cloned().unwrap_or(Value::Null)
+    }
+    pub fn not_found(what: &str, id: &str, space: &str) -> AdminError {
         AdminError::one(
             StatusCode::NOT_FOUND,
             "not-found",
@@ -87,7 +121,7 @@ impl AdminError {
     fn bad(message: impl Into<String>) -> AdminError {
         AdminError::one(StatusCode::BAD_REQUEST, "validation", message)
     }
-    fn internal(e: impl std::fmt::Display) -> AdminError {
+    pub fn internal(e: impl std::fmt::Display) -> AdminError {
         AdminError::one(
             StatusCode::BAD_GATEWAY,
             "internal",
@@ -261,7 +295,7 @@ pub fn shape(space: &str, l: &Listed) -> Value {
     })
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, AdminError> + Send + 'static,
 ) -> Result<T, AdminError> {
     tokio::task::spawn_blocking(f)
@@ -638,6 +672,7 @@ pub fn router(state: AdminState) -> Router {
                 },
             ),
         )
+        .merge(crate::regulations::routes())
         .route(
             "/spaces/{space}/audiences/{id}/export",
             get(

@@ -7,6 +7,8 @@
 //!   (traits, external ids, events, metadata, links) with Segment's parameters, shapes, pagination and error bodies;
 //! - [`admin`]: create, list, get, update and delete audiences and computed traits (Segment's
 //!   Public API shapes), previews ([`preview`]) and CSV exports of members;
+//! - [`regulations`]: privacy regulations (suppress, delete, unsuppress) filed and followed
+//!   as Segment's Public API does, through the same code as `corralctl privacy`;
 //! - [`auth`]: the space tokens of `corralctl tokens`, checked on every route that names a space.
 //!
 //! Guarantees: answers come from [`store::ProfileStore`], a RocksDB folder holding replicas of
@@ -23,4 +25,5 @@ pub mod auth;
 pub mod defs;
 pub mod metrics;
 pub mod preview;
+pub mod regulations;
 pub mod store;

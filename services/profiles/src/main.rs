@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{ArgAction, Parser};
 use corral_codec::{ProfileMerge, ResolvedEvent};
-use corral_profiles::admin::{self, AdminState, PREVIEW_TIMEOUT};
+use corral_profiles::admin::{self, AdminState, PrivacyTopics, PREVIEW_TIMEOUT};
 use corral_profiles::api::{self, ApiState, Readiness};
 use corral_profiles::defs::SpaceDefinitions;
 use corral_profiles::metrics::Metrics;
@@ -247,6 +247,18 @@ fn main() -> anyhow::Result<()> {
             },
             store: store.clone(),
             defs,
+            privacy: PrivacyTopics {
+                request: corral_ops::privacy::RequestTopics {
+                    definitions: svc.topics().name(names::DEFINITIONS),
+                    by_space: svc.topics().name(names::BY_SPACE),
+                },
+                progress: corral_ops::privacy::ProgressTopics {
+                    merges: merges_topic.clone(),
+                    compute_changelog: svc
+                        .config_for(&args.compute_app)
+                        .changelog_topic("backfill"),
+                },
+            },
         }));
     }
     let router = match query_auth {
