@@ -199,19 +199,22 @@ def check_topics(where, doc, repo):
 
     def table(m):
         d = m.get("defaults", {})
-        return {t["name"]: (t["cleanup_policy"], t.get("retention"), t.get("partitions", d.get("partitions")))
+        return {t["name"]: (t["cleanup_policy"], t.get("retention"), t.get("partitions", d.get("partitions")),
+                            {k: str(v) for k, v in (t.get("configs") or {}).items()})
                 for t in m["topics"]}
 
     got, want = table(rendered), table(source)
     if set(got) != set(want):
         fail(where, f"topics differ from deploy/topics.yaml: {sorted(set(got) ^ set(want))}")
     default_partitions = rendered["defaults"]["partitions"]
-    for t, (policy, retention, parts) in want.items():
+    for t, (policy, retention, parts, configs) in want.items():
         if t not in got:
             continue
         g = got[t]
         if (g[0], g[1]) != (policy, retention):
             fail(where, f"{t}: {g[:2]} but deploy/topics.yaml has {(policy, retention)}")
+        if g[3] != configs:
+            fail(where, f"{t}: configs {g[3]} but deploy/topics.yaml has {configs}")
         # a topic with its own count keeps it; the others follow topics.partitions
         own = next((x.get("partitions") for x in source["topics"] if x["name"] == t), None)
         if own is not None and g[2] != own:

@@ -68,6 +68,7 @@ pub fn create_topic(name: &str, partitions: i32, policy: CleanupPolicy) {
             replication_factor: 1,
             cleanup_policy: policy,
             retention_ms: None,
+            configs: Default::default(),
         })
         .unwrap();
 }

@@ -34,6 +34,7 @@ fn apply_is_idempotent_and_reports_drift() {
         replication_factor: 1,
         cleanup_policy: CleanupPolicy::Compact,
         retention_ms: None,
+        configs: Default::default(),
     });
     let third = admin.apply(&drifted).unwrap();
     assert!(

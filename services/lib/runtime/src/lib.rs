@@ -136,6 +136,7 @@ impl StreamRuntime {
                 replication_factor: self.cfg.replication_factor,
                 cleanup_policy: CleanupPolicy::Compact,
                 retention_ms: None,
+                configs: Default::default(),
             };
             match admin.partitions(&topic.name)? {
                 None => {

@@ -307,6 +307,7 @@ impl Service {
             replication_factor: self.args.replication_factor,
             cleanup_policy,
             retention_ms,
+            configs: Default::default(),
         })?;
         info!(topic, partitions, "created internal topic");
         Ok(partitions)

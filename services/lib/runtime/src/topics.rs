@@ -53,6 +53,31 @@ pub struct TopicSpec {
     pub cleanup_policy: CleanupPolicy,
     /// `7d`, `12h`, `30m`, `45s`, or `forever`; absent keeps the broker default.
     pub retention: Option<String>,
+    /// Other topic-level settings (`max.compaction.lag.ms`, `min.cleanable.dirty.ratio`, ...),
+    /// set at creation and checked for drift like the rest.
+    #[serde(default)]
+    pub configs: BTreeMap<String, ConfigValue>,
+}
+
+/// A topic setting's value as YAML writes it (a number, a string or a boolean).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum ConfigValue {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Text(String),
+}
+
+impl fmt::Display for ConfigValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigValue::Int(v) => write!(f, "{v}"),
+            ConfigValue::Float(v) => write!(f, "{v}"),
+            ConfigValue::Bool(v) => write!(f, "{v}"),
+            ConfigValue::Text(v) => f.write_str(v),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -76,6 +101,8 @@ pub struct DesiredTopic {
     pub replication_factor: i32,
     pub cleanup_policy: CleanupPolicy,
     pub retention_ms: Option<i64>,
+    /// Other topic-level settings (name -> value as Kafka takes it).
+    pub configs: BTreeMap<String, String>,
 }
 
 /// Parses `7d`, `12h`, `30m`, `45s`, `500ms` or `forever` (-1) into milliseconds.
@@ -131,6 +158,11 @@ impl Manifest {
                     replication_factor: self.defaults.replication_factor,
                     cleanup_policy: t.cleanup_policy,
                     retention_ms,
+                    configs: t
+                        .configs
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.to_string()))
+                        .collect(),
                 })
             })
             .collect()
@@ -160,6 +192,12 @@ pub enum Drift {
         want: i32,
         have: i32,
     },
+    Config {
+        topic: String,
+        name: String,
+        want: String,
+        have: Option<String>,
+    },
 }
 
 impl fmt::Display for Drift {
@@ -172,6 +210,16 @@ impl fmt::Display for Drift {
             Drift::CleanupPolicy { topic, want, have } => write!(
                 f,
                 "{topic}: cleanup.policy is `{have}`, manifest says `{want}`"
+            ),
+            Drift::Config {
+                topic,
+                name,
+                want,
+                have,
+            } => write!(
+                f,
+                "{topic}: {name} is `{}`, manifest says `{want}` (change it with kafka-configs --alter)",
+                have.as_deref().unwrap_or("unset")
             ),
             Drift::ReplicationFactor { topic, want, have } => write!(
                 f,
@@ -355,6 +403,9 @@ impl TopicAdmin {
         if let Some(r) = retention.as_deref() {
             nt = nt.set("retention.ms", r);
         }
+        for (k, v) in &topic.configs {
+            nt = nt.set(k, v);
+        }
         let opts = AdminOptions::new().operation_timeout(Some(self.timeout));
         let res = self
             .runtime
@@ -454,6 +505,22 @@ impl TopicAdmin {
                             });
                         }
                     }
+                    for (name, want) in &t.configs {
+                        let have = configs.get(name).cloned().flatten();
+                        let same = match (have.as_deref(), want.parse::<f64>()) {
+                            // `0.1` and `0.10` are one ratio.
+                            (Some(h), Ok(w)) => h.parse::<f64>().is_ok_and(|h| h == w),
+                            (h, _) => h == Some(want.as_str()),
+                        };
+                        if !same {
+                            report.drift.push(Drift::Config {
+                                topic: t.name.clone(),
+                                name: name.clone(),
+                                want: want.clone(),
+                                have,
+                            });
+                        }
+                    }
                     if report.drift.len() == before {
                         report.unchanged.push(t.name.clone());
                     }
@@ -490,6 +557,15 @@ mod tests {
         assert_eq!(d[0].retention_ms, Some(7 * 86_400_000));
         assert_eq!(d[1].partitions, 1);
         assert_eq!(d[1].cleanup_policy, CleanupPolicy::Compact);
+        assert!(d[0].configs.is_empty());
+        let m = Manifest::from_yaml(
+            "defaults: {partitions: 1}\ntopics: [{name: h, cleanup_policy: compact, configs: {max.compaction.lag.ms: 3600000, min.cleanable.dirty.ratio: 0.1, x: y}}]",
+        )
+        .unwrap();
+        let c = &m.desired(None).unwrap()[0].configs;
+        assert_eq!(c["max.compaction.lag.ms"], "3600000");
+        assert_eq!(c["min.cleanable.dirty.ratio"], "0.1");
+        assert_eq!(c["x"], "y");
         assert!(Manifest::from_yaml(
             "defaults: {partitions: 1}\ntopics: [{name: x, cleanup_policy: sometimes}]"
         )

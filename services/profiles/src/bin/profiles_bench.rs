@@ -110,6 +110,7 @@ fn write_history(args: &Args, prefix: &str, t0: i64) -> anyhow::Result<()> {
             replication_factor: -1,
             cleanup_policy: policy,
             retention_ms: None,
+            configs: Default::default(),
         };
         // A busy broker can time out a creation that then completes: ask again, then check.
         for attempt in 1..=5 {
