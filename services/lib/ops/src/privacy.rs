@@ -333,6 +333,11 @@ pub struct DeletionProgress {
     pub profiles: Vec<String>,
     /// Of those, the ones whose deletion compute committed (marker in its backfill changelog).
     pub compute: Vec<String>,
+    /// Of those, the ones whose records in the retained history (`events.resolved`) compute's
+    /// erasure scan tombstoned up to this request (`erased/{profile}` in its backfill changelog).
+    pub erased: Vec<String>,
+    /// The request's time (identity's deletion records carry it).
+    pub requested_at_ms: i64,
 }
 
 /// The status of a regulation as far as Corral can vouch for it.
@@ -340,8 +345,9 @@ pub struct DeletionProgress {
 /// A suppression or unsuppression is `finished` once its record is in the definitions topic:
 /// every collector that follows the topic applies it within its follow lag (about a second) and
 /// a collector that starts reads it before it turns ready. A deletion is `finished` when identity
-/// carried out the request and compute committed the deletion of every profile identity deleted
-/// ([`status_with`]); without that progress it is `pending`.
+/// carried out the request, compute committed the deletion of every profile identity deleted
+/// (retired ids of profiles merged into them included), and its erasure scans tombstoned their
+/// records in the retained history ([`status_with`]); without that progress it is `pending`.
 pub fn status_of(r: &Regulation) -> (&'static str, String) {
     status_with(r, None)
 }
@@ -379,6 +385,7 @@ pub fn status_parts(r: &Regulation, progress: Option<&DeletionProgress>) -> Stat
         done.push("events accepted again at the collector");
     }
     let deletion_parts;
+    let erasure_parts;
     if r.regulation_type.deletes() {
         match progress {
             Some(d) if d.identity => {
@@ -393,6 +400,17 @@ pub fn status_parts(r: &Regulation, progress: Option<&DeletionProgress>) -> Stat
                     done.push(deletion_parts.as_str());
                 } else {
                     left.push(deletion_parts.as_str());
+                }
+                let unerased = d.profiles.len() - d.erased.len().min(d.profiles.len());
+                erasure_parts = format!(
+                    "retained history of {} of {} profiles erased (tombstoned; the log cleaner removes the records within events.resolved's max.compaction.lag.ms)",
+                    d.profiles.len() - unerased,
+                    d.profiles.len()
+                );
+                if unerased == 0 {
+                    done.push(erasure_parts.as_str());
+                } else {
+                    left.push(erasure_parts.as_str());
                 }
             }
             Some(_) => left.push("identity has not carried out the request yet"),
@@ -467,6 +485,7 @@ pub fn deletions_progress(
                     reg.and_then(|r| out.get_mut(r)),
                 ) {
                     p.identity = true;
+                    p.requested_at_ms = p.requested_at_ms.max(mg.merged_at_ms);
                     if !mg.from_profile_id.is_empty() && !p.profiles.contains(&mg.from_profile_id) {
                         p.profiles.push(mg.from_profile_id);
                     }
@@ -488,7 +507,17 @@ pub fn deletions_progress(
     if wanted.is_empty() {
         return Ok(out);
     }
+    // And `erased/{profile}` -> the latest deletion time its erasure scan covered.
+    for (id, p) in &out {
+        for pid in &p.profiles {
+            wanted
+                .entry(format!("erased/{pid}").into_bytes())
+                .or_default()
+                .push(id.clone());
+        }
+    }
     let mut found: HashSet<Vec<u8>> = HashSet::new();
+    let mut erased: HashMap<Vec<u8>, i64> = HashMap::new();
     read_to_end(
         bootstrap,
         kafka,
@@ -498,7 +527,16 @@ pub fn deletions_progress(
         READ_TIMEOUT,
         |m| {
             if let Some(k) = m.key().filter(|k| wanted.contains_key(*k)) {
-                if m.payload().is_some() {
+                if k.starts_with(b"erased/") {
+                    match m
+                        .payload()
+                        .and_then(|v| v.get(..8))
+                        .and_then(|b| b.try_into().ok())
+                    {
+                        Some(b) => erased.insert(k.to_vec(), i64::from_be_bytes(b)),
+                        None => erased.remove(k),
+                    };
+                } else if m.payload().is_some() {
                     found.insert(k.to_vec());
                 } else {
                     found.remove(k);
@@ -512,6 +550,17 @@ pub fn deletions_progress(
             .profiles
             .iter()
             .filter(|pid| found.contains(format!("deleted/{pid}").as_bytes()))
+            .cloned()
+            .collect();
+        // A profile deleted again later (a new life) counts once a scan covered this request.
+        p.erased = p
+            .profiles
+            .iter()
+            .filter(|pid| {
+                erased
+                    .get(format!("erased/{pid}").as_bytes())
+                    .is_some_and(|t| *t >= p.requested_at_ms)
+            })
             .cloned()
             .collect();
     }
@@ -878,6 +927,15 @@ mod tests {
             "{detail}"
         );
         d.compute.push("use_2".into());
+        let (st, detail) = status_with(&r, Some(&d));
+        assert_eq!(st, "pending", "the retained history is not erased yet");
+        assert!(
+            detail.contains("not done: retained history of 0 of 2"),
+            "{detail}"
+        );
+        d.erased = vec!["use_2".into()];
+        assert_eq!(status_with(&r, Some(&d)).0, "pending");
+        d.erased.push("use_1".into());
         assert_eq!(status_with(&r, Some(&d)).0, "finished");
     }
 }
