@@ -122,7 +122,7 @@ if want validator; then
 fi
 
 if want identity; then
-  log "identity: events/s through the router and coordinator vs the runtime pass-through, state per profile, merge latency"
+  log "identity: events/s through the stitcher and coordinator vs the runtime pass-through, state per profile, merge latency"
   cargo bench -p corral-identity --bench pipeline 2>&1 | grep -vE '^\s*(Compiling|Finished|Running)' | tee "$out/identity.txt"
 fi
 

@@ -161,8 +161,7 @@ readinessProbe:
 {{- if eq .name "validator" }}
 - { group: {{ $app | quote }}, topic: {{ printf "%sevents.raw" $p | quote }} }
 {{- else if eq .name "identity" }}
-- { group: {{ printf "%s-router" $app | quote }}, topic: {{ printf "%sevents.valid" $p | quote }} }
-- { group: {{ printf "%s-stitcher" $app | quote }}, topic: {{ printf "%sidentity.events-by-id" $p | quote }} }
+- { group: {{ printf "%s-stitcher" $app | quote }}, topic: {{ printf "%sevents.valid" $p | quote }} }
 - { group: {{ $app | quote }}, topic: {{ printf "%sidentity.events-by-space" $p | quote }} }
 {{- else if eq .name "compute" }}
 - { group: {{ $app | quote }}, topic: {{ printf "%sevents.resolved" $p | quote }} }

@@ -1,5 +1,5 @@
 //! Identity on the local broker (`cargo bench -p corral-identity --bench pipeline`):
-//! - events/s through identity (router + coordinator) with 1% and 10% merge-triggering events,
+//! - events/s through identity (stitcher + coordinator) with 1% and 10% merge-triggering events,
 //!   next to the runtime's exactly-once pass-through on the same input (the ratio the issue asks);
 //! - bytes of state per profile (graph changelog, latest value per key);
 //! - merge latency across partitions: produce time of a merge-triggering event to the commit of
@@ -152,10 +152,7 @@ fn returning_user_event(user: usize, i: usize, tag: &str) -> (Vec<u8>, Vec<u8>) 
         message: m,
         protocols: ProtocolsAnnotation::default(),
     };
-    (
-        ev.message.message_id.clone().into_bytes(),
-        ev.encode().unwrap(),
-    )
+    common::keyed(&ev)
 }
 
 struct OneSpace {
@@ -238,17 +235,10 @@ fn one_space_run(users: usize, n: usize, instances: u32, threads: u32) -> OneSpa
         - cpu_before;
     let hits = lookups("result=\"hit\"") - hits_before;
     let mut per_partition = [0usize; PARTITIONS as usize];
-    for r in read_committed(
-        &format!("{prefix}identity.events-by-id"),
-        0,
-        Duration::from_secs(60),
-    ) {
-        if r.value
-            .as_deref()
-            .is_some_and(|v| v.starts_with(&[0xC3, 0x01]))
-        {
-            per_partition[r.partition as usize] += 1;
-        }
+    // The input is keyed by identifier as the validator keys it: its partitions are the
+    // stitcher partitions.
+    for r in read_committed(&input, 0, Duration::from_secs(60)) {
+        per_partition[r.partition as usize] += 1;
     }
     for s in services {
         s.terminate();
@@ -358,15 +348,7 @@ fn throughput(n: usize, link: f64) {
     let events = common::generate(n, 8, link, 11);
     let input = format!("{}.events.valid", unique("bench-id-in"));
     create_topic(&input, PARTITIONS, CleanupPolicy::Delete);
-    produce(
-        &input,
-        events.iter().map(|e| {
-            (
-                e.message.message_id.clone().into_bytes(),
-                e.encode().unwrap(),
-            )
-        }),
-    );
+    produce(&input, events.iter().map(common::keyed));
 
     let base = passthrough(&input, n);
 
@@ -452,9 +434,8 @@ fn merge_latency(rate: usize, seconds: usize) {
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        let v = e.encode().unwrap();
-        let k = e.message.message_id.as_bytes();
-        let mut rec = BaseRecord::to(&input).key(k).payload(&v);
+        let (k, v) = common::keyed(e);
+        let mut rec = BaseRecord::to(&input).key(&k).payload(&v);
         loop {
             match p.send(rec) {
                 Ok(()) => break,

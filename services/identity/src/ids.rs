@@ -97,17 +97,8 @@ pub fn extract(msg: &SegmentMessage, rules: &Rules) -> Extracted {
         }
     };
 
-    // A numeric userId is kept in `extra` by the codec (its JSON type is not the spec's).
-    let user_id = msg
-        .user_id
-        .clone()
-        .or_else(|| msg.extra.get("userId").and_then(scalar));
-    push("user_id", user_id, &mut out);
-    let anonymous_id = msg
-        .anonymous_id
-        .clone()
-        .or_else(|| msg.extra.get("anonymousId").and_then(scalar));
-    push("anonymous_id", anonymous_id, &mut out);
+    push("user_id", msg.user_id_text(), &mut out);
+    push("anonymous_id", msg.anonymous_id_text(), &mut out);
     for p in ["traits.email", "context.traits.email"] {
         push("email", lookup(msg, p).and_then(scalar), &mut out);
     }

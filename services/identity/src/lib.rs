@@ -1,13 +1,14 @@
 //! Corral's identity service: Segment Unify identity resolution on the exactly-once runtime.
 //!
 //! `events.valid` -> `events.resolved` (key: profile id) and `profiles.merges` (key: the merged-away
-//! profile id). The protocol across partitions (`docs/identity.md`): a stateless **router** re-keys
-//! every event by its highest-priority identifier onto `identity.events-by-id`; a **stitcher** per
-//! partition of that topic resolves events whose identifiers are all already linked to one profile
+//! profile id). The protocol across partitions (`docs/identity.md`): the validator keys `events.valid`
+//! by each event's routing identifier (`corral_codec::routing`); a **stitcher** per partition of
+//! it (and of the co-partitioned links topic `identity.events-by-id`) resolves events whose
+//! identifiers are all already linked to one profile
 //! (the common case, spread over every partition) and sends the rest, keyed by space, to
 //! `identity.events-by-space`; a **coordinator** per partition of that topic is the single writer
 //! of the identity graph of the spaces hashed to it, emits the resolved events and merges, and
-//! sends the stitchers fresh links. All three are exactly-once runtimes in one process.
+//! sends the stitchers fresh links. Both are exactly-once runtimes in one process.
 //!
 //! Guarantees: an identifier belongs to one profile at a time; a profile id resolves forever
 //! (retired ids alias their survivor); the same input gives the same grouping and the same ids

@@ -1,6 +1,6 @@
-//! `corral-identity`: identity resolution on the exactly-once runtime. One process runs the router
-//! (`events.valid` -> `identity.events-by-id`), the stitcher (links, hits to `events.resolved`,
-//! misses to `identity.events-by-space`), the coordinator (graph, `events.resolved`,
+//! `corral-identity`: identity resolution on the exactly-once runtime. One process runs the stitcher
+//! (`events.valid` and the links on `identity.events-by-id`; hits to `events.resolved`, misses to
+//! `identity.events-by-space`), the coordinator (graph, `events.resolved`,
 //! `profiles.merges`, links) and, with `--query`, the Profile API read interface. Configuration by flags
 //! or `CORRAL_*` variables (`--help`); the shared ones are the runtime's.
 
@@ -12,7 +12,7 @@ use clap::Parser;
 use corral_codec::ValidEvent;
 use corral_identity::kafka::apply_definition;
 use corral_identity::metrics::Metrics;
-use corral_identity::processor::{CoordinatorProcessor, RouterProcessor, StitcherProcessor, LINKS};
+use corral_identity::processor::{CoordinatorProcessor, StitcherProcessor, LINKS};
 use corral_identity::rules::{parse_file, RulesStore};
 use corral_identity::store::STORE;
 use corral_identity::view::{self, IdentityView};
@@ -23,17 +23,14 @@ use corral_runtime::{RuntimeArgs, Service};
 #[derive(Parser, Debug)]
 #[command(name = "corral-identity", version, about = "Corral's identity service")]
 struct Args {
-    // `--admin` and `--fault` apply to the coordinator; the router has `--router-admin`, the
-    // stitcher `--stitcher-admin`. Their application ids are `{app}-router` and `{app}-stitcher`.
+    // `--admin` and `--fault` apply to the coordinator; the stitcher has `--stitcher-admin` and the
+    // application id `{app}-stitcher`.
     #[command(flatten)]
     common: RuntimeArgs,
     /// Identity settings file (`examples/identity.yaml`); `identity_settings` definitions override
     /// it per space. Without either, Segment's defaults apply.
     #[arg(long, env = "CORRAL_IDENTITY_RULES")]
     rules: Option<PathBuf>,
-    /// `/metrics` etc. of the router runtime (none when absent).
-    #[arg(long, env = "CORRAL_ROUTER_ADMIN_ADDR")]
-    router_admin: Option<SocketAddr>,
     /// `/metrics` etc. of the stitcher runtime (none when absent).
     #[arg(long, env = "CORRAL_STITCHER_ADMIN_ADDR")]
     stitcher_admin: Option<SocketAddr>,
@@ -61,19 +58,16 @@ fn main() -> anyhow::Result<()> {
     svc.ensure_topic_like(&by_id, &valid, CleanupPolicy::Delete, None)?;
     svc.ensure_topic_like(&by_space, &valid, CleanupPolicy::Delete, None)?;
 
-    let mut router_cfg = svc.config_for(&format!("{}-router", svc.app()));
-    router_cfg.input_topics = vec![valid];
-    router_cfg.admin_addr = args.router_admin;
-    router_cfg.fault = None; // crash injection is for the coordinator only
     let mut stitcher_cfg = svc.config_for(&format!("{}-stitcher", svc.app()));
-    stitcher_cfg.input_topics = vec![by_id];
+    // Co-partitioned: the validator keys events.valid by the identifier whose link the
+    // coordinator writes under the same key on the by-id topic (`corral_codec::routing`).
+    stitcher_cfg.input_topics = vec![valid, by_id];
     stitcher_cfg.stores = vec![LINKS.into()];
     stitcher_cfg.admin_addr = args.stitcher_admin;
-    stitcher_cfg.fault = None;
+    stitcher_cfg.fault = None; // crash injection is for the coordinator only
     let mut coord_cfg = svc.config();
     coord_cfg.input_topics = vec![by_space];
     coord_cfg.stores = vec![STORE.into()];
-    let router = svc.runtime(router_cfg).context("configuring the router")?;
     let stitcher = svc
         .runtime(stitcher_cfg)
         .context("configuring the stitcher")?;
@@ -96,8 +90,6 @@ fn main() -> anyhow::Result<()> {
         })?;
         svc.serve("query", args.query, view::router(view))?;
     }
-    let (r, m) = (rules.clone(), metrics.clone());
-    svc.add(router, move || RouterProcessor::new(r.clone(), m.clone()));
     let (r, m) = (rules.clone(), metrics.clone());
     svc.add(stitcher, move || {
         StitcherProcessor::new(r.clone(), m.clone())

@@ -11,7 +11,6 @@ pub struct Metrics {
     pub blocked_values: IntCounterVec,
     pub merge_protection_refusals: IntCounter,
     pub caps: IntCounterVec,
-    pub routed: IntCounter,
     pub definition_errors: IntCounter,
     /// Stitcher lookups by result: `hit` (resolved from a link), `miss` (sent to the coordinator).
     pub lookups: IntCounterVec,
@@ -88,10 +87,6 @@ impl Metrics {
             ),
             &["cap"],
         )?;
-        let routed = IntCounter::new(
-            "identity_routed_total",
-            "Events the router re-keyed by their highest-priority identifier onto the stitcher topic.",
-        )?;
         let lookups = IntCounterVec::new(
             Opts::new(
                 "identity_lookups_total",
@@ -128,7 +123,6 @@ impl Metrics {
             Box::new(blocked_values.clone()),
             Box::new(merge_protection_refusals.clone()),
             Box::new(caps.clone()),
-            Box::new(routed.clone()),
             Box::new(definition_errors.clone()),
             Box::new(lookups.clone()),
             Box::new(links.clone()),
@@ -143,7 +137,6 @@ impl Metrics {
             blocked_values,
             merge_protection_refusals,
             caps,
-            routed,
             deletions,
             deleted_profiles,
             definition_errors,

@@ -1,11 +1,10 @@
-//! The three processors of the service, each on its own exactly-once runtime:
+//! The two processors of the service, each on its own exactly-once runtime:
 //!
-//! - [`RouterProcessor`] (application `identity-router`): `events.valid` (key: messageId) ->
-//!   `identity.events-by-id` (key: the event's highest-priority identifier, value unchanged).
-//!   Stateless.
-//! - [`StitcherProcessor`] (application `identity-stitcher`): `identity.events-by-id` -> the
-//!   `links` store, and for each event either `events.resolved` (every identifier already linked to
-//!   one profile: a hit) or `identity.events-by-space` (key: space id) for the coordinator.
+//! - [`StitcherProcessor`] (application `identity-stitcher`): `events.valid` (key: the event's
+//!   routing identifier, `corral_codec::routing`) and the links on `identity.events-by-id`
+//!   (co-partitioned with it) -> the `links` store, and for each event either `events.resolved`
+//!   (every identifier already linked to one profile: a hit) or `identity.events-by-space` (key:
+//!   space id) for the coordinator.
 //! - [`CoordinatorProcessor`] (application `identity`): `identity.events-by-space` -> the graph
 //!   store, `events.resolved` (key: profile id), `profiles.merges` (key: the merged-away id), and
 //!   link updates back to `identity.events-by-id`. The single writer of the graph of every space
@@ -34,54 +33,6 @@ fn decode(record: &InputRecord<'_>) -> Result<ValidEvent, ProcessError> {
         .value
         .ok_or_else(|| ProcessError::bad_input("missing_value", "record has no value"))?;
     ValidEvent::decode(value).map_err(|e| ProcessError::bad_input(e.reason(), e.to_string()))
-}
-
-pub struct RouterProcessor {
-    rules: Arc<RulesStore>,
-    metrics: Arc<Metrics>,
-}
-
-impl RouterProcessor {
-    pub fn new(rules: Arc<RulesStore>, metrics: Arc<Metrics>) -> Self {
-        RouterProcessor { rules, metrics }
-    }
-}
-
-impl Processor for RouterProcessor {
-    fn process(
-        &mut self,
-        ctx: &mut ProcessContext<'_>,
-        record: &InputRecord<'_>,
-    ) -> Result<(), ProcessError> {
-        // Decoding here sends unusable records to the dead-letter topic before they reach a
-        // stitcher, and reads the identifiers to route by.
-        let ev = decode(record).inspect_err(|_| {
-            self.metrics
-                .events
-                .with_label_values(&["dead_letter"])
-                .inc();
-        })?;
-        let msg = &ev.message;
-        let rules = self.rules.for_space(&msg.space_id);
-        let extracted = extract(msg, &rules);
-        // Keyed by identifier, so one space's events spread over every partition; an event
-        // without identifiers goes straight to the coordinator, which dead-letters it.
-        let (topic, key) = match stitch::routing_ident(&rules, &extracted.ids) {
-            Some(id) => (ctx.topic(names::BY_ID), stitch::link_key(&msg.space_id, id)),
-            None => (
-                ctx.topic(names::BY_SPACE),
-                msg.space_id.clone().into_bytes(),
-            ),
-        };
-        ctx.emit_to(Output {
-            topic,
-            key: Some(key),
-            value: record.value.map(<[u8]>::to_vec),
-            partition: None,
-        });
-        self.metrics.routed.inc();
-        Ok(())
-    }
 }
 
 pub struct StitcherProcessor {
@@ -125,7 +76,7 @@ impl Processor for StitcherProcessor {
         })?;
         let rules = self.rules.for_space(&ev.message.space_id);
         let extracted = extract(&ev.message, &rules);
-        let link = match stitch::routing_ident(&rules, &extracted.ids) {
+        let link = match stitch::routing_ident(&extracted.ids) {
             Some(id) => ctx
                 .get(LINKS, &stitch::link_key(&ev.message.space_id, id))?
                 .map(|b| stitch::decode_link(&b).map_err(ProcessError::Fatal))

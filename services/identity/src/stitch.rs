@@ -2,8 +2,9 @@
 //! identifier, so a space's common case (a returning user's event) does not wait for the space's
 //! single coordinator.
 //!
-//! An event is routed by its **routing identifier**, the highest-priority one (the identifier that
-//! would anchor a profile made of the event alone). The stitcher partition of that identifier keeps
+//! An event is routed by its **routing identifier**, its `user_id`, else its `anonymous_id`: the
+//! validator keys `events.valid` by it, and the stitcher reads `events.valid` together with the
+//! links on `identity.events-by-id` (co-partitioned). The stitcher partition of that identifier keeps
 //! a [`Link`]: the profile the identifier belonged to at the coordinator's last change of it, with
 //! that profile's identifiers. If every identifier of the event is in the link, the event adds
 //! nothing to the graph: the stitcher resolves it to the linked profile (a *hit*). Anything else
@@ -22,7 +23,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::Profile;
 use crate::ids::Ident;
-use crate::rules::Rules;
 use crate::store;
 
 /// Profiles with more identifiers than this get no links: a change would rewrite every
@@ -66,9 +66,15 @@ pub fn link_key(space: &str, ident: &Ident) -> Vec<u8> {
     store::id_key(space, ident)
 }
 
-/// The identifier an event is routed by: its highest-priority one.
-pub fn routing_ident<'i>(rules: &Rules, ids: &'i [Ident]) -> Option<&'i Ident> {
-    ids.iter().min_by(|a, b| rules.ident_order(a, b))
+/// The identifier an event's link is looked up by: its `user_id`, else its `anonymous_id`, the
+/// identifier the validator keys `events.valid` by (`corral_codec::routing`), so the link is in
+/// the stitcher partition the event arrives on. Any other identifier (when both are blocked) is
+/// looked up too, and most likely misses: a miss is always safe.
+pub fn routing_ident(ids: &[Ident]) -> Option<&Ident> {
+    ["user_id", "anonymous_id"]
+        .iter()
+        .find_map(|t| ids.iter().find(|i| i.id_type == *t))
+        .or_else(|| ids.first())
 }
 
 /// Whether the event can be resolved from `link` without the coordinator: every identifier of the
@@ -189,19 +195,30 @@ mod tests {
     }
 
     #[test]
-    fn events_route_by_their_highest_priority_identifier() {
-        let rules = Rules::default();
+    fn events_route_by_user_id_then_anonymous_id_as_the_validator_keys_them() {
         let ids = vec![
             Ident::new("anonymous_id", "a1"),
             Ident::new("email", "e@x"),
             Ident::new("user_id", "u1"),
         ];
-        assert_eq!(routing_ident(&rules, &ids).unwrap().id_type, "user_id");
+        assert_eq!(routing_ident(&ids).unwrap().id_type, "user_id");
         assert_eq!(
-            routing_ident(&rules, &ids[..2]).unwrap(),
+            routing_ident(&ids[..2]).unwrap(),
+            &Ident::new("anonymous_id", "a1")
+        );
+        assert_eq!(
+            routing_ident(&ids[1..2]).unwrap(),
             &Ident::new("email", "e@x")
         );
-        assert!(routing_ident(&rules, &[]).is_none());
+        assert!(routing_ident(&[]).is_none());
+        // The stitcher looks the link up under the key the validator gave the event.
+        let mut m = corral_codec::SegmentMessage::new("s", corral_codec::MessageType::Track, "m");
+        m.user_id = Some("u1".into());
+        m.anonymous_id = Some("a1".into());
+        assert_eq!(
+            corral_codec::routing::routing_key(&m),
+            Some(link_key("s", &Ident::new("user_id", "u1")))
+        );
     }
 
     #[test]

@@ -15,19 +15,13 @@ use crate::ids::Ident;
 
 /// The graph store.
 pub const STORE: Store = Store::named("graph");
-pub const TAG_ID: u8 = b'i';
+pub const TAG_ID: u8 = corral_codec::routing::IDENTIFIER_TAG;
 pub const TAG_PROFILE: u8 = b'p';
 pub const TAG_ALIAS: u8 = b'a';
 
-pub fn key(tag: u8, parts: &[&str]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len() + 4).sum::<usize>());
-    k.push(tag);
-    for p in parts {
-        k.extend_from_slice(&(p.len() as u32).to_be_bytes());
-        k.extend_from_slice(p.as_bytes());
-    }
-    k
-}
+/// A tag and length-prefixed parts (the codec's, so `events.valid`'s routing keys and the
+/// graph's identifier keys are the same bytes).
+pub use corral_codec::routing::tagged_key as key;
 
 /// Splits a key back into its tag and parts (the view and tools read the changelog with it).
 pub fn decode_key(bytes: &[u8]) -> Option<(u8, Vec<String>)> {
@@ -43,7 +37,7 @@ pub fn decode_key(bytes: &[u8]) -> Option<(u8, Vec<String>)> {
 }
 
 pub fn id_key(space: &str, i: &Ident) -> Vec<u8> {
-    key(TAG_ID, &[space, &i.id_type, &i.value])
+    corral_codec::routing::identifier_key(space, &i.id_type, &i.value)
 }
 pub fn profile_key(space: &str, pid: &str) -> Vec<u8> {
     key(TAG_PROFILE, &[space, pid])

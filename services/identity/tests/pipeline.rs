@@ -23,7 +23,7 @@ use corral_runtime::topics::CleanupPolicy;
 use corral_tests::{bootstrap, create_topic, produce, read_committed, unique, Service};
 
 mod common;
-use common::generate;
+use common::{generate, keyed};
 
 const PARTITIONS: i32 = 6;
 
@@ -217,15 +217,7 @@ fn one_vs_three_instances_sigkill_and_replay_give_the_same_profiles() {
 
     let input = format!("{}.events.valid", unique("identity-in"));
     create_topic(&input, PARTITIONS, CleanupPolicy::Delete);
-    let records: Vec<(Vec<u8>, Vec<u8>)> = events
-        .iter()
-        .map(|e| {
-            (
-                e.message.message_id.clone().into_bytes(),
-                e.encode().unwrap(),
-            )
-        })
-        .collect();
+    let records: Vec<(Vec<u8>, Vec<u8>)> = events.iter().map(keyed).collect();
     let (first_half, second_half) = records.split_at(n / 2);
 
     // One instance; three instances; one instance crashed mid-stream. All from scratch.
@@ -275,15 +267,7 @@ fn undecodable_and_identifier_less_messages_go_to_the_dead_letter_topic() {
     blocked.message.anonymous_id = Some("undefined".into());
     blocked.message.traits = None;
     good.push(blocked);
-    let mut records: Vec<(Vec<u8>, Vec<u8>)> = good
-        .iter()
-        .map(|e| {
-            (
-                e.message.message_id.clone().into_bytes(),
-                e.encode().unwrap(),
-            )
-        })
-        .collect();
+    let mut records: Vec<(Vec<u8>, Vec<u8>)> = good.iter().map(keyed).collect();
     records.push((b"garbage".to_vec(), b"not avro".to_vec()));
     produce(&input, records);
     let svc = run.spawn(&input, 0, &[]);
@@ -355,30 +339,15 @@ fn one_space_is_resolved_on_every_partition() {
         .enumerate()
         .map(|(i, a)| run.spawn(&input, i as u32, &[("CORRAL_ADMIN_ADDR", a.clone())]))
         .collect();
-    let encode = |e: &ValidEvent| {
-        (
-            e.message.message_id.clone().into_bytes(),
-            e.encode().unwrap(),
-        )
-    };
-    produce(&input, first.iter().map(encode));
+    produce(&input, first.iter().map(keyed));
     run.check(&first, &expected);
-    produce(&input, again.iter().map(encode));
+    produce(&input, again.iter().map(keyed));
     run.check(&events, &expected);
 
     let mut per_partition = [0usize; PARTITIONS as usize];
-    for r in read_committed(
-        &format!("{}identity.events-by-id", run.prefix),
-        n,
-        Duration::from_secs(60),
-    ) {
-        // Events are Avro single-object encoded; the rest are the coordinator's links.
-        if r.value
-            .as_deref()
-            .is_some_and(|v| v.starts_with(&[0xC3, 0x01]))
-        {
-            per_partition[r.partition as usize] += 1;
-        }
+    // Keyed by identifier, the space's events are spread over every stitcher partition.
+    for r in read_committed(&input, n, Duration::from_secs(60)) {
+        per_partition[r.partition as usize] += 1;
     }
     assert_eq!(per_partition.iter().sum::<usize>(), n, "{per_partition:?}");
     for (p, count) in per_partition.iter().enumerate() {

@@ -99,7 +99,7 @@ fn run(case: &Case, counts: &Counts) -> (Vec<String>, MemGraph) {
                         misses: &mut VecDeque<usize>,
                         resolved: &mut Vec<Option<String>>| {
         let ids = &case.events[i];
-        let key = stitch::link_key(SPACE, stitch::routing_ident(&rules, ids).unwrap());
+        let key = stitch::link_key(SPACE, stitch::routing_ident(ids).unwrap());
         match store.get(&key) {
             Some(link) if stitch::hit(link, ids) => {
                 counts.hits.fetch_add(1, Ordering::Relaxed);

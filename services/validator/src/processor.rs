@@ -101,7 +101,10 @@ impl Processor for ValidatorProcessor {
                     message: (**message).clone(),
                     protocols: protocols.clone(),
                 };
-                ctx.emit_record(key, &out)?;
+                // Keyed by the identifier identity's stitcher looks the event up by, so it arrives
+                // on the partition holding that identifier's link (`corral_codec::routing`).
+                let routing = corral_codec::routing::routing_key(&out.message);
+                ctx.emit_record(routing.as_deref().unwrap_or(key), &out)?;
                 // Only delivered messages are remembered: a blocked one can be replayed once the
                 // plan is fixed.
                 ctx.put(DEDUP, dkey, dedup::encode(now));

@@ -272,7 +272,10 @@ fn mixed_stream_gives_exact_outputs_and_duplicates_stay_dropped_across_sigkill()
 
     for r in &valid {
         let e = ValidEvent::decode(r.value.as_deref().unwrap()).unwrap();
-        assert_eq!(r.key.as_deref(), Some(e.message.message_id.as_bytes()));
+        // Keyed for identity's stitcher: by userId, else anonymousId.
+        let routing = corral_codec::routing::routing_key(&e.message);
+        assert!(routing.is_some(), "every test message has an identifier");
+        assert_eq!(r.key, routing);
         assert_eq!(e.protocols.tracking_plan_id.as_deref(), Some("engagement"));
         assert_eq!(e.protocols.tracking_plan_version, Some(1));
         if e.message.message_id.starts_with("e-") {

@@ -41,3 +41,11 @@ pub fn generate(n: usize, spaces: usize, link_fraction: f64, seed: u64) -> Vec<V
         })
         .collect()
 }
+
+/// An `events.valid` record as the validator writes it: keyed by the routing identifier
+/// (`corral_codec::routing`), so it reaches the stitcher partition of that identifier's link.
+pub fn keyed(e: &ValidEvent) -> (Vec<u8>, Vec<u8>) {
+    let key = corral_codec::routing::routing_key(&e.message)
+        .unwrap_or_else(|| e.message.message_id.clone().into_bytes());
+    (key, corral_codec::AvroRecord::encode(e).unwrap())
+}

@@ -27,6 +27,7 @@ mod json;
 mod read;
 mod records;
 mod registry;
+pub mod routing;
 mod segment;
 
 pub use error::CodecError;

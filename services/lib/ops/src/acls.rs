@@ -216,7 +216,7 @@ pub fn plan(input: &AclInput) -> AclPlan {
                 );
             }
             // Prefixed: the group `{app}` and the readers outside it (`{app}-restore`,
-            // `{app}-definitions`, `{app}-view-*`, identity's `{app}-router` and `{app}-stitcher`).
+            // `{app}-definitions`, `{app}-view-*`, identity's `{app}-stitcher`).
             b.group(Pattern::Prefixed, app(service));
             b.prefixed(&[Write], ResourceType::TransactionalId, app(service));
         }
