@@ -16,23 +16,27 @@
 //! 5. records, per deleted identifier, a mark `x`+space+digest -> the request's time in the graph
 //!    store (a UUIDv5 digest of the identifier, not the identifier): an event carrying the
 //!    identifier that was received before the request but reaches the coordinator after it (it
-//!    was still in flight between the router, the stitchers and here) is dropped
+//!    was still in flight between a stitcher and here) is dropped
 //!    ([`erased`]) instead of re-creating the graph; compute drops such events by their profile's
 //!    mark the same way. Events received after the request are a new life of the identifier.
 //!
+//! 6. finds the profiles merged into (or renamed to) a deleted one earlier ([`aliases_of`]: their
+//!    ids were derived from identifiers the profile now holds), deletes their aliases (`a` keys)
+//!    and sends compute a deletion record for each of them too, keyed by that id: their events
+//!    sit in `events.resolved` under that id, on its partition, and that partition's compute task
+//!    erases them (docs/privacy.md, "Erasure").
+//!
 //! A crash before the commit replays the request; after it, the request finds nothing left.
-//! Left behind: aliases of profiles merged into a deleted one earlier (`a` keys: profile id ->
-//! profile id, no identifier, no trait).
 
 use corral_codec::ProfileMerge;
 use corral_ops::privacy::{deletion_trigger, DeletionRequest};
 use corral_runtime::cli::names;
 use corral_runtime::{Output, ProcessContext, ProcessError};
 
-use crate::engine::{canonical, Graph, Profile};
+use crate::engine::{canonical, profile_id, Graph, Profile};
 use crate::ids::Ident;
 use crate::stitch;
-use crate::store::{id_key, key, profile_key, CtxGraph, STORE};
+use crate::store::{alias_key, id_key, key, profile_key, CtxGraph, STORE};
 
 /// Namespace of the digests in deletion marks (fixed forever).
 const MARK_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5c0f_7a1e_c0a1_4d1e_9b0e_1d3a_7e11_00de);
@@ -95,6 +99,23 @@ pub fn plan<G: Graph>(
     Ok(out)
 }
 
+/// The retired ids that resolve to `p` (profiles merged into it or renamed to it). A profile's id
+/// is derived from its anchor identifier, and every identifier of a merged or renamed profile
+/// moved into the survivor, so each retired id is the id of one of `p`'s identifiers.
+pub fn aliases_of<G: Graph>(g: &mut G, space: &str, p: &Profile) -> Result<Vec<String>, G::Error> {
+    let mut out: Vec<String> = Vec::new();
+    for ident in p.idents() {
+        let id = profile_id(space, &ident);
+        if id == p.id || out.contains(&id) || g.alias(space, &id)?.is_none() {
+            continue;
+        }
+        if canonical(g, space, &id)? == p.id {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
 /// What the coordinator did for one request (counted by the caller).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deleted {
@@ -114,6 +135,10 @@ pub fn on_request(
         .map(|s| Ident::new(s.id_type.clone(), s.value.clone()))
         .collect();
     let profiles = plan(&mut CtxGraph { ctx }, space, &subjects)?;
+    let mut retired = Vec::with_capacity(profiles.len());
+    for p in &profiles {
+        retired.push(aliases_of(&mut CtxGraph { ctx }, space, p)?);
+    }
     let by_id = ctx.topic(names::BY_ID);
     let trigger = deletion_trigger(&req.regulation_id);
     let mut identifiers = 0;
@@ -135,6 +160,10 @@ pub fn on_request(
         }
         ctx.delete(STORE, profile_key(space, &p.id));
         ctx.emit_record(p.id.as_bytes(), &deletion(space, &p.id, &trigger, req))?;
+    }
+    for old in retired.iter().flatten() {
+        ctx.delete(STORE, alias_key(space, old));
+        ctx.emit_record(old.as_bytes(), &deletion(space, old, &trigger, req))?;
     }
     if profiles.is_empty() {
         ctx.emit_record(space.as_bytes(), &deletion(space, "", &trigger, req))?;
@@ -211,5 +240,31 @@ mod tests {
         assert!(ids.contains(&Ident::new("anonymous_id", "a1")));
         assert!(plan(&mut g, "other", &ada).unwrap().is_empty());
         assert!(plan(&mut g, "s", &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_retired_ids_of_a_profile_are_found() {
+        let mut g = MemGraph::default();
+        let rules = Rules::default();
+        let ada = Ident::new("user_id", "ada");
+        let a1 = Ident::new("anonymous_id", "a1");
+        let a2 = Ident::new("anonymous_id", "a2");
+        // Two anonymous profiles, then both merged into ada's.
+        resolve(&mut g, &rules, "s", &[a1.clone()], 1).unwrap();
+        resolve(&mut g, &rules, "s", &[a2.clone()], 2).unwrap();
+        resolve(&mut g, &rules, "s", &[ada.clone(), a1.clone()], 3).unwrap();
+        resolve(&mut g, &rules, "s", &[ada.clone(), a2.clone()], 4).unwrap();
+        resolve(&mut g, &rules, "s", &[Ident::new("user_id", "bob")], 5).unwrap();
+        let p = plan(&mut g, "s", &[ada.clone()]).unwrap().remove(0);
+        let mut got = aliases_of(&mut g, "s", &p).unwrap();
+        got.sort();
+        let mut want = vec![profile_id("s", &a1), profile_id("s", &a2)];
+        want.sort();
+        assert_eq!(got, want);
+        assert!(!got.contains(&p.id));
+        let bob = plan(&mut g, "s", &[Ident::new("user_id", "bob")])
+            .unwrap()
+            .remove(0);
+        assert!(aliases_of(&mut g, "s", &bob).unwrap().is_empty());
     }
 }
