@@ -250,12 +250,14 @@ mod tests {
         let a1 = Ident::new("anonymous_id", "a1");
         let a2 = Ident::new("anonymous_id", "a2");
         // Two anonymous profiles, then both merged into ada's.
-        resolve(&mut g, &rules, "s", &[a1.clone()], 1).unwrap();
-        resolve(&mut g, &rules, "s", &[a2.clone()], 2).unwrap();
+        resolve(&mut g, &rules, "s", std::slice::from_ref(&a1), 1).unwrap();
+        resolve(&mut g, &rules, "s", std::slice::from_ref(&a2), 2).unwrap();
         resolve(&mut g, &rules, "s", &[ada.clone(), a1.clone()], 3).unwrap();
         resolve(&mut g, &rules, "s", &[ada.clone(), a2.clone()], 4).unwrap();
         resolve(&mut g, &rules, "s", &[Ident::new("user_id", "bob")], 5).unwrap();
-        let p = plan(&mut g, "s", &[ada.clone()]).unwrap().remove(0);
+        let p = plan(&mut g, "s", std::slice::from_ref(&ada))
+            .unwrap()
+            .remove(0);
         let mut got = aliases_of(&mut g, "s", &p).unwrap();
         got.sort();
         let mut want = vec![profile_id("s", &a1), profile_id("s", &a2)];
