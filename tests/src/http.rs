@@ -74,6 +74,8 @@ pub struct Received {
     pub at: Instant,
     /// Wall clock (ms since the epoch) when the request was read.
     pub wall_ms: i64,
+    /// `GET`, `POST`, `DELETE`, ...
+    pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
     /// The JSON body (`Null` when it was not JSON).
@@ -167,6 +169,7 @@ impl Receiver {
             if reader.read_line(&mut line).unwrap_or(0) == 0 {
                 return;
             }
+            let method = line.split_whitespace().next().unwrap_or("").to_string();
             let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
             let mut headers = Vec::new();
             let mut len = 0usize;
@@ -214,6 +217,7 @@ impl Receiver {
             self.log.lock().unwrap().push(Received {
                 at,
                 wall_ms,
+                method,
                 path,
                 headers,
                 body,
