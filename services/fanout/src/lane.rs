@@ -308,8 +308,17 @@ async fn send(
         Ok(b) => b,
         Err(e) => return (None, format!("encoding the body: {e}"), None),
     };
+    let method = match d.method.as_deref() {
+        None => reqwest::Method::POST,
+        Some(m) => match reqwest::Method::from_bytes(m.as_bytes()) {
+            Ok(m) => m,
+            Err(e) => return (None, format!("HTTP method {m:?}: {e}"), None),
+        },
+    };
+    // A request without a body (Iterable's DELETE) sends none.
+    let body = if d.body.is_null() { Vec::new() } else { body };
     let mut req = client
-        .post(&d.url)
+        .request(method, &d.url)
         .header("content-type", "application/json")
         .header("idempotency-key", &d.message_id)
         .header("x-corral-message-id", &d.message_id);

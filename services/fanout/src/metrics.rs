@@ -21,6 +21,9 @@ pub struct FanoutMetrics {
     pub destinations: IntGauge,
     pub undecodable_definitions: IntCounter,
     pub request_duration: Histogram,
+    /// User-deletion requests (docs/privacy.md) by destination; outcome: queued, delivered,
+    /// not_found (404: nothing to delete), dead_lettered, no_identifier.
+    pub user_deletions: IntCounterVec,
 }
 
 impl FanoutMetrics {
@@ -83,6 +86,13 @@ impl FanoutMetrics {
                 ),
                 &["destination"],
             )?,
+            user_deletions: IntCounterVec::new(
+                Opts::new(
+                    "fanout_user_deletions_total",
+                    "User-deletion requests to destinations with a deletion API, by outcome.",
+                ),
+                &["destination", "outcome"],
+            )?,
             changes: IntCounterVec::new(
                 Opts::new("fanout_changes_total", "Input changes read, by kind."),
                 &["kind"],
@@ -105,6 +115,7 @@ impl FanoutMetrics {
         registry.register(Box::new(m.throttled.clone()))?;
         registry.register(Box::new(m.latency.clone()))?;
         registry.register(Box::new(m.list_syncs.clone()))?;
+        registry.register(Box::new(m.user_deletions.clone()))?;
         registry.register(Box::new(m.changes.clone()))?;
         registry.register(Box::new(m.destinations.clone()))?;
         registry.register(Box::new(m.undecodable_definitions.clone()))?;

@@ -11,6 +11,8 @@
 //! - `a/{audience}\0{profile}` → member JSON (current audience membership, for list syncs).
 //! - `s/{dest}\0{audience}\0{profile}` → member JSON (what the list has, as of its last sync).
 //! - `t/{dest}\0{audience}` → last sync time (i64 ms, big-endian).
+//! - `x/{digest}` → empty: the user-deletion requests of one deleted profile for one
+//!   destination and regulation were queued (a UUIDv5 of the three, so the key names no one).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
@@ -34,6 +36,13 @@ pub struct Delivery {
     pub origin_topic: String,
     pub origin_partition: i32,
     pub origin_offset: i64,
+    /// The HTTP method when it is not `POST` (Iterable's user deletion is a `DELETE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// A user-deletion request (docs/privacy.md): a `404` means the user is not there, which
+    /// is what was asked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deletion: bool,
 }
 
 /// Where a delivery sits: destination, queue, sequence.
@@ -70,6 +79,15 @@ impl Slot {
 }
 
 pub const QUEUE_PREFIX: &[u8] = b"q/";
+
+/// The mark that `dest` was asked to delete `profile` for `regulation` (see the module doc).
+pub fn deletion_mark(dest: &str, profile: &str, regulation: &str) -> Vec<u8> {
+    let digest = uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        format!("corral/fanout/deleted\n{dest}\n{profile}\n{regulation}").as_bytes(),
+    );
+    [b"x/".as_slice(), digest.simple().to_string().as_bytes()].concat()
+}
 pub const SEQ_KEY: &[u8] = b"n";
 
 pub fn member_key(audience: &str, profile: &str) -> Vec<u8> {

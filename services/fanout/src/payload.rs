@@ -14,6 +14,8 @@
 //!   `group` call (`groupId`, `traits: {<key>: value}`) for destinations connected with
 //!   identify; each user's change is an ordinary identify / track call with the account in
 //!   `context.groupId`. List destinations receive the users only.
+//! - A deleted person (exits with trigger `regulation:{id}`, docs/privacy.md): the user-deletion
+//!   requests of the destinations that have such an API ([`deletion_calls`]).
 //! - One call per identifier value: each `user_id` (as `userId`), each `email` (in `traits.email`
 //!   for identify, `context.traits.email` for track), each `anonymous_id` (as `anonymousId`) when
 //!   the destination includes anonymous users.
@@ -532,6 +534,131 @@ pub fn request_for(
             })
         }
         _ => None,
+    }
+}
+
+/// Whether Corral calls the user-deletion API of a destination type when a person is deleted
+/// (docs/privacy.md): Braze (`POST /users/delete`) and Iterable (`DELETE /api/users/...`).
+/// Webhooks, Segment-compatible APIs, Kafka topics and HTTP lists have no such API: they get
+/// the exits (lists drop the member).
+pub fn supports_deletion(t: DestinationType) -> bool {
+    matches!(t, DestinationType::Braze | DestinationType::Iterable)
+}
+
+/// One user-deletion request of a destination.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeletionCall {
+    /// Deterministic: destination, space, profile, regulation and the identifier it names.
+    pub message_id: String,
+    /// `POST` or `DELETE`.
+    pub method: &'static str,
+    pub url: String,
+    /// `Null` for a request without a body.
+    pub body: Json,
+}
+
+/// A path segment with everything but unreserved characters percent-encoded (RFC 3986).
+pub fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The requests that delete the person `ids` names from a destination, after regulation
+/// `regulation` deleted profile `profile_id` (empty when the type has no deletion API or the
+/// destination cannot address the person). The person is named as the adapter names them in
+/// its other calls: by user id when the profile has one, else by email; Braze also by the
+/// anonymous-id alias when the destination sends anonymous ids.
+///
+/// - Braze: one `POST {url}/users/delete` with `external_ids`, else `email_addresses`, else
+///   `user_aliases` (Braze takes one kind of identifier per request, at most 50).
+/// - Iterable: `DELETE {url}/api/users/byUserId/{userId}` per user id, else
+///   `DELETE {url}/api/users/{email}` per email.
+pub fn deletion_calls(
+    spec: &DestinationSpec,
+    space: &str,
+    profile_id: &str,
+    regulation: &str,
+    ids: &[ExternalId],
+) -> Vec<DeletionCall> {
+    let Some(url) = spec.url.as_deref() else {
+        return Vec::new();
+    };
+    let of = |t: &str| -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for i in ids.iter().filter(|i| i.id_type == t && !i.id.is_empty()) {
+            if i.collection.as_deref().unwrap_or("users") == "users" && !v.contains(&i.id) {
+                v.push(i.id.clone());
+            }
+        }
+        v
+    };
+    let (users, emails) = (of("user_id"), of("email"));
+    let anons = if spec.include_anonymous_ids {
+        of("anonymous_id")
+    } else {
+        Vec::new()
+    };
+    let id = |what: &str| {
+        uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_OID,
+            format!(
+                "corral/fanout/v1/delete\n{}\n{space}\n{profile_id}\n{regulation}\n{what}",
+                spec.key
+            )
+            .as_bytes(),
+        )
+        .to_string()
+    };
+    match spec.dest_type {
+        DestinationType::Braze => {
+            let (field, values): (&str, Vec<Json>) = if !users.is_empty() {
+                ("external_ids", users.iter().map(|u| json!(u)).collect())
+            } else if !emails.is_empty() {
+                ("email_addresses", emails.iter().map(|e| json!(e)).collect())
+            } else {
+                (
+                    "user_aliases",
+                    anons
+                        .iter()
+                        .map(|a| json!({"alias_name": a, "alias_label": "anonymous_id"}))
+                        .collect(),
+                )
+            };
+            values
+                .chunks(50)
+                .enumerate()
+                .map(|(n, chunk)| DeletionCall {
+                    message_id: id(&format!("braze/{field}/{n}")),
+                    method: "POST",
+                    url: join(url, "/users/delete"),
+                    body: json!({ field: chunk }),
+                })
+                .collect()
+        }
+        DestinationType::Iterable => {
+            let (path, values) = if users.is_empty() {
+                ("/api/users/", emails)
+            } else {
+                ("/api/users/byUserId/", users)
+            };
+            values
+                .iter()
+                .map(|v| DeletionCall {
+                    message_id: id(&format!("iterable{path}{v}")),
+                    method: "DELETE",
+                    url: join(url, &format!("{path}{}", path_segment(v))),
+                    body: Json::Null,
+                })
+                .collect()
+        }
+        _ => Vec::new(),
     }
 }
 

@@ -356,3 +356,101 @@ fn account_audience_is_a_group_call_for_the_account_and_user_calls_with_its_grou
         calls(&s, &plain, Mode::Identify)[0].message_id
     );
 }
+
+#[test]
+fn braze_deletes_by_external_id_else_email_else_alias() {
+    let s = spec("braze", "    include_anonymous_ids: true\n");
+    let ids = vec![
+        id("user_id", "u1"),
+        id("email", "a@x.io"),
+        id("anonymous_id", "an1"),
+        ExternalId {
+            id_type: "group_id".into(),
+            id: "acme".into(),
+            collection: Some("accounts".into()),
+        },
+    ];
+    let calls = deletion_calls(&s, "spa_1", "prof_1", "reg-1", &ids);
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        (calls[0].method, calls[0].url.as_str()),
+        ("POST", "http://h/base/users/delete")
+    );
+    assert_eq!(calls[0].body, json!({"external_ids": ["u1"]}));
+    let by_mail = deletion_calls(&s, "spa_1", "prof_1", "reg-1", &ids[1..]);
+    assert_eq!(by_mail[0].body, json!({"email_addresses": ["a@x.io"]}));
+    let by_alias = deletion_calls(&s, "spa_1", "prof_1", "reg-1", &ids[2..]);
+    assert_eq!(
+        by_alias[0].body,
+        json!({"user_aliases": [{"alias_name": "an1", "alias_label": "anonymous_id"}]})
+    );
+    // Anonymous ids only when the destination sends them; nothing else to name: no request.
+    let no_anon = spec("braze", "");
+    assert!(deletion_calls(&no_anon, "spa_1", "prof_1", "reg-1", &ids[2..]).is_empty());
+    // At most 50 identifiers per request (Braze's limit).
+    let many: Vec<ExternalId> = (0..120).map(|i| id("user_id", &format!("u{i}"))).collect();
+    let chunks = deletion_calls(&s, "spa_1", "prof_1", "reg-1", &many);
+    assert_eq!(chunks.len(), 3);
+    assert_eq!(chunks[2].body["external_ids"].as_array().unwrap().len(), 20);
+}
+
+#[test]
+fn iterable_deletes_each_user_id_else_each_email() {
+    let s = spec("iterable", "");
+    let ids = vec![
+        id("user_id", "u 1/x"),
+        id("user_id", "u2"),
+        id("email", "a+b@x.io"),
+    ];
+    let calls = deletion_calls(&s, "spa_1", "prof_1", "reg-1", &ids);
+    let got: Vec<(&str, &str)> = calls.iter().map(|c| (c.method, c.url.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            ("DELETE", "http://h/base/api/users/byUserId/u%201%2Fx"),
+            ("DELETE", "http://h/base/api/users/byUserId/u2"),
+        ]
+    );
+    assert!(calls.iter().all(|c| c.body.is_null()));
+    let by_mail = deletion_calls(&s, "spa_1", "prof_1", "reg-1", &ids[2..]);
+    assert_eq!(by_mail[0].url, "http://h/base/api/users/a%2Bb%40x.io");
+}
+
+#[test]
+fn only_braze_and_iterable_have_a_deletion_api() {
+    let ids = vec![id("user_id", "u1")];
+    for t in ["webhook", "segment", "list_http"] {
+        assert!(
+            deletion_calls(&spec(t, ""), "spa_1", "prof_1", "reg-1", &ids).is_empty(),
+            "{t}"
+        );
+    }
+    assert!(supports_deletion(DestinationType::Braze));
+    assert!(supports_deletion(DestinationType::Iterable));
+    for t in [
+        DestinationType::Webhook,
+        DestinationType::Segment,
+        DestinationType::Kafka,
+        DestinationType::ListHttp,
+    ] {
+        assert!(!supports_deletion(t));
+    }
+}
+
+#[test]
+fn deletion_message_ids_are_deterministic_per_regulation() {
+    let s = spec("braze", "");
+    let ids = vec![id("user_id", "u1")];
+    let a = deletion_calls(&s, "spa_1", "prof_1", "reg-1", &ids);
+    let b = deletion_calls(&s, "spa_1", "prof_1", "reg-1", &ids);
+    let c = deletion_calls(&s, "spa_1", "prof_1", "reg-2", &ids);
+    assert_eq!(a[0].message_id, b[0].message_id);
+    assert_ne!(a[0].message_id, c[0].message_id);
+    let mark = crate::outbox::deletion_mark("dest", "prof_1", "reg-1");
+    assert!(mark.starts_with(b"x/"));
+    assert!(!String::from_utf8_lossy(&mark).contains("prof_1"));
+    assert_ne!(
+        mark,
+        crate::outbox::deletion_mark("dest", "prof_1", "reg-2")
+    );
+}

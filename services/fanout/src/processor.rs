@@ -190,6 +190,12 @@ impl FanoutProcessor {
             .deliveries
             .with_label_values(&[&d.dest, "dead_lettered"])
             .inc();
+        if d.deletion {
+            self.metrics
+                .user_deletions
+                .with_label_values(&[&d.dest, "dead_lettered"])
+                .inc();
+        }
         warn!(destination = %d.dest, reason, attempts = d.attempts, "delivery dead-lettered");
         let letter = DeadLetter {
             space_id: d.space_id.clone(),
@@ -210,16 +216,26 @@ impl FanoutProcessor {
         )
     }
 
+    /// `regulation`: the change is a deleted profile's exit (trigger `regulation:{id}`).
     fn on_change(
         &mut self,
         ctx: &mut ProcessContext<'_>,
         record: &InputRecord<'_>,
         change: &Change,
+        regulation: Option<&str>,
     ) -> Result<(), ProcessError> {
         let dests = snapshot(&self.destinations);
         for dest in dests.iter() {
             if dest.space_id != change.space_id {
                 continue;
+            }
+            // A destination with a user-deletion API gets the deletion instead of the exits
+            // (an exit sent after it would create the user again), whatever it is connected to.
+            if let Some(reg) = regulation {
+                if payload::supports_deletion(dest.spec.dest_type) {
+                    self.forward_deletion(ctx, record, dest, change, reg)?;
+                    continue;
+                }
             }
             let mode = if change.is_audience() {
                 dest.spec.audience_mode(&change.key)
@@ -276,9 +292,68 @@ impl FanoutProcessor {
                     origin_topic: record.topic.to_string(),
                     origin_partition: record.partition,
                     origin_offset: record.offset,
+                    method: None,
+                    deletion: false,
                 };
                 self.enqueue(ctx, dest, change.profile_id.clone(), d)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Queues the user-deletion requests of `dest` for the deleted profile of `change`, once per
+    /// profile, destination and regulation (a deleted profile exits every audience it was in:
+    /// the first exit queues, the mark written with it makes the others skip). Written in the
+    /// transaction that consumes the exit, on the profile's queue, so the request follows every
+    /// earlier delivery of the profile to that destination, with the outbox's retries and
+    /// dead letters.
+    fn forward_deletion(
+        &mut self,
+        ctx: &mut ProcessContext<'_>,
+        record: &InputRecord<'_>,
+        dest: &Destination,
+        change: &Change,
+        regulation: &str,
+    ) -> Result<(), ProcessError> {
+        let mark = outbox::deletion_mark(&dest.spec.key, &change.profile_id, regulation);
+        if ctx.get(OUTBOX, &mark)?.is_some() {
+            return Ok(());
+        }
+        ctx.put(OUTBOX, mark, Vec::new());
+        let calls = payload::deletion_calls(
+            &dest.spec,
+            &change.space_id,
+            &change.profile_id,
+            regulation,
+            &change.external_ids,
+        );
+        let counter = self.metrics.user_deletions.clone();
+        let count = |outcome: &str| counter.with_label_values(&[&dest.spec.key, outcome]).inc();
+        if calls.is_empty() {
+            count("no_identifier");
+            return Ok(());
+        }
+        for call in calls {
+            count("queued");
+            let d = Delivery {
+                dest: dest.spec.key.clone(),
+                space_id: change.space_id.clone(),
+                profile_id: change.profile_id.clone(),
+                message_id: call.message_id,
+                url: call.url,
+                body: call.body,
+                source_ms: change.changed_at_ms,
+                attempts: 0,
+                first_attempt_ms: None,
+                next_attempt_ms: 0,
+                last_error: None,
+                origin_topic: record.topic.to_string(),
+                origin_partition: record.partition,
+                origin_offset: record.offset,
+                method: (call.method != "POST").then(|| call.method.to_string()),
+                deletion: true,
+            };
+            self.enqueue(ctx, dest, change.profile_id.clone(), d)?;
         }
         Ok(())
     }
@@ -330,7 +405,26 @@ impl FanoutProcessor {
             .map_or(Duration::from_secs(4 * 3600), |x| x.spec.retry_horizon());
         d.attempts += 1;
         let first = *d.first_attempt_ms.get_or_insert(o.sent_ms);
-        let done = match classify(o.status) {
+        // A user-deletion request answered 404: the user is not there, which is what was asked.
+        let status = if d.deletion && o.status == Some(404) {
+            Some(200)
+        } else {
+            o.status
+        };
+        if d.deletion {
+            let outcome = match (classify(status), o.status) {
+                (Class::Delivered, Some(404)) => Some("not_found"),
+                (Class::Delivered, _) => Some("delivered"),
+                _ => None,
+            };
+            if let Some(outcome) = outcome {
+                self.metrics
+                    .user_deletions
+                    .with_label_values(&[&o.slot.dest, outcome])
+                    .inc();
+            }
+        }
+        let done = match classify(status) {
             Class::Delivered => {
                 self.metrics
                     .deliveries
@@ -483,6 +577,8 @@ impl FanoutProcessor {
                         origin_topic: self.topics.membership.clone(),
                         origin_partition: ctx.partition(),
                         origin_offset: -1,
+                        method: None,
+                        deletion: false,
                     };
                     self.enqueue(ctx, dest, format!("list:{aud}"), d)?;
                 }
@@ -599,12 +695,20 @@ impl Processor for FanoutProcessor {
                 .with_label_values(&["membership"])
                 .inc();
             Self::track_membership(ctx, &m)?;
-            self.on_change(ctx, record, &Change::from_membership(&m))
+            // A deleted profile's exits (docs/privacy.md); an account's own change is never
+            // a person's deletion.
+            let regulation = m
+                .trigger_message_id
+                .as_deref()
+                .and_then(corral_ops::privacy::regulation_of_trigger)
+                .filter(|_| m.change == MembershipChangeKind::Exited)
+                .filter(|_| !payload::is_account_record(&m.external_ids));
+            self.on_change(ctx, record, &Change::from_membership(&m), regulation)
         } else if record.topic == self.topics.traits {
             let t = TraitChange::decode(value)
                 .map_err(|e| ProcessError::bad_input("decode", e.to_string()))?;
             self.metrics.changes.with_label_values(&["trait"]).inc();
-            self.on_change(ctx, record, &Change::from_trait(&t))
+            self.on_change(ctx, record, &Change::from_trait(&t), None)
         } else if record.topic == self.topics.replay {
             let mut d: Delivery = serde_json::from_slice(value)
                 .map_err(|e| ProcessError::bad_input("decode", e.to_string()))?;

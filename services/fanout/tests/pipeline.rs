@@ -655,3 +655,168 @@ fn destinations_from_the_definitions_topic_and_replay_of_dead_letters() {
         "the replay is the same delivery, same message id"
     );
 }
+
+#[test]
+fn a_deleted_profile_is_deleted_once_from_each_destination_with_a_deletion_api() {
+    let s = Setup::new("fanout-delete");
+    let braze = Receiver::start();
+    let iterable = Receiver::start();
+    let hook = Receiver::start();
+    // Braze refuses the deletion of `bad` (permanent); Iterable fails once, then answers 404
+    // (the user is not there: done).
+    braze.answer(|_, body| {
+        if body["external_ids"] == json!(["bad"]) {
+            Answer::Status(400, r#"{"message":"no"}"#.into(), None)
+        } else {
+            Answer::Ok
+        }
+    });
+    let deletions_seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = deletions_seen.clone();
+    iterable.answer(move |_, body| {
+        // Deletions have no body; the first one fails.
+        if !body.is_null() {
+            Answer::Ok
+        } else if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            Answer::Status(503, "busy".into(), None)
+        } else {
+            Answer::Status(404, r#"{"code":"NotFound"}"#.into(), None)
+        }
+    });
+    let dests = format!(
+        r#"
+destinations:
+  - key: braze
+    type: braze
+    url: {}
+    connections: [{{audience: a, mode: identify}}, {{audience: b, mode: identify}}]
+  - key: iterable
+    type: iterable
+    url: {}
+    connections: [{{audience: b, mode: track}}]
+  - key: hook
+    type: webhook
+    url: {}
+    connections: [{{audience: a, mode: identify}}, {{audience: b, mode: identify}}]
+"#,
+        braze.url(""),
+        iterable.url(""),
+        hook.url("/hook")
+    );
+    let file = s.dir.path().join("destinations.yaml");
+    std::fs::write(&file, dests).unwrap();
+    let admin = format!("127.0.0.1:{}", corral_tests::http::free_port());
+    let svc = s.spawn_with(
+        &["--destinations", file.to_str().unwrap(), "--admin", &admin],
+        &[],
+    );
+    let deleted = |mut c: MembershipChange| {
+        c.trigger_message_id = Some("regulation:reg-1".into());
+        c
+    };
+    s.membership(&[
+        change("p1", "a", true, T0, ids("u1", &[])),
+        change("p1", "b", true, T0, ids("u1", &[])),
+        // The deletion's exits, one per audience, as compute emits them.
+        deleted(change("p1", "a", false, T0 + 1, ids("u1", &[]))),
+        deleted(change("p1", "b", false, T0 + 1, ids("u1", &[]))),
+        deleted(change("p2", "a", false, T0 + 1, ids("bad", &[]))),
+    ]);
+    let dlq = read_committed(&s.topic("deliveries.dlq"), 1, Duration::from_secs(60));
+    let hooks = hook.wait_for(Duration::from_secs(60), |r| r.len() >= 5);
+    let iter = iterable.wait_for(Duration::from_secs(60), |r| {
+        r.iter().filter(|q| q.status == 404).count() >= 2
+    });
+    let brz = braze.wait_for(Duration::from_secs(60), |r| r.len() >= 4);
+    // Nothing more arrives: one deletion per profile and destination.
+    std::thread::sleep(Duration::from_secs(2));
+    let text = corral_tests::http::metrics_text(&admin);
+    let metric = |dest: &str, outcome: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("corral_fanout_user_deletions_total{"))
+            .filter(|l| l.contains(&format!("destination=\"{dest}\"")))
+            .filter(|l| l.contains(&format!("outcome=\"{outcome}\"")))
+            .find_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let counts = (
+        metric("braze", "queued"),
+        metric("braze", "delivered"),
+        metric("braze", "dead_lettered"),
+        metric("iterable", "queued"),
+        metric("iterable", "not_found"),
+    );
+    svc.terminate();
+
+    // The webhook has no deletion API: it gets the exits as before.
+    assert_eq!(hooks.len(), 5, "{hooks:#?}");
+    assert_eq!(hook.requests().len(), 5);
+    // Braze: the two entries, then one deletion per deleted profile and no exit.
+    let brz_all = braze.requests();
+    let paths: Vec<(&str, &str)> = brz_all
+        .iter()
+        .map(|r| (r.method.as_str(), r.path.as_str()))
+        .collect();
+    assert_eq!(brz_all.len(), 4, "{paths:?}");
+    // p1's deletion follows its entries (same queue); p2's has its own queue.
+    let u1_delete = brz_all
+        .iter()
+        .position(|r| r.body == json!({"external_ids": ["u1"]}))
+        .unwrap();
+    let tracks: Vec<usize> = (0..brz_all.len())
+        .filter(|&i| paths[i] == ("POST", "/users/track"))
+        .collect();
+    assert_eq!(tracks.len(), 2, "{paths:?}");
+    assert!(tracks.iter().all(|&t| t < u1_delete), "{paths:?}");
+    let deletes: Vec<&serde_json::Value> = brz_all
+        .iter()
+        .filter(|r| r.path == "/users/delete")
+        .map(|r| &r.body)
+        .collect();
+    assert!(
+        deletes.contains(&&json!({"external_ids": ["u1"]})),
+        "{deletes:?}"
+    );
+    assert!(
+        deletes.contains(&&json!({"external_ids": ["bad"]})),
+        "{deletes:?}"
+    );
+    assert_eq!(brz.len(), 4);
+    // Iterable (connected to b only, in track mode): the entry's event, then a deletion by
+    // user id for each deleted profile (Iterable is in the space, connected or not), one of
+    // them retried after a 503; a 404 ends each.
+    let iter_all = iterable.requests();
+    assert_eq!(iter.len(), iter_all.len());
+    let track: Vec<usize> = (0..iter_all.len())
+        .filter(|&i| iter_all[i].path == "/api/events/track")
+        .collect();
+    assert_eq!(track.len(), 1);
+    assert!(iter_all
+        .iter()
+        .skip(track[0])
+        .any(|r| r.path == "/api/users/byUserId/u1"));
+    assert!(iter_all[..track[0]]
+        .iter()
+        .all(|r| r.path != "/api/users/byUserId/u1"));
+    let deletes: Vec<(&str, &str, u16)> = iter_all
+        .iter()
+        .filter(|r| r.method == "DELETE")
+        .map(|r| (r.method.as_str(), r.path.as_str(), r.status))
+        .collect();
+    assert_eq!(deletes.len(), 3, "{deletes:?}");
+    assert_eq!(deletes.iter().filter(|d| d.2 == 503).count(), 1);
+    for user in ["u1", "bad"] {
+        let path = format!("/api/users/byUserId/{user}");
+        let last = deletes.iter().rev().find(|d| d.1 == path);
+        assert_eq!(last.map(|d| d.2), Some(404), "{deletes:?}");
+    }
+    // The refused deletion is dead-lettered as a deletion, with the response.
+    assert_eq!(dlq.len(), 1);
+    let l = DeadLetter::decode(dlq[0].value.as_ref().unwrap()).unwrap();
+    assert_eq!(l.reason, "permanent_http_status");
+    let d: corral_fanout::outbox::Delivery =
+        serde_json::from_slice(l.value.as_ref().unwrap()).unwrap();
+    assert!(d.deletion);
+    assert_eq!((d.dest.as_str(), d.profile_id.as_str()), ("braze", "p2"));
+    assert_eq!(counts, (2.0, 1.0, 1.0, 2.0, 2.0), "{text}");
+}
