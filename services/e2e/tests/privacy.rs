@@ -12,8 +12,11 @@
 //! profile id or her traits, a backfill of a new audience over the retained history takes the
 //! other user in and never her, and the other user is untouched. Identity and compute are
 //! SIGKILLed right after the request is sent and restarted; the request completes; fanout's
-//! outbox changelog holds nothing of her once her exit was delivered. No service's log names
-//! either user's identifiers or profile id.
+//! outbox changelog holds nothing of her once her exit was delivered. The status turns
+//! `finished` only once compute's erasure scans tombstoned her records in `events.resolved`; the
+//! test gives that topic tiny log-cleaner settings, and reading it from the beginning then finds
+//! none of her records (nor the tombstones) while every one of the other user's is still there.
+//! No service's log names either user's identifiers or profile id.
 //!
 //! Needs the service binaries (`cargo build --workspace --bins`). Every wait is a condition with
 //! a deadline; no timing is asserted.
@@ -221,6 +224,55 @@ fn mentions(bytes: &[u8], needle: &str) -> bool {
     bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
+/// Every topic of the manifest under `prefix`, with the log cleaner settings of events.resolved
+/// made tiny (segments roll after a second, a tombstoned record is compacted away at the
+/// cleaner's next pass, the tombstones at the pass after), so the test sees the erasure reach the
+/// log itself. The manifest's own settings bound it at a day.
+fn create_topics_compacting_quickly(bootstrap: &str, prefix: &str) {
+    use corral_runtime::topics::{CleanupPolicy, Manifest, TopicAdmin};
+    let text = std::fs::read_to_string(common::repo_root().join("deploy/topics.yaml")).unwrap();
+    let mut desired = Manifest::from_yaml(&text)
+        .unwrap()
+        .desired(Some(prefix))
+        .unwrap();
+    let resolved = format!("{prefix}events.resolved");
+    let t = desired.iter_mut().find(|t| t.name == resolved).unwrap();
+    assert_eq!(
+        t.cleanup_policy,
+        CleanupPolicy::Compact,
+        "the manifest compacts the retained history"
+    );
+    assert!(t.configs.contains_key("max.compaction.lag.ms"));
+    for (k, v) in [
+        ("segment.ms", "1000"),
+        ("max.compaction.lag.ms", "1000"),
+        ("min.cleanable.dirty.ratio", "0.01"),
+        ("delete.retention.ms", "0"),
+    ] {
+        t.configs.insert(k.into(), v.into());
+    }
+    let admin = TopicAdmin::connect(bootstrap, &BTreeMap::new()).unwrap();
+    let report = admin.apply(&desired).unwrap();
+    assert!(report.drift.is_empty(), "{report}");
+}
+
+/// Every record of `topic` (key, value), read from the beginning until a second passes without
+/// a new one.
+fn all_records(bootstrap: &str, topic: &str) -> Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+    let mut r = TopicReader::new(bootstrap, topic);
+    loop {
+        let before = r.records.len();
+        r.poll(Duration::from_secs(1));
+        if r.records.len() == before {
+            break;
+        }
+    }
+    r.records
+        .iter()
+        .map(|rec| (rec.key.clone(), rec.value.clone()))
+        .collect()
+}
+
 #[test]
 fn a_deleted_user_leaves_every_store_exits_downstream_and_never_comes_back() {
     use corral_codec::MembershipChange;
@@ -238,7 +290,7 @@ fn a_deleted_user_leaves_every_store_exits_downstream_and_never_comes_back() {
     let run_id = corral_tests::unique("e2e-del");
     let prefix = format!("{run_id}.");
     let dir = tempfile::tempdir().unwrap();
-    create_topics(&bootstrap, &prefix);
+    create_topics_compacting_quickly(&bootstrap, &prefix);
     let hook = common::Webhook::start();
     let ctl = binary("corralctl");
     const BUYERS: &str = "order_completed_last_30days";
@@ -341,6 +393,20 @@ fn a_deleted_user_leaves_every_store_exits_downstream_and_never_comes_back() {
         .find(|c| user_of(c, &ada))
         .unwrap()
         .profile_id;
+    // The retained history before the deletion: both users' records.
+    let resolved = format!("{prefix}events.resolved");
+    let names = |k: &Option<Vec<u8>>, v: &Option<Vec<u8>>, who: &str| {
+        k.as_deref().is_some_and(|k| mentions(k, who))
+            || v.as_deref().is_some_and(|v| mentions(v, who))
+    };
+    let history = all_records(&bootstrap, &resolved);
+    let bob_history: Vec<_> = history
+        .iter()
+        .filter(|(k, v)| v.is_some() && names(k, v, &bob))
+        .cloned()
+        .collect();
+    assert_eq!(bob_history.len(), 2, "bob's identify and order");
+    assert!(history.iter().any(|(k, v)| names(k, v, &ada_profile)));
 
     // Delete ada by her email: every identifier of her profile goes.
     let id = run(
@@ -448,6 +514,54 @@ fn a_deleted_user_leaves_every_store_exits_downstream_and_never_comes_back() {
     assert!(!all
         .iter()
         .any(|c| user_of(c, &bob) && c.change == corral_codec::MembershipChangeKind::Exited));
+
+    // The retained history itself: once the log cleaner has run, events.resolved holds no record
+    // of hers (neither her events nor the tombstones that erased them), and every one of bob's.
+    // A segment rolls (and becomes cleanable) only when something is appended to its partition,
+    // so empty filler records (which every reader skips) are appended to hers meanwhile.
+    let partitions = corral_runtime::topics::TopicAdmin::connect(&bootstrap, &BTreeMap::new())
+        .unwrap()
+        .partitions(&resolved)
+        .unwrap()
+        .unwrap();
+    let hers = corral_codec::history::partition(ada_profile.as_bytes(), partitions);
+    let filler = corral_tests::producer();
+    let mut n = 0;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let left = loop {
+        n += 1;
+        let key = format!("filler-{n}");
+        filler
+            .send(
+                rdkafka::producer::BaseRecord::<[u8], [u8]>::to(&resolved)
+                    .key(key.as_bytes())
+                    .partition(hers),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+        rdkafka::producer::Producer::flush(&filler, Duration::from_secs(10)).unwrap();
+        let now = all_records(&bootstrap, &resolved);
+        let hers_left = now
+            .iter()
+            .filter(|(k, v)| {
+                [&ada, &email, &anon, &ada_profile]
+                    .iter()
+                    .any(|who| names(k, v, who))
+            })
+            .count();
+        if hers_left == 0 {
+            break now;
+        }
+        stack.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "events.resolved still holds {hers_left} records naming ada after compaction"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    for rec in &bob_history {
+        assert!(left.contains(rec), "compaction removed a record of bob");
+    }
     // Personal data stays out of the services' logs at info level (RUST_LOG=info by default).
     let mut logs = 0;
     for entry in std::fs::read_dir(dir.path()).unwrap() {
