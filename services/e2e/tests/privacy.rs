@@ -256,9 +256,12 @@ fn create_topics_compacting_quickly(bootstrap: &str, prefix: &str) {
     assert!(report.drift.is_empty(), "{report}");
 }
 
+/// A record's key and value.
+type KeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// Every record of `topic` (key, value), read from the beginning until a second passes without
 /// a new one.
-fn all_records(bootstrap: &str, topic: &str) -> Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+fn all_records(bootstrap: &str, topic: &str) -> Vec<KeyValue> {
     let mut r = TopicReader::new(bootstrap, topic);
     loop {
         let before = r.records.len();
