@@ -5,7 +5,9 @@
 //! - [`limit`], [`retry`]: the rate limiter (governor GCRA, adaptive to 429) and retry policy.
 //! - [`outbox`]: deliveries and their retry state in a changelogged state store.
 //! - [`lane`]: one delivery lane per destination (limiter, concurrency, Retry-After pause).
-//! - [`processor`]: the exactly-once processor that ties them together.
+//! - [`processor`]: the exactly-once processor that ties them together. A deleted profile's
+//!   exits become user-deletion requests for the destinations that have such an API (Braze,
+//!   Iterable), queued once per profile and destination through the outbox.
 //! - [`destination`], [`registry`]: destination definitions (file or `definitions` topic).
 //!
 //! Operator guide: `docs/fanout.md`.

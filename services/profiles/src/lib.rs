@@ -15,8 +15,10 @@
 //! identity's graph changelog and compute's profiles changelog (read_committed, so only
 //! committed state shows) and an index of `events.resolved` (the newest events of each profile
 //! and account, accounts and user↔account links from group calls). Nothing is kept per profile
-//! in memory. Until each of the three has been read to its end once, every profile read answers
-//! 503 (never a false 404). Admin writes go through `corral_ops::audiences`, exactly as
+//! in memory. The events index follows the deletion records on `profiles.merges`: a deleted
+//! profile's life (and that of the profiles merged into it before) is erased and never indexed
+//! again, so a person who comes back shows only the new life. Until each input has been read to
+//! its end once, every profile read answers 503 (never a false 404). Admin writes go through `corral_ops::audiences`, exactly as
 //! `corralctl audiences apply` writes. See docs/profile-api.md.
 
 pub mod admin;
