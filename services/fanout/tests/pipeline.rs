@@ -820,3 +820,75 @@ destinations:
     assert_eq!((d.dest.as_str(), d.profile_id.as_str()), ("braze", "p2"));
     assert_eq!(counts, (2.0, 1.0, 1.0, 2.0, 2.0), "{text}");
 }
+
+#[test]
+fn a_queued_deletion_survives_kill9_and_is_queued_once() {
+    let s = Setup::new("fanout-delete-kill");
+    let braze = Receiver::start();
+    let accept = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let open = accept.clone();
+    // Deletions fail until the receiver is told to accept them; everything else is accepted.
+    braze.answer(move |_, body| {
+        if body.get("external_ids").is_some() && !open.load(std::sync::atomic::Ordering::SeqCst) {
+            Answer::Status(503, "down".into(), None)
+        } else {
+            Answer::Ok
+        }
+    });
+    let dests = format!(
+        "destinations:\n  - key: braze\n    type: braze\n    url: {}\n    connections: [{{audience: a, mode: identify}}, {{audience: b, mode: identify}}]\n",
+        braze.url("")
+    );
+    let deleted = |mut c: MembershipChange| {
+        c.trigger_message_id = Some("regulation:reg-9".into());
+        c
+    };
+    let svc = s.spawn(&dests, &[]);
+    s.membership(&[
+        change("p1", "a", true, T0, ids("u1", &[])),
+        change("p1", "b", true, T0, ids("u1", &[])),
+        deleted(change("p1", "a", false, T0 + 1, ids("u1", &[]))),
+    ]);
+    let is_delete = |r: &corral_tests::http::Received| r.path == "/users/delete";
+    braze.wait_for(Duration::from_secs(60), |r| {
+        r.iter().filter(|x| is_delete(x)).count() >= 2
+    });
+    svc.kill9();
+    // The profile's second exit arrives while fanout is down; the restarted fanout restores the
+    // queued deletion from its outbox changelog and must not queue another one for it.
+    s.membership(&[deleted(change("p1", "b", false, T0 + 1, ids("u1", &[])))]);
+    let svc = s.spawn(&dests, &[]);
+    let before = braze.requests().len();
+    braze.wait_for(Duration::from_secs(60), |r| {
+        r.len() > before + 2 && r.iter().skip(before).filter(|x| is_delete(x)).count() >= 2
+    });
+    accept.store(true, std::sync::atomic::Ordering::SeqCst);
+    braze.wait_for(Duration::from_secs(60), |r| {
+        r.iter().any(|x| is_delete(x) && x.status == 200)
+    });
+    // Time for a second queued copy (same deterministic id) to show, if there were one.
+    std::thread::sleep(Duration::from_secs(3));
+    svc.terminate();
+    let all = braze.requests();
+    let deletes: Vec<_> = all.iter().filter(|r| is_delete(r)).collect();
+    assert_eq!(
+        deletes.iter().filter(|r| r.status == 200).count(),
+        1,
+        "delivered once"
+    );
+    let ids: std::collections::HashSet<_> = deletes
+        .iter()
+        .map(|r| r.header("idempotency-key").unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(ids.len(), 1, "every attempt is the same request");
+    assert!(deletes
+        .iter()
+        .all(|r| r.body == json!({"external_ids": ["u1"]})));
+    // The two entries (a re-send after the kill repeats an id), and no exit.
+    let tracks: std::collections::HashSet<_> = all
+        .iter()
+        .filter(|r| r.path == "/users/track")
+        .map(|r| r.header("idempotency-key").unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(tracks.len(), 2, "the entries, and no exit");
+}
