@@ -154,6 +154,8 @@ pub struct ProfileStore {
     events_per_owner: usize,
     /// Held while events are indexed and while a deletion erases (see the module doc).
     index_lock: std::sync::Mutex<()>,
+    /// Whether any deletion mark was written: until then no lookup is needed per event.
+    any_deleted: std::sync::atomic::AtomicBool,
 }
 
 /// What a batch of `events.resolved` values did to the index.
@@ -234,6 +236,7 @@ impl ProfileStore {
             db,
             events_per_owner: events_per_owner.max(1),
             index_lock: std::sync::Mutex::new(()),
+            any_deleted: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -401,6 +404,9 @@ impl ProfileStore {
 
     /// When `pid` of `space` was deleted (the latest deletion), if it was.
     pub fn deleted_at(&self, space: &str, pid: &str) -> Result<Option<i64>, StoreError> {
+        if !self.any_deleted.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(None);
+        }
         Ok(self
             .get(&key(T_DELETED, &[space, pid]))?
             .and_then(|v| be_i64(&v)))
@@ -455,6 +461,8 @@ impl ProfileStore {
             if !done.insert(p.clone()) {
                 continue;
             }
+            self.any_deleted
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             let mark = self.deleted_at(space, &p)?.map_or(at, |t| t.max(at));
             let mut batch = WriteBatch::default();
             batch.put(key(T_DELETED, &[space, &p]), mark.to_be_bytes());
