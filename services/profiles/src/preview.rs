@@ -16,7 +16,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use corral_codec::{AvroRecord, MessageType, ResolvedEvent};
+use corral_codec::{history, AvroRecord, MessageType, ResolvedEvent};
 use corral_compute::backfill::{current_fingerprint, peek};
 use corral_compute::engine::record_traits;
 use corral_compute::service::{event_name, event_time_ms};
@@ -134,9 +134,9 @@ impl<'a> Folder<'a> {
         self.state(pid).map(|_| ())
     }
 
-    /// Whether `pid` was ever deleted (its records need their resolved time checked).
-    pub fn deleted(&self, pid: &str) -> Result<bool, PreviewError> {
-        Ok(self.store.deleted_at(&self.space, pid)?.is_some())
+    /// When `pid` was deleted, if it was (its records need their resolved time checked).
+    pub fn deleted_at(&self, pid: &str) -> Result<Option<i64>, PreviewError> {
+        Ok(self.store.deleted_at(&self.space, pid)?)
     }
 
     /// Folds a decoded event of the space in; an event of a deleted life (resolved at or
@@ -200,17 +200,6 @@ impl<'a> Folder<'a> {
     }
 }
 
-/// The profile id at the start of an `events.resolved` key: the key is the profile id, or
-/// starts with it followed by a separator and more (the message id); profile ids are `use_`
-/// and base62 characters, so the first byte outside `[A-Za-z0-9_.-]` ends it.
-pub fn profile_of_key(key: &str) -> &str {
-    let end = key
-        .bytes()
-        .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')))
-        .unwrap_or(key.len());
-    &key[..end]
-}
-
 /// Previews `def` over the whole history (see the module doc).
 pub fn preview(
     history: &History,
@@ -240,18 +229,27 @@ pub fn preview(
             let step = (|| -> Result<(), PreviewError> {
                 // Most records are told apart without decoding them: another space, or an event
                 // no leaf reads (its profile still counts: `count() = 0` audiences hold for it).
-                if let (Some(fp), Some(key)) =
-                    (&fp, m.key().and_then(|k| std::str::from_utf8(k).ok()))
-                {
+                if let (Some(fp), Some(key)) = (&fp, m.key()) {
                     if let Some(pk) = peek(bytes, fp) {
                         if pk.space != space {
                             return Ok(());
                         }
-                        let pid = profile_of_key(key);
-                        // A deleted profile's records are decoded: their resolved time tells
-                        // the deleted life from a new one.
-                        if pk.name.is_some_and(|n| !folder.reads(n)) && !folder.deleted(pid)? {
-                            return folder.touch(pid);
+                        // The key is the profile id (older records) or the history key
+                        // (profile id, messageId, resolve time).
+                        let hk = history::parse_key(key);
+                        if let (true, Ok(pid)) = (
+                            pk.name.is_some_and(|n| !folder.reads(n)),
+                            std::str::from_utf8(hk.profile_id),
+                        ) {
+                            // A deleted profile's record belongs to the deleted life when it was
+                            // resolved at or before the deletion; without a time in the key,
+                            // the value tells.
+                            match (folder.deleted_at(pid)?, hk.resolved_at_ms) {
+                                (None, _) => return folder.touch(pid),
+                                (Some(t), Some(r)) if r <= t => return Ok(()),
+                                (Some(_), Some(_)) => return folder.touch(pid),
+                                (Some(_), None) => {}
+                            }
                         }
                     }
                 }
@@ -300,13 +298,58 @@ pub fn preview(
 
 #[cfg(test)]
 mod tests {
-    use super::profile_of_key;
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use corral_ops::audiences::{DefinitionKind, Target};
+
+    fn event(pid: &str, mid: &str, resolved: i64) -> ResolvedEvent {
+        let mut m = corral_codec::SegmentMessage::new("s", MessageType::Track, mid);
+        m.event = Some("Order Completed".into());
+        m.timestamp = Some(crate::store::iso(resolved));
+        ResolvedEvent {
+            message: m,
+            profile_id: pid.into(),
+            external_ids: vec![],
+            resolved_at_ms: resolved,
+        }
+    }
 
     #[test]
-    fn the_profile_id_is_read_from_the_start_of_the_key() {
-        assert_eq!(profile_of_key("use_0aZ9"), "use_0aZ9");
-        assert_eq!(profile_of_key("use_0aZ9\0msg-1"), "use_0aZ9");
-        assert_eq!(profile_of_key("use_0aZ9/msg-1/x"), "use_0aZ9");
-        assert_eq!(profile_of_key(""), "");
+    fn a_deleted_life_is_left_out_of_a_preview() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ProfileStore::open_fresh(&dir.path().join("db"), 10).unwrap();
+        let deletion = corral_codec::ProfileMerge {
+            space_id: "s".into(),
+            from_profile_id: "gone".into(),
+            into_profile_id: String::new(),
+            trigger_message_id: Some("regulation:reg-1".into()),
+            trigger_ids: vec![],
+            merged_at_ms: 2_000,
+        };
+        store.apply_merges(&[deletion.encode().unwrap()]).unwrap();
+        let def = OneDefinition {
+            target: Target::Audience,
+            key: "buyers".into(),
+            name: "buyers".into(),
+            kind: DefinitionKind::Users,
+            include_historical_data: true,
+            query: "event('Order Completed').count() >= 1".into(),
+        };
+        let folded = |events: &[ResolvedEvent]| {
+            let mut folder = Folder::new("s", [], &def, &store, 10_000).unwrap();
+            for e in events {
+                folder.fold(e).unwrap();
+            }
+            assert_eq!(folder.deleted_at("gone").unwrap(), Some(2_000));
+            assert_eq!(folder.deleted_at("kept").unwrap(), None);
+            folder.members("buyers")
+        };
+        let old = [event("gone", "old", 1_000), event("kept", "k", 1_000)];
+        let (members, profiles) = folded(&old);
+        assert_eq!(members, ["kept"]);
+        assert_eq!(profiles, 1, "the deleted life is not even evaluated");
+        // The person comes back: the new life counts.
+        let (members, _) = folded(&[old[0].clone(), old[1].clone(), event("gone", "new", 3_000)]);
+        assert_eq!(members, ["gone", "kept"]);
     }
 }
