@@ -42,13 +42,17 @@ pub enum PrivacyAction {
     SuppressWithDelete(Request),
     /// Accept the person's events again (undoes earlier suppressions of these identifiers).
     Unsuppress(Request),
-    /// Every regulation, oldest first, with its status.
+    /// Every regulation, oldest first, with its status (a deletion's progress is read as
+    /// `status` reads it, one pass over each topic for all of them).
     List {
         /// Only this space (default: every space).
         #[arg(long, env = "CORRAL_SPACE")]
         space: Option<String>,
         #[command(flatten)]
         at: Where,
+        /// Compute's application id (see `status`).
+        #[arg(long, env = "CORRAL_COMPUTE_APP", default_value = "compute")]
+        compute_app: String,
     },
     /// One regulation's status: `finished` only when every part of it is done (exit 0), else
     /// `pending` (exit 3); exit 1 when there is no such regulation.
@@ -72,8 +76,26 @@ pub fn privacy(kafka: &Kafka, output: Output, action: PrivacyAction) -> anyhow::
         PrivacyAction::Suppress(r) => (RegulationType::Suppress, r),
         PrivacyAction::SuppressWithDelete(r) => (RegulationType::SuppressWithDelete, r),
         PrivacyAction::Unsuppress(r) => (RegulationType::Unsuppress, r),
-        PrivacyAction::List { space, at } => {
-            let listed = privacy::list(b, p, &at.definitions_topic(), space.as_deref())?;
+        PrivacyAction::List {
+            space,
+            at,
+            compute_app,
+        } => {
+            let progress = privacy::ProgressTopics {
+                merges: at.prefixed("profiles.merges"),
+                compute_changelog: at.prefixed(&format!("{compute_app}.backfill-changelog")),
+            };
+            let listed: Vec<privacy::Listed> = privacy::checked(
+                b,
+                p,
+                &at.definitions_topic(),
+                space.as_deref(),
+                None,
+                &progress,
+            )?
+            .into_iter()
+            .map(|(l, _)| l)
+            .collect();
             if output == Output::Json {
                 print_json(&listed)?;
             } else {
