@@ -25,12 +25,17 @@
 # recounting the account's users);
 # privacy: deletion through identity and compute over PRIVACY_BENCH_PROFILES (1,000,000) profiles and
 # PRIVACY_BENCH_EVENTS (10,000,000) events of history: corralctl privacy delete -> committed exit
-# against a new user's order -> committed entry, and the status check (docs/privacy.md).
+# against a new user's order -> committed entry, and the status check (docs/privacy.md);
+# privacy_scale: erasing the retained history: PRIVACY_SCALE_PROFILES (1,000,000) profiles built by
+# compute from PRIVACY_SCALE_EVENTS (10,000,000) events written to events.resolved, delete ->
+# status finished (erasure scan included) for one user and for one request of 12, and compute's
+# events/s with no deletion pending against during an erasure scan (~3 GB of broker log: set
+# BENCH_KAFKA_DATA_DIR to a tmpfs folder when the disk is short).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
-parts="${BENCH_ONLY:-baseline runtime security pipeline criterion collector validator identity compute accounts merges privacy fanout profiles tmpfs}"
+parts="${BENCH_ONLY:-baseline runtime security pipeline criterion collector validator identity compute accounts merges privacy privacy_scale fanout profiles tmpfs}"
 out="$root/.run/bench/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"
 log() { echo "bench.sh: $*" >&2; }
@@ -51,7 +56,7 @@ cargo build --release -p corral-tests --bins
 # test's topics (12,500 partitions after a day), and their housekeeping shows in latency tails
 # (compute's p99 at 5,000 events/s: ~270 ms there, ~130-220 ms on a fresh broker).
 BENCH_KAFKA_PORT="${BENCH_KAFKA_PORT:-9192}"
-export KAFKA_PORT="$BENCH_KAFKA_PORT" KAFKA_DATA_DIR="$root/.run/kafka-bench-$BENCH_KAFKA_PORT"
+export KAFKA_PORT="$BENCH_KAFKA_PORT" KAFKA_DATA_DIR="${BENCH_KAFKA_DATA_DIR:-$root/.run/kafka-bench-$BENCH_KAFKA_PORT}"
 export CORRAL_TEST_BOOTSTRAP="127.0.0.1:$BENCH_KAFKA_PORT"
 cleanup() {
   deploy/local/kafka.sh stop >/dev/null 2>&1 || true
@@ -155,6 +160,12 @@ if want privacy; then
   log "privacy: delete one user among ${PRIVACY_BENCH_PROFILES:-1000000} profiles and ${PRIVACY_BENCH_EVENTS:-10000000} events (identity + compute)"
   cargo build --release --workspace --bins
   cargo bench -p corral-e2e --bench privacy 2>&1 | grep -E '^privacy ' | tee "$out/privacy.txt"
+fi
+
+if want privacy_scale; then
+  log "privacy_scale: erase one user's history among ${PRIVACY_SCALE_PROFILES:-1000000} profiles and ${PRIVACY_SCALE_EVENTS:-10000000} events (compute)"
+  cargo build --release --workspace --bins
+  cargo bench -p corral-e2e --bench privacy_scale 2>&1 | grep -E '^privacy_scale ' | tee "$out/privacy_scale.txt"
 fi
 
 if want fanout; then
