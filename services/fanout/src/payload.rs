@@ -576,8 +576,9 @@ pub fn path_segment(s: &str) -> String {
 /// its other calls: by user id when the profile has one, else by email; Braze also by the
 /// anonymous-id alias when the destination sends anonymous ids.
 ///
-/// - Braze: one `POST {url}/users/delete` with `external_ids`, else `email_addresses`, else
-///   `user_aliases` (Braze takes one kind of identifier per request, at most 50).
+/// - Braze: `POST {url}/users/delete` with `external_ids`; without a user id, one with
+///   `email_addresses` and one with `user_aliases` (Braze takes one kind of identifier per
+///   request, at most 50).
 /// - Iterable: `DELETE {url}/api/users/byUserId/{userId}` per user id, else
 ///   `DELETE {url}/api/users/{email}` per email.
 pub fn deletion_calls(
@@ -618,29 +619,35 @@ pub fn deletion_calls(
     };
     match spec.dest_type {
         DestinationType::Braze => {
-            let (field, values): (&str, Vec<Json>) = if !users.is_empty() {
-                ("external_ids", users.iter().map(|u| json!(u)).collect())
-            } else if !emails.is_empty() {
-                ("email_addresses", emails.iter().map(|e| json!(e)).collect())
+            // As `to_braze_json` names users: by external id when the profile has a user id
+            // (every call then carries it); without one, the email calls named them by email and
+            // the anonymous-id calls by alias, so both kinds are deleted.
+            let kinds: Vec<(&str, Vec<Json>)> = if !users.is_empty() {
+                vec![("external_ids", users.iter().map(|u| json!(u)).collect())]
             } else {
-                (
-                    "user_aliases",
-                    anons
-                        .iter()
-                        .map(|a| json!({"alias_name": a, "alias_label": "anonymous_id"}))
-                        .collect(),
-                )
+                vec![
+                    ("email_addresses", emails.iter().map(|e| json!(e)).collect()),
+                    (
+                        "user_aliases",
+                        anons
+                            .iter()
+                            .map(|a| json!({"alias_name": a, "alias_label": "anonymous_id"}))
+                            .collect(),
+                    ),
+                ]
             };
-            values
-                .chunks(50)
-                .enumerate()
-                .map(|(n, chunk)| DeletionCall {
-                    message_id: id(&format!("braze/{field}/{n}")),
-                    method: "POST",
-                    url: join(url, "/users/delete"),
-                    body: json!({ field: chunk }),
-                })
-                .collect()
+            let mut out = Vec::new();
+            for (field, values) in kinds {
+                for (n, chunk) in values.chunks(50).enumerate() {
+                    out.push(DeletionCall {
+                        message_id: id(&format!("braze/{field}/{n}")),
+                        method: "POST",
+                        url: join(url, "/users/delete"),
+                        body: json!({ field: chunk }),
+                    });
+                }
+            }
+            out
         }
         DestinationType::Iterable => {
             let (path, values) = if users.is_empty() {
