@@ -12,10 +12,11 @@
 //! Measured, all in one run:
 //! - compute's rate over the history (events/s while building the profiles);
 //! - the normal pipeline's cost: compute's rate over `PRIVACY_SCALE_PROBE_EVENTS` (500,000) new
-//!   events with no deletion pending (the baseline), then over as many again while a deletion's
-//!   erasure scan runs on the same thread;
+//!   events with no deletion pending (the baseline), then over as many again sent right after a
+//!   deletion, while its erasure scan runs on the same thread;
 //! - `corralctl privacy delete` of one user -> `corralctl privacy status` says `finished`
-//!   (identity, compute's state and the erasure scan of the user's partition all committed);
+//!   (identity, compute's state and the erasure scan of the user's partition all committed),
+//!   with nothing else running, and again under that load;
 //! - the same for one request naming `PRIVACY_SCALE_DELETES` (12) users spread over the
 //!   partitions (one scan per partition serves all of them);
 //! - the scans' read rate (`corral_compute_erase_scanned_total`) and tombstones written.
@@ -193,7 +194,7 @@ fn main() {
 
     // The users to delete: spread over the users, and so over the partitions. Identity learns
     // them from one identify each, through the pipeline (its id is the one their history has).
-    let doomed: Vec<u64> = (0..=many).map(|k| k * (profiles / (many + 1))).collect();
+    let doomed: Vec<u64> = (0..many + 2).map(|k| k * (profiles / (many + 2))).collect();
     let valid = format!("{prefix}events.valid");
     for &i in &doomed {
         let mut m = SegmentMessage::new(SPACE, MessageType::Identify, format!("{run_id}-id{i}"));
@@ -282,36 +283,50 @@ fn main() {
         }
     };
 
-    // One user: the request, then the same load again while the erasure scan runs.
+    // One user, nothing else running: the request to `finished`.
     let (scanned0, tomb0) = (scanned(), tombstones());
     let t0 = Instant::now();
     let id = delete(&doomed[..1]);
-    let (during_s, during_rate) = rate(&mut stack, probe);
     let (one_s, checks, status_ms) = until_finished(&mut stack, &id, t0);
-    let one_scanned = scanned() - scanned0;
     println!(
-        "privacy_scale pipeline during the erasure scan: compute took {probe} new events in {during_s:.1} s: {during_rate:.0} events/s ({:.1} % of the baseline)",
+        "privacy_scale one user deleted, no other load, corralctl privacy delete -> status finished: {one_s:.1} s (scan of partition {} read {:.0} records, {:.0} tombstones; {checks} status checks of up to {status_ms:.0} ms each)",
+        partition(pids[doomed[0] as usize].as_bytes(), parts),
+        scanned() - scanned0,
+        tombstones() - tomb0
+    );
+
+    // Another user, with the same load as the baseline sent right after the request: compute's
+    // rate while the erasure scan shares its thread.
+    let (scanned0, tomb0) = (scanned(), tombstones());
+    let t0 = Instant::now();
+    let id = delete(&doomed[1..2]);
+    let (during_s, during_rate) = rate(&mut stack, probe);
+    let scanned_in_phase = scanned() - scanned0;
+    let (loaded_s, _, _) = until_finished(&mut stack, &id, t0);
+    println!(
+        "privacy_scale pipeline during an erasure scan: compute took {probe} new events in {during_s:.1} s: {during_rate:.0} events/s ({:.1} % of the baseline; the scan read {scanned_in_phase:.0} records meanwhile)",
         100.0 * during_rate / base_rate
     );
     println!(
-        "privacy_scale one user deleted, corralctl privacy delete -> status finished: {one_s:.1} s (scan of partition {} read {one_scanned:.0} records, {:.0} tombstones; {checks} status checks, the slowest {status_ms:.0} ms)",
-        partition(pids[doomed[0] as usize].as_bytes(), parts),
+        "privacy_scale one user deleted under that load, delete -> status finished: {loaded_s:.1} s (scan of partition {} read {:.0} records, {:.0} tombstones)",
+        partition(pids[doomed[1] as usize].as_bytes(), parts),
+        scanned() - scanned0,
         tombstones() - tomb0
     );
 
     // One request for the rest, spread over the partitions: one scan per partition serves all.
     let (scanned0, tomb0) = (scanned(), tombstones());
-    let covered: BTreeSet<i32> = doomed[1..]
+    let covered: BTreeSet<i32> = doomed[2..]
         .iter()
         .map(|&i| partition(pids[i as usize].as_bytes(), parts))
         .collect();
     let t0 = Instant::now();
-    let id = delete(&doomed[1..]);
+    let id = delete(&doomed[2..]);
     let (many_s, _, _) = until_finished(&mut stack, &id, t0);
     let many_scanned = scanned() - scanned0;
     println!(
         "privacy_scale {} users in one request (partitions {covered:?} of {parts}), delete -> status finished: {many_s:.1} s (scans read {many_scanned:.0} records at {:.0} records/s, {:.0} tombstones)",
-        doomed.len() - 1,
+        doomed.len() - 2,
         many_scanned / many_s,
         tombstones() - tomb0
     );
