@@ -140,8 +140,11 @@ impl StreamRuntime {
             };
             match admin.partitions(&topic.name)? {
                 None => {
-                    admin.create(&topic)?;
-                    info!(topic = %topic.name, partitions, "created changelog topic");
+                    if admin.create(&topic)? {
+                        info!(topic = %topic.name, partitions, "created changelog topic");
+                    }
+                    // Restores read its watermarks right away.
+                    admin.shape_once_visible(&topic.name)?;
                 }
                 Some(have) if have != partitions => {
                     return Err(RuntimeError::Admin(format!(

@@ -301,7 +301,7 @@ impl Service {
         if let Some(have) = admin.partitions(topic)? {
             return Ok(have);
         }
-        admin.create(&DesiredTopic {
+        let created = admin.create(&DesiredTopic {
             name: topic.to_string(),
             partitions,
             replication_factor: self.args.replication_factor,
@@ -309,8 +309,12 @@ impl Service {
             retention_ms,
             configs: Default::default(),
         })?;
-        info!(topic, partitions, "created internal topic");
-        Ok(partitions)
+        if created {
+            info!(topic, partitions, "created internal topic");
+        }
+        // The runtimes that read it check its partitions at start: wait until it shows.
+        let (have, _) = admin.shape_once_visible(topic)?;
+        Ok(have)
     }
 
     /// An admin client once Kafka answers a metadata request for `topic`. Until then (broker

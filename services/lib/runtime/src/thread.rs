@@ -44,6 +44,8 @@ use crate::store::StateStore;
 const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// A commit slower than this is logged with where its time went.
 const SLOW_COMMIT: Duration = Duration::from_millis(200);
+/// How often a commit checks for acknowledgements while it waits for them.
+const DELIVERY_CHECK: Duration = Duration::from_micros(200);
 
 /// Records, per changelog partition, the offset after the last delivered changelog record.
 pub(crate) struct DeliveryTracker {
@@ -608,20 +610,33 @@ impl Engine {
 
     /// Waits until every produced record is acknowledged and its delivery report served.
     /// rust-rdkafka's own `flush` (which `commit_transaction` calls) polls in 100 ms slices and
-    /// so adds up to 100 ms to every commit; polling in 1 ms slices here leaves it nothing to wait
-    /// for.
+    /// so adds up to 100 ms to every commit. Its `poll(t)` is no better for short waits: it always
+    /// runs for the whole `t`, and hands librdkafka a remaining time under 1 ms as 0 (a
+    /// non-blocking poll), so `poll(1 ms)` in a loop spins a core for as long as the broker takes
+    /// to acknowledge. Serving what is queued, then sleeping briefly when nothing came, waits
+    /// without burning the CPU the other services need.
     fn drain_deliveries(&self, timeout: Duration) -> Result<(), RuntimeError> {
         let deadline = Instant::now() + timeout;
-        while self.producer.in_flight_count() > 0 {
+        loop {
+            let before = self.producer.in_flight_count();
+            if before == 0 {
+                return Ok(());
+            }
+            self.producer.poll(Duration::ZERO);
+            let after = self.producer.in_flight_count();
+            if after == 0 {
+                return Ok(());
+            }
             if Instant::now() >= deadline {
                 return Err(RuntimeError::Kafka {
                     during: "waiting for delivery reports",
                     source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
                 });
             }
-            self.producer.poll(Duration::from_millis(1));
+            if after >= before {
+                std::thread::sleep(DELIVERY_CHECK);
+            }
         }
-        Ok(())
     }
 
     /// Aborts the open transaction and drops its state; the loop rewinds before the next record.

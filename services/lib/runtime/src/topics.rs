@@ -333,6 +333,25 @@ impl TopicAdmin {
         Ok(self.shape(topic)?.map(|(partitions, _)| partitions))
     }
 
+    /// The shape of `topic` once the metadata shows it: a topic created a moment ago (by us or a
+    /// concurrent creator) can take a while to appear on a busy broker, and a reader that starts
+    /// before then would find it missing. Waits up to 30 s.
+    pub fn shape_once_visible(&self, topic: &str) -> Result<(i32, i32), RuntimeError> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(shape) = self.shape(topic)? {
+                return Ok(shape);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(RuntimeError::Admin(format!(
+                    "topic {topic} was created but the broker's metadata has not shown it for 30 s; \
+                     check the broker's health and try again"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Partition count and replication factor (of its first partition) of `topic`, or `None`
     /// when it does not exist.
     pub fn shape(&self, topic: &str) -> Result<Option<(i32, i32)>, RuntimeError> {
@@ -439,92 +458,77 @@ impl TopicAdmin {
     pub fn apply(&self, desired: &[DesiredTopic]) -> Result<ApplyReport, RuntimeError> {
         let mut report = ApplyReport::default();
         for t in desired {
-            let mut shape = self.shape(&t.name)?;
-            if shape.is_none() {
-                if self.create(t)? {
+            let shape = match self.shape(&t.name)? {
+                Some(shape) => shape,
+                None if self.create(t)? => {
                     report.created.push(t.name.clone());
                     continue;
                 }
                 // It exists but the metadata we read did not show it yet (created a moment ago):
                 // wait for it, so its shape is checked like any other.
-                for _ in 0..50 {
-                    std::thread::sleep(Duration::from_millis(100));
-                    shape = self.shape(&t.name)?;
-                    if shape.is_some() {
-                        break;
-                    }
+                None => self.shape_once_visible(&t.name)?,
+            };
+            let (have, replicas) = shape;
+            let before = report.drift.len();
+            if t.replication_factor > 0 && replicas != t.replication_factor {
+                report.drift.push(Drift::ReplicationFactor {
+                    topic: t.name.clone(),
+                    want: t.replication_factor,
+                    have: replicas,
+                });
+            }
+            if have != t.partitions {
+                report.drift.push(Drift::Partitions {
+                    topic: t.name.clone(),
+                    want: t.partitions,
+                    have,
+                });
+            }
+            let configs = self.topic_configs(&t.name)?;
+            let policy = configs
+                .get("cleanup.policy")
+                .cloned()
+                .flatten()
+                .unwrap_or_default();
+            if policy != t.cleanup_policy.as_kafka() {
+                report.drift.push(Drift::CleanupPolicy {
+                    topic: t.name.clone(),
+                    want: t.cleanup_policy.as_kafka().into(),
+                    have: policy,
+                });
+            }
+            if let Some(want) = t.retention_ms {
+                let have = configs
+                    .get("retention.ms")
+                    .cloned()
+                    .flatten()
+                    .and_then(|v| v.parse().ok());
+                if have != Some(want) {
+                    report.drift.push(Drift::Retention {
+                        topic: t.name.clone(),
+                        want,
+                        have,
+                    });
                 }
             }
-            match shape {
-                None => {
-                    return Err(RuntimeError::Admin(format!(
-                        "topic {} exists (the broker refused to create it again) but its metadata never showed it; try again",
-                        t.name
-                    )))
+            for (name, want) in &t.configs {
+                let have = configs.get(name).cloned().flatten();
+                let same = match (have.as_deref(), want.parse::<f64>()) {
+                    // `0.1` and `0.10` are one ratio.
+                    (Some(h), Ok(w)) => h.parse::<f64>().is_ok_and(|h| h == w),
+                    (h, _) => h == Some(want.as_str()),
+                };
+                if !same {
+                    report.drift.push(Drift::Config {
+                        topic: t.name.clone(),
+                        name: name.clone(),
+                        want: want.clone(),
+                        have,
+                    });
                 }
-                Some((have, replicas)) => {
-                    let before = report.drift.len();
-                    if t.replication_factor > 0 && replicas != t.replication_factor {
-                        report.drift.push(Drift::ReplicationFactor {
-                            topic: t.name.clone(),
-                            want: t.replication_factor,
-                            have: replicas,
-                        });
-                    }
-                    if have != t.partitions {
-                        report.drift.push(Drift::Partitions {
-                            topic: t.name.clone(),
-                            want: t.partitions,
-                            have,
-                        });
-                    }
-                    let configs = self.topic_configs(&t.name)?;
-                    let policy = configs
-                        .get("cleanup.policy")
-                        .cloned()
-                        .flatten()
-                        .unwrap_or_default();
-                    if policy != t.cleanup_policy.as_kafka() {
-                        report.drift.push(Drift::CleanupPolicy {
-                            topic: t.name.clone(),
-                            want: t.cleanup_policy.as_kafka().into(),
-                            have: policy,
-                        });
-                    }
-                    if let Some(want) = t.retention_ms {
-                        let have = configs
-                            .get("retention.ms")
-                            .cloned()
-                            .flatten()
-                            .and_then(|v| v.parse().ok());
-                        if have != Some(want) {
-                            report.drift.push(Drift::Retention {
-                                topic: t.name.clone(),
-                                want,
-                                have,
-                            });
-                        }
-                    }
-                    for (name, want) in &t.configs {
-                        let have = configs.get(name).cloned().flatten();
-                        let same = match (have.as_deref(), want.parse::<f64>()) {
-                            // `0.1` and `0.10` are one ratio.
-                            (Some(h), Ok(w)) => h.parse::<f64>().is_ok_and(|h| h == w),
-                            (h, _) => h == Some(want.as_str()),
-                        };
-                        if !same {
-                            report.drift.push(Drift::Config {
-                                topic: t.name.clone(),
-                                name: name.clone(),
-                                want: want.clone(),
-                                have,
-                            });
-                        }
-                    }
-                    if report.drift.len() == before {
-                        report.unchanged.push(t.name.clone());
-                    }
-                }
+            }
+            if report.drift.len() == before {
+                report.unchanged.push(t.name.clone());
             }
         }
         Ok(report)
