@@ -6,9 +6,11 @@
 # - Baseline, same run, before the services start: the runtime's exactly-once pass-through
 #   (corral-loadgen, 6 partitions, 1 KB records, 100 ms commits, records/s) and the latency of one
 #   exactly-once hop at the latency rate (what each of the pipeline's hops costs at least).
-# - PIPELINE_RUNS (3) runs on the same running stack for each of two loads: collector-loadgen
+# - PIPELINE_RUNS (3) runs on the same running stack for each of three loads: collector-loadgen
 #   POSTs PIPELINE_MESSAGES track calls of 5,000 users in batches of 100, with one anonymous id per
-#   user and run (`per-user`) or a new one on every call (`unique`); events/s from the first request to the last event compute
+#   user and run (`per-user`) or a new one on every call (`unique`), of `Product Added` (not in
+#   the example plan: an `Unplanned Event` violation per call), or, in `planned`, per-user calls
+#   of the plan's `Session Started` and `Feature Used`, which the example definitions read; events/s from the first request to the last event compute
 #   consumed, each service's CPU-seconds per 1,000 events, the records the services wrote per
 #   event. The summary gives the median with min and max, and the ratio (events/s x records
 #   written per event) / pass-through records/s: how close the pipeline comes to what the broker
@@ -18,7 +20,7 @@
 #   (deploy/local/bench/); p50/p99 from the HTTP request to the committed membership record and
 #   to the webhook request.
 #
-# PIPELINE_ONLY="throughput latency" picks the halves. Prints `pipeline ...` lines; bench.sh sets
+# PIPELINE_ONLY="throughput latency" picks the halves, PIPELINE_LOADS the loads. Prints `pipeline ...` lines; bench.sh sets
 # CORRAL_KAFKA_BOOTSTRAP to its fresh broker.
 set -euo pipefail
 
@@ -65,7 +67,9 @@ tck="$(getconf CLK_TCK)"
 # per-user: one anonymous id per user and run (a browser's), so most events carry identifiers
 # identity already linked; unique: a new anonymous id on every message (the first figures' load,
 # every event new to identity).
-want throughput && for workload in per-user unique; do
+declare -A load_flags=([per-user]="--anonymous-ids per-user --events product"
+  [planned]="--anonymous-ids per-user --events planned" [unique]="--anonymous-ids unique --events product")
+want throughput && for workload in ${PIPELINE_LOADS:-per-user planned unique}; do
 : >"$run_dir/pipeline-rates" ; : >"$run_dir/pipeline-records"
 for run in $(seq 1 "$runs"); do
   declare -A cpu_before
@@ -75,7 +79,7 @@ for run in $(seq 1 "$runs"); do
 
   start_ns="$(date +%s%N)"
   "$bin/collector-loadgen" --target 127.0.0.1:8080 --pid "$(cat "$run_dir/collector.pid")" \
-    --write-key corral-demo --batch-requests $((messages / 100)) --single-requests 0 --anonymous-ids "$workload" \
+    --write-key corral-demo --batch-requests $((messages / 100)) --single-requests 0 ${load_flags[$workload]} \
     | sed "s/^/pipeline workload=$workload run=$run collector-loadgen /"
 
   # Done when compute's consumed count of events.resolved stops growing for 5 s (every message

@@ -95,11 +95,11 @@ impl Processor for ValidatorProcessor {
             .with_label_values(&[label.as_str(), outcome])
             .inc();
 
-        match &decision.verdict {
+        match decision.verdict {
             Verdict::Valid { message, protocols } => {
                 let out = ValidEvent {
-                    message: (**message).clone(),
-                    protocols: protocols.clone(),
+                    message: *message,
+                    protocols,
                 };
                 // Keyed by the identifier identity's stitcher looks the event up by, so it arrives
                 // on the partition holding that identifier's link (`corral_codec::routing`).
@@ -112,7 +112,7 @@ impl Processor for ValidatorProcessor {
             Verdict::Blocked { reason } => {
                 let out = BlockedEvent {
                     message: msg.clone(),
-                    reason: (*reason).to_string(),
+                    reason: reason.to_string(),
                     tracking_plan_id: plan.map(|p| p.key.clone()),
                     violations: decision.violations.clone(),
                     blocked_at_ms: now,

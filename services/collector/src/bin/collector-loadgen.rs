@@ -68,6 +68,17 @@ struct Args {
     /// messages carry identifiers identity already linked).
     #[arg(long, value_enum, default_value_t = AnonymousIds::Unique)]
     anonymous_ids: AnonymousIds,
+    /// Events: `product` (`Product Added`, not in the example tracking plan, so each call is
+    /// also an `Unplanned Event` violation) or `planned` (`Session Started` and `Feature Used`
+    /// with the example plan's properties, the events the example definitions read).
+    #[arg(long, value_enum, default_value_t = Events::Product)]
+    events: Events,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Events {
+    Product,
+    Planned,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -77,21 +88,39 @@ enum AnonymousIds {
 }
 
 const USERS: usize = 5000;
+const FEATURES: [&str; 3] = ["export", "search", "share"];
 
-fn track(i: usize, run: &str, anonymous_ids: AnonymousIds) -> serde_json::Value {
-    let anonymous_id = match anonymous_ids {
+fn track(i: usize, run: &str, args: &Args) -> serde_json::Value {
+    let anonymous_id = match args.anonymous_ids {
         AnonymousIds::Unique => format!("anon-{run}-{i}"),
         AnonymousIds::PerUser => format!("anon-{run}-u{}", i % USERS),
+    };
+    let (event, properties) = match (args.events, i % 4) {
+        (Events::Product, _) => (
+            "Product Added",
+            serde_json::json!({"product_id": format!("sku-{}", i % 300), "price": 19.99,
+                "quantity": (i % 4) + 1, "currency": "EUR", "category": "Games",
+                "position": i % 10, "coupon": null}),
+        ),
+        (Events::Planned, 0) => (
+            "Session Started",
+            serde_json::json!({"platform": "web", "session_id": format!("s-{run}-{i}"),
+                "referrer_source": null}),
+        ),
+        (Events::Planned, _) => (
+            "Feature Used",
+            serde_json::json!({"feature_name": FEATURES[i % FEATURES.len()],
+                "feature_category": "reports", "time_spent_seconds": (i % 120) as f64 / 2.0}),
+        ),
     };
     // Shaped like an @segment/analytics-node track call (~600 bytes of JSON).
     serde_json::json!({
         "type": "track",
-        "event": "Product Added",
+        "event": event,
         "userId": format!("user-{}", i % USERS),
         "anonymousId": anonymous_id,
         "timestamp": "2026-11-30T12:00:00.000Z",
-        "properties": {"product_id": format!("sku-{}", i % 300), "price": 19.99, "quantity": (i % 4) + 1,
-                        "currency": "EUR", "category": "Games", "position": i % 10, "coupon": null},
+        "properties": properties,
         "context": {"library": {"name": "@segment/analytics-node", "version": "3.1.0"},
                     "page": {"path": "/shop", "url": "https://shop.example/shop"},
                     "userAgent": "Mozilla/5.0 (X11; Linux x86_64)", "locale": "en-US"},
@@ -393,7 +422,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let bodies = (0..16)
                 .map(|b| {
                     let batch: Vec<_> = (0..args.batch_size)
-                        .map(|i| track(b * args.batch_size + i, &run_id, args.anonymous_ids))
+                        .map(|i| track(b * args.batch_size + i, &run_id, &args))
                         .collect();
                     Bytes::from(
                         serde_json::json!({"batch": batch, "sentAt": "2026-11-30T12:00:01.000Z"})
@@ -418,7 +447,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         if args.single_requests > 0 {
             let bodies = (0..64)
-                .map(|i| Bytes::from(track(i, &run_id, args.anonymous_ids).to_string()))
+                .map(|i| Bytes::from(track(i, &run_id, &args).to_string()))
                 .collect();
             run_phase(
                 addr,
