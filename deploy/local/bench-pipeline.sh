@@ -16,7 +16,7 @@
 #   written per event) / pass-through records/s: how close the pipeline comes to what the broker
 #   and the runtime allow on this machine.
 # - Latency, PIPELINE_RUNS runs: pipeline-latency sends PIPELINE_LATENCY_RATE (5,000) events/s for
-#   20 s, 20 of them per second from new users who enter the audience `bench_latency`
+#   20 s, 20 of them per second from new (or, second, returning) users who enter the audience `bench_latency`
 #   (deploy/local/bench/); p50/p99 from the HTTP request to the committed membership record and
 #   to the webhook request.
 #
@@ -116,11 +116,15 @@ log "latency: $latency_rate events/s, 20 new audience members per second, to the
 "$bin/corralctl" audiences apply deploy/local/bench/latency-audience.yaml >&2
 "$bin/corralctl" destinations apply deploy/local/bench/latency-destination.yaml >&2
 sleep 3 # compute and fanout load the new definitions from the definitions topic
-: >"$run_dir/pipeline-latency"
-for run in $(seq 1 "$runs"); do
-  "$bin/pipeline-latency" --rate "$latency_rate" --seconds 20 | sed "s/^pipeline latency/pipeline latency run=$run/" \
-    | tee -a "$run_dir/pipeline-latency"
-done
-for f in membership_p50_ms membership_p99_ms webhook_p50_ms webhook_p99_ms; do
-  echo "pipeline latency_summary $f $(sed -n "s/.* $f=\([0-9.]*\).*/\1/p" "$run_dir/pipeline-latency" | median)"
+# Probes from new users (identity's coordinator resolves them: one hop more) and from returning
+# users (the common path: a stitcher hit).
+for probes in ${PIPELINE_PROBE_USERS:-new returning}; do
+  : >"$run_dir/pipeline-latency"
+  for run in $(seq 1 "$runs"); do
+    "$bin/pipeline-latency" --rate "$latency_rate" --seconds 20 --probe-users "$probes" \
+      | sed "s/^pipeline latency/pipeline latency run=$run/" | tee -a "$run_dir/pipeline-latency"
+  done
+  for f in membership_p50_ms membership_p99_ms webhook_p50_ms webhook_p99_ms; do
+    echo "pipeline latency_summary probe_users=$probes $f $(sed -n "s/.* $f=\([0-9.]*\).*/\1/p" "$run_dir/pipeline-latency" | median)"
+  done
 done

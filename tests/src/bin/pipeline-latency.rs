@@ -4,7 +4,8 @@
 //! `--audience` (entered on one `Latency Probe` event) connected to a webhook destination at
 //! `127.0.0.1:--webhook-port`, it sends `--rate` events/s to the collector for `--seconds`: a
 //! background of track calls in batches, and `--probes` single track calls per second, each from a
-//! new user, each of which makes that user enter the audience. Per probe it measures the time from
+//! new user (or, with `--probe-users returning`, a user sent one other call before the run), each
+//! of which makes that user enter the audience. Per probe it measures the time from
 //! sending the HTTP request to (a) the committed `entered` record on the membership topic and (b)
 //! the webhook request, both matched by the probe's user id. Prints one
 //! `pipeline latency ...` line with p50/p99 of both and what never arrived.
@@ -55,6 +56,17 @@ struct Args {
     /// Background connections, each sending its share of the rate.
     #[arg(long, default_value_t = 4)]
     connections: u64,
+    /// Probe users: `new` (first seen on the probe: identity's coordinator resolves it) or
+    /// `returning` (each sent one `Latency Warmup` call before the run, so the probe takes the
+    /// common path, a stitcher hit).
+    #[arg(long, value_enum, default_value_t = ProbeUsers::New)]
+    probe_users: ProbeUsers,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ProbeUsers {
+    New,
+    Returning,
 }
 
 /// One HTTP/1.1 POST on a kept-alive connection; returns the status.
@@ -163,6 +175,26 @@ fn main() {
     };
 
     let host = args.collector.clone();
+    let total = args.probes * args.seconds;
+    let run = std::process::id();
+    if args.probe_users == ProbeUsers::Returning {
+        let mut conn = connect(&host);
+        // Known before the run: a call that does not enter the audience, then time for identity
+        // to commit the users' links (a commit interval or two; 5 s is ample).
+        for chunk in (0..total).collect::<Vec<_>>().chunks(100) {
+            let events: Vec<serde_json::Value> = chunk
+                .iter()
+                .map(|i| {
+                    json!({"type": "track", "userId": format!("probe-{run}-{i}"),
+                       "event": "Latency Warmup", "messageId": format!("warmup-{run}-{i}")})
+                })
+                .collect();
+            let body =
+                serde_json::to_vec(&json!({"writeKey": args.write_key, "batch": events})).unwrap();
+            assert_eq!(post(&mut conn, &host, "/v1/batch", &body), 200);
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
     let background_rate = args.rate.saturating_sub(args.probes);
     let sent_background = Arc::new(AtomicU64::new(0));
     let connections = args.connections.max(1);
@@ -208,8 +240,6 @@ fn main() {
     let mut sent_probes: Vec<(String, String, Instant)> = Vec::new();
     let mut conn = connect(&host);
     let started = Instant::now();
-    let total = args.probes * args.seconds;
-    let run = std::process::id();
     for i in 0..total {
         let due = started + Duration::from_secs_f64(i as f64 / args.probes.max(1) as f64);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
@@ -275,7 +305,11 @@ fn main() {
     to_membership.sort_by(f64::total_cmp);
     to_webhook.sort_by(f64::total_cmp);
     println!(
-        "pipeline latency events_per_s_sent={:.0} probes={} membership_p50_ms={:.0} membership_p99_ms={:.0} webhook_p50_ms={:.0} webhook_p99_ms={:.0} missing_membership={} missing_webhook={}",
+        "pipeline latency probe_users={} events_per_s_sent={:.0} probes={} membership_p50_ms={:.0} membership_p99_ms={:.0} webhook_p50_ms={:.0} webhook_p99_ms={:.0} missing_membership={} missing_webhook={}",
+        match args.probe_users {
+            ProbeUsers::New => "new",
+            ProbeUsers::Returning => "returning",
+        },
         (background_sent + total) as f64 / elapsed,
         sent_probes.len(),
         percentile(&to_membership, 0.5),
