@@ -6,7 +6,7 @@
 //!   (every identifier already linked to one profile: a hit) or `identity.events-by-space` (key:
 //!   space id) for the coordinator.
 //! - [`CoordinatorProcessor`] (application `identity`): `identity.events-by-space` -> the graph
-//!   store, `events.resolved` (key: profile id), `profiles.merges` (key: the merged-away id), and
+//!   store, `events.resolved` (key: the event's history key, on the profile id's partition), `profiles.merges` (key: the merged-away id), and
 //!   link updates back to `identity.events-by-id`. The single writer of the graph of every space
 //!   hashed to its partition.
 
