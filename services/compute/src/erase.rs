@@ -10,7 +10,7 @@
 //!   partition from its start up to the next live offset (`pos`: everything the task already
 //!   read live; what it reads later is checked live and tombstoned there), and deletes the todos
 //!   it took (one scan serves every deletion pending when it starts);
-//! - each punctuation reads a bounded slice of the scan with a [`KeyReader`] (keys only: the
+//! - each punctuation reads a bounded slice of the scan with a [`KeyReader`] (by key: the
 //!   decision needs no value decode, [`erases`]) and emits a tombstone to this partition for every
 //!   record of a deleted life, then writes the scan's new position, in the transaction;
 //! - the slice that reaches the end writes `erased/{profile}` -> the request's time for each
@@ -21,17 +21,11 @@
 //! position is only a cache of it (dropped on abort and rebalance).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 use corral_codec::history::parse_key;
 use corral_codec::{AvroRecord, ResolvedEvent};
-use corral_runtime::follow::QuietEof;
-use corral_runtime::reader::committed_reader;
+use corral_runtime::reader::PartitionReplay;
 use corral_runtime::RuntimeError;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 /// Store key of a deletion waiting for an erasure scan (value: the request's time, ms BE).
@@ -95,94 +89,28 @@ pub fn value_time(value: &[u8]) -> Option<i64> {
     ResolvedEvent::decode(value).ok().map(|e| e.resolved_at_ms)
 }
 
-/// A task's reader of its `events.resolved` partition between two offsets, keys first.
-pub struct KeyReader {
-    consumer: BaseConsumer<QuietEof>,
-    /// Next offset to read.
-    pub at: i64,
-    /// Stop here (exclusive).
-    pub end: i64,
-}
+/// A task's reader of its `events.resolved` partition between two offsets (the runtime's
+/// partition replay; the scan reads each record's key).
+pub type KeyReader = PartitionReplay;
 
-impl KeyReader {
-    /// A reader of `partition` of `topic` from `from` up to `end` (exclusive).
-    pub fn open(
-        bootstrap: &str,
-        kafka: &BTreeMap<String, String>,
-        topic: &str,
-        partition: i32,
-        from: i64,
-        end: i64,
-    ) -> Result<Self, RuntimeError> {
-        let mut cfg = BTreeMap::from([("fetch.wait.max.ms".to_string(), "50".to_string())]);
-        cfg.extend(kafka.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let consumer = committed_reader(bootstrap, &cfg, "corral-compute-erase")?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition, Offset::Offset(from))
-            .map_err(|source| RuntimeError::Kafka {
-                during: "assigning a partition to erase",
-                source,
-            })?;
-        consumer
-            .assign(&tpl)
-            .map_err(|source| RuntimeError::Kafka {
-                during: "assigning a partition to erase",
-                source,
-            })?;
-        Ok(Self {
-            consumer,
-            at: from,
-            end,
-        })
-    }
-
-    /// Delivers `(key, value)` of the keyed records with a value below `end`, in offset order,
-    /// until `end`, `deadline` or `max` records; returns how many records were read.
-    pub fn read(
-        &mut self,
-        deadline: Instant,
-        max: usize,
-        mut f: impl FnMut(&[u8], &[u8]),
-    ) -> Result<usize, RuntimeError> {
-        let mut n = 0;
-        while self.at < self.end && n < max {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            match self.consumer.poll(left.min(Duration::from_millis(100))) {
-                Some(Ok(m)) => {
-                    if m.offset() >= self.end {
-                        self.at = self.end;
-                        break;
-                    }
-                    self.at = m.offset() + 1;
-                    n += 1;
-                    if let (Some(k), Some(v)) = (m.key(), m.payload()) {
-                        f(k, v);
-                    }
-                }
-                // The end of the readable log: every committed offset below `end` was read.
-                Some(Err(KafkaError::PartitionEOF(_))) => self.at = self.end,
-                Some(Err(source)) => {
-                    return Err(RuntimeError::Kafka {
-                        during: "reading a partition to erase",
-                        source,
-                    })
-                }
-                None => {}
-            }
-        }
-        Ok(n)
-    }
-
-    /// Drops the reader on a short-lived thread (closing waits for librdkafka's threads).
-    pub fn close_in_background(self) {
-        let spawned = std::thread::Builder::new()
-            .name("erase-close".into())
-            .spawn(move || drop(self));
-        drop(spawned);
-    }
+/// A reader of `partition` of `topic` from `from` up to `end` (exclusive).
+pub fn open_reader(
+    bootstrap: &str,
+    kafka: &BTreeMap<String, String>,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    end: i64,
+) -> Result<KeyReader, RuntimeError> {
+    PartitionReplay::open(
+        bootstrap,
+        kafka,
+        "corral-compute-erase",
+        topic,
+        partition,
+        from,
+        end,
+    )
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use super::*;
 use std::time::Instant;
 use tracing::{debug, info};
 
-use crate::erase::{self, erases, KeyReader, Scan};
+use crate::erase::{self, erases, Scan};
 
 fn time_of(v: &[u8]) -> i64 {
     v.get(..8)
@@ -86,7 +86,7 @@ impl ComputeProcessor {
         if !scan.done() {
             if self.erasers.get(&part).is_none_or(|r| r.at != scan.at) {
                 self.drop_eraser(part);
-                match KeyReader::open(
+                match erase::open_reader(
                     &src.bootstrap,
                     &src.kafka,
                     &src.topic,
@@ -110,9 +110,12 @@ impl ComputeProcessor {
             reader.end = scan.end;
             let started = Instant::now();
             let mut doomed: Vec<Vec<u8>> = Vec::new();
-            let read = reader.read(started + src.budget / busy, src.max_records, |k, v| {
-                if erases(&scan.profiles, k, || erase::value_time(v)) {
-                    doomed.push(k.to_vec());
+            let deadline = started + src.budget / busy;
+            let read = reader.read_keyed(deadline, src.max_records, |_, key, v| {
+                if let Some(k) = key {
+                    if erases(&scan.profiles, k, || erase::value_time(v)) {
+                        doomed.push(k.to_vec());
+                    }
                 }
             });
             let at = reader.at;

@@ -297,6 +297,16 @@ impl PartitionReplay {
         max: usize,
         mut f: impl FnMut(i64, &[u8]),
     ) -> Result<usize, RuntimeError> {
+        self.read_keyed(deadline, max, |offset, _, value| f(offset, value))
+    }
+
+    /// [`PartitionReplay::read`] with each record's key too.
+    pub fn read_keyed(
+        &mut self,
+        deadline: Instant,
+        max: usize,
+        mut f: impl FnMut(i64, Option<&[u8]>, &[u8]),
+    ) -> Result<usize, RuntimeError> {
         let mut n = 0;
         while !self.finished() && n < max {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -312,7 +322,7 @@ impl PartitionReplay {
                     self.at = m.offset() + 1;
                     n += 1;
                     if let Some(v) = m.payload() {
-                        f(m.offset(), v);
+                        f(m.offset(), m.key(), v);
                     }
                 }
                 // End of the readable log: every committed offset below `end` was read (callers
