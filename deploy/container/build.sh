@@ -85,5 +85,7 @@ case "${1:-}" in
   -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) die "unknown argument '$1' (--from-host, --from-source, --print-env)" ;;
 esac
+# The image this tag named before is now dangling: drop it, or each rebuild keeps half a gigabyte.
+podman_cmd image prune --force >/dev/null || true
 size="$(podman_cmd image inspect --format '{{.Size}}' "$image")"
 log "built $image in $((SECONDS - t0)) s, $((size / 1000000)) MB"
