@@ -155,6 +155,7 @@ pub fn on_request(
                 key: Some(stitch::link_key(space, &ident)),
                 value: Some(stitch::encode_update(None)),
                 partition: None,
+                headers: Vec::new(),
             });
             identifiers += 1;
         }

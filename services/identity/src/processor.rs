@@ -111,6 +111,7 @@ impl Processor for StitcherProcessor {
                     key: Some(ev.message.space_id.into_bytes()),
                     value: Some(value.to_vec()),
                     partition: None,
+                    headers: Vec::new(),
                 });
             }
         }
@@ -240,6 +241,7 @@ impl Processor for CoordinatorProcessor {
                 key: Some(key),
                 value: Some(value),
                 partition: None,
+                headers: Vec::new(),
             });
         }
         let mut external_ids: Vec<ExternalId> =

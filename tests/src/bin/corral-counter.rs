@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use corral_runtime::{
-    InputRecord, ProcessContext, ProcessError, Processor, RuntimeConfig, StoreSpec, StreamRuntime,
+    InputRecord, ProcessContext, ProcessError, Processor, RuntimeConfig, Store, StreamRuntime,
 };
 
 #[derive(Parser, Debug)]
@@ -147,15 +147,11 @@ fn main() -> anyhow::Result<()> {
     cfg.fault = args.fault.as_deref().map(str::parse).transpose()?;
     cfg.kafka.extend(args.kafka.iter().cloned());
     if !args.passthrough {
-        cfg.stores = vec![StoreSpec {
-            name: "counts".into(),
-        }];
+        cfg.stores = vec![Store::named("counts").into()];
     }
     if let (Some(ms), Some(_)) = (args.punctuate_ms, &args.summary_topic) {
         cfg.punctuate_interval = Some(Duration::from_millis(ms));
-        cfg.stores.push(StoreSpec {
-            name: "summaries".into(),
-        });
+        cfg.stores.push(Store::named("summaries").into());
     }
     let runtime = StreamRuntime::new(cfg).context("configuring the runtime")?;
     let output = args.output.clone();

@@ -29,6 +29,7 @@ impl ComputeProcessor {
             key: Some(key.to_vec()),
             value: None,
             partition: Some(ctx.partition()),
+            headers: Vec::new(),
         });
         self.metrics.erased_records.inc();
     }

@@ -33,17 +33,56 @@ pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
         .ok_or_else(|| format!("{s:?} is too long"))
 }
 
-/// A state store the processor uses. Its changelog topic is `{topic_prefix}{application_id}.{name}-changelog`.
+/// A state store the processor uses. Its changelog topic is `{topic_prefix}{application_id}.{name}-changelog`,
+/// unless an output topic logs it ([`StoreLog::Output`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSpec {
     pub name: String,
+    #[serde(skip)]
+    pub log: StoreLog,
+}
+
+/// Where a store's writes are logged, so a new owner of a partition can rebuild it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StoreLog {
+    /// Its own compacted changelog topic: every dirty key is one more record per commit.
+    #[default]
+    Changelog,
+    /// The records the processor writes to an output topic (a standard name), which carry the
+    /// store's entry in a header ([`crate::ProcessContext::emit_logging`]), as Kafka Streams
+    /// restores a source table from its source topic. No changelog record is written. The
+    /// output topic must have the input's partition count: each task writes its own partition.
+    /// A partition without local state restores only the records of the last `restore_window_ms`
+    /// (entries older than that are of no use to the processor), else the whole partition.
+    Output {
+        topic: String,
+        restore_window_ms: Option<i64>,
+    },
+}
+
+impl StoreSpec {
+    /// A store logged by the entries its processor puts on records of the standard topic `topic`.
+    pub fn logged_by_output(
+        store: crate::processor::Store,
+        topic: &str,
+        restore_window_ms: Option<i64>,
+    ) -> Self {
+        StoreSpec {
+            name: store.name().to_string(),
+            log: StoreLog::Output {
+                topic: topic.to_string(),
+                restore_window_ms,
+            },
+        }
+    }
 }
 
 impl From<crate::processor::Store> for StoreSpec {
     fn from(store: crate::processor::Store) -> Self {
         StoreSpec {
             name: store.name().to_string(),
+            log: StoreLog::Changelog,
         }
     }
 }
@@ -163,6 +202,14 @@ impl RuntimeConfig {
             "{}{}.{}-changelog",
             self.topic_prefix, self.application_id, store
         )
+    }
+
+    /// The topic a store is restored from: its changelog, or the output topic that logs it.
+    pub fn store_log_topic(&self, store: &StoreSpec) -> String {
+        match &store.log {
+            StoreLog::Changelog => self.changelog_topic(&store.name),
+            StoreLog::Output { topic, .. } => self.topics.name(topic),
+        }
     }
 
     pub fn transactional_id(&self, thread: usize) -> String {

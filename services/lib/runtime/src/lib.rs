@@ -52,7 +52,7 @@ use prometheus::Registry;
 use tracing::{error, info};
 
 pub use cli::{KafkaArgs, RuntimeArgs, TopicArgs, TopicNames};
-pub use config::{Fault, FaultPoint, RuntimeConfig, StoreSpec};
+pub use config::{Fault, FaultPoint, RuntimeConfig, StoreLog, StoreSpec};
 pub use error::{classify, RuntimeError, TxnAction};
 pub use processor::{
     InputRecord, Output, ProcessContext, ProcessError, Processor, Store, StoreRef,
@@ -130,6 +130,25 @@ impl StreamRuntime {
             }
         }
         for s in &self.cfg.stores {
+            if let StoreLog::Output { .. } = s.log {
+                // Each task writes the entries to its own partition of the output topic.
+                let log = self.cfg.store_log_topic(s);
+                match admin.partitions(&log)? {
+                    Some(n) if n == partitions => continue,
+                    Some(n) => {
+                        return Err(RuntimeError::Admin(format!(
+                            "store {} is logged by {log}, which has {n} partitions but input {input} has {partitions}; they must match",
+                            s.name
+                        )))
+                    }
+                    None => {
+                        return Err(RuntimeError::Admin(format!(
+                            "topic {log}, which logs store {}, does not exist; create it first (`corralctl topics apply`)",
+                            s.name
+                        )))
+                    }
+                }
+            }
             let topic = DesiredTopic {
                 name: self.cfg.changelog_topic(&s.name),
                 partitions,

@@ -54,13 +54,15 @@ pub struct InputRecord<'a> {
 }
 
 /// A record to produce inside the transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Output {
     pub topic: String,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     /// Explicit partition; `None` lets the murmur2 partitioner choose by key (as Java clients do).
     pub partition: Option<i32>,
+    /// Kafka record headers (name, value).
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 /// Why a record could not be processed.
@@ -280,6 +282,43 @@ impl<'a> ProcessContext<'a> {
         Ok(())
     }
 
+    /// Encodes `record` and produces it to the topic its type travels on, keyed `key`, on this
+    /// task's partition, and writes `entry` (key, value) to `store`, which that topic logs
+    /// ([`crate::StoreSpec::logged_by_output`]): the entry travels in the record's header, so the
+    /// output and the log of the write are one record.
+    pub fn emit_logging<R: AvroRecord>(
+        &mut self,
+        key: impl Into<Vec<u8>>,
+        record: &R,
+        store: Store,
+        entry: (Vec<u8>, Vec<u8>),
+    ) -> Result<(), ProcessError> {
+        let topic = self.topics.of::<R>();
+        let position = self.position(store)?;
+        let logged_here = {
+            let s = &self.stores[position];
+            !s.writes_changelog() && s.changelog_topic() == topic
+        };
+        if !logged_here {
+            return Err(ProcessError::Fatal(format!(
+                "store {} is not declared as logged by {topic} (StoreSpec::logged_by_output)",
+                store.name()
+            )));
+        }
+        self.push_record(topic, key.into(), record)?;
+        let (store_key, store_value) = entry;
+        let header = (
+            crate::store::log_header(store.name()),
+            crate::store::encode_logged(&store_key, &store_value),
+        );
+        if let Some(out) = self.outputs.last_mut() {
+            out.partition = Some(self.partition);
+            out.headers.push(header);
+        }
+        self.writes.push((position, store_key, Some(store_value)));
+        Ok(())
+    }
+
     /// One owned topic name per output, as `emit` has.
     fn push_record<R: AvroRecord>(
         &mut self,
@@ -294,7 +333,7 @@ impl<'a> ProcessContext<'a> {
             topic,
             key: Some(key),
             value: Some(value),
-            partition: None,
+            ..Output::default()
         });
         Ok(())
     }
@@ -305,7 +344,7 @@ impl<'a> ProcessContext<'a> {
             topic: topic.to_string(),
             key,
             value,
-            partition: None,
+            ..Output::default()
         });
     }
 

@@ -68,6 +68,32 @@ pub struct StateStore {
     /// with a RocksDB iterator in key order.
     overlay: HashMap<i32, BTreeMap<Vec<u8>, OverlayValue>>,
     overlay_bytes: usize,
+    /// `Some` when an output topic logs the store (`StoreLog::Output`): then `changelog_topic` is
+    /// that topic, no changelog records are written, and a restore reads the entries from the
+    /// records' headers. The inner value bounds a restore without local state to the last
+    /// milliseconds given.
+    output_log: Option<Option<i64>>,
+}
+
+/// The header that carries a store's entry on an output record that logs it.
+pub fn log_header(store: &str) -> String {
+    format!("corral.store.{store}")
+}
+
+/// A logged entry as a header value: the key's length (u32 BE), the key, the value.
+pub fn encode_logged(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + key.len() + value.len());
+    v.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    v.extend_from_slice(key);
+    v.extend_from_slice(value);
+    v
+}
+
+/// The entry of a header value written by [`encode_logged`]; `None` if it is malformed.
+pub fn decode_logged(v: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u32::from_be_bytes(v.get(..4)?.try_into().ok()?) as usize;
+    let rest = v.get(4..)?;
+    (rest.len() >= len).then(|| rest.split_at(len))
 }
 
 impl StateStore {
@@ -92,7 +118,24 @@ impl StateStore {
             db,
             overlay: HashMap::new(),
             overlay_bytes: 0,
+            output_log: None,
         })
+    }
+
+    /// Marks the store as logged by its output topic (the `changelog_topic` it was opened with).
+    pub fn logged_by_output(mut self, restore_window_ms: Option<i64>) -> Self {
+        self.output_log = Some(restore_window_ms);
+        self
+    }
+
+    /// Whether commits write the store's dirty keys to a changelog of its own.
+    pub fn writes_changelog(&self) -> bool {
+        self.output_log.is_none()
+    }
+
+    /// For a store logged by an output topic: how far back a restore without local state reads.
+    pub fn output_restore_window_ms(&self) -> Option<Option<i64>> {
+        self.output_log
     }
 
     pub fn name(&self) -> &str {
@@ -285,6 +328,23 @@ impl StateStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_entries_round_trip_and_malformed_ones_are_refused() {
+        let v = encode_logged(b"key", b"\x00value");
+        assert_eq!(decode_logged(&v), Some((&b"key"[..], &b"\x00value"[..])));
+        assert_eq!(
+            decode_logged(&encode_logged(b"", b"")),
+            Some((&b""[..], &b""[..]))
+        );
+        assert_eq!(decode_logged(b"\x00\x00"), None, "too short for a length");
+        assert_eq!(
+            decode_logged(b"\x00\x00\x00\x09key"),
+            None,
+            "a key longer than the header"
+        );
+        assert_eq!(log_header("message-ids"), "corral.store.message-ids");
+    }
 
     #[test]
     fn overlay_reads_through_and_commits_atomically_with_offset() {

@@ -24,7 +24,7 @@ use corral_telemetry::Health;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{
     BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
 };
@@ -32,7 +32,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
-use crate::config::{FaultPoint, RuntimeConfig};
+use crate::config::{FaultPoint, RuntimeConfig, StoreLog};
 use crate::error::{classify, RuntimeError, TxnAction};
 use crate::metrics::RuntimeMetrics;
 use crate::processor::{
@@ -320,8 +320,18 @@ impl Engine {
         partition: Option<i32>,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
+        headers: &[(String, Vec<u8>)],
     ) -> Result<(), RuntimeError> {
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+        if !headers.is_empty() {
+            let owned = headers.iter().fold(OwnedHeaders::new(), |h, (name, v)| {
+                h.insert(Header {
+                    key: name,
+                    value: Some(v),
+                })
+            });
+            record = record.headers(owned);
+        }
         if let Some(k) = key {
             record = record.key(k);
         }
@@ -410,6 +420,7 @@ impl Engine {
                 out.partition,
                 out.key.as_deref(),
                 out.value.as_deref(),
+                &out.headers,
             )?;
             self.produced(&out.topic);
         }
@@ -485,7 +496,7 @@ impl Engine {
             reason,
             "record sent to the dead-letter topic"
         );
-        self.send(&self.cfg.dlq_topic, None, record.key, Some(&bytes))?;
+        self.send(&self.cfg.dlq_topic, None, record.key, Some(&bytes), &[])?;
         self.produced(&self.cfg.dlq_topic);
         self.metrics.dlq_records.with_label_values(&[reason]).inc();
         Ok(())
@@ -512,13 +523,21 @@ impl Engine {
         }
         let started = Instant::now();
         let wrap = |e: RuntimeError| (TxnAction::Abort, e);
-        for store in &self.stores {
+        // A store logged by an output topic needs nothing more: its records are already sent.
+        let changelogged = || self.stores.iter().filter(|s| s.writes_changelog());
+        for store in changelogged() {
             for (partition, key, value) in store.dirty() {
-                self.send(store.changelog_topic(), Some(partition), Some(key), value)
-                    .map_err(wrap)?;
+                self.send(
+                    store.changelog_topic(),
+                    Some(partition),
+                    Some(key),
+                    value,
+                    &[],
+                )
+                .map_err(wrap)?;
             }
         }
-        for store in &self.stores {
+        for store in changelogged() {
             let n = store.dirty().count() as u64;
             if n > 0 {
                 self.metrics
@@ -812,7 +831,16 @@ pub(crate) fn restore_store(
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, TXN_CALL_TIMEOUT)
         .map_err(kafka("fetch changelog watermarks"))?;
-    let start = store.stored_offset(partition)?.unwrap_or(low).max(low);
+    let start = match store.stored_offset(partition)? {
+        Some(stored) => stored,
+        None => match store.output_restore_window_ms() {
+            Some(Some(window)) => {
+                first_offset_since(consumer, topic, partition, now_ms() - window)?.unwrap_or(high)
+            }
+            _ => low,
+        },
+    }
+    .max(low);
     if start >= high {
         return Ok(0);
     }
@@ -826,6 +854,7 @@ pub(crate) fn restore_store(
         .map_err(kafka("build restore assignment"))?;
     consumer.assign(&tpl).map_err(kafka("assign changelog"))?;
 
+    let log_header = (!store.writes_changelog()).then(|| crate::store::log_header(store.name()));
     let mut batch: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(1024);
     let mut next = start;
     let mut applied = 0u64;
@@ -834,7 +863,18 @@ pub(crate) fn restore_store(
         // a batch is full or nothing more came, not per record.
         let check_position = match consumer.poll(Duration::from_millis(20)) {
             Some(Ok(msg)) => {
-                if let Some(key) = msg.key() {
+                if let Some(header) = &log_header {
+                    // An output record: its header holds the entry; records without one wrote none.
+                    let entry = msg.headers().and_then(|hs| {
+                        hs.iter()
+                            .find(|h| h.key == header.as_str())
+                            .and_then(|h| h.value)
+                            .and_then(crate::store::decode_logged)
+                    });
+                    if let Some((k, v)) = entry {
+                        batch.push((k.to_vec(), Some(v.to_vec())));
+                    }
+                } else if let Some(key) = msg.key() {
                     batch.push((key.to_vec(), msg.payload().map(<[u8]>::to_vec)));
                 }
                 next = msg.offset() + 1;
@@ -885,6 +925,34 @@ pub(crate) fn restore_store(
     Ok(applied)
 }
 
+/// The first offset of `topic`/`partition` with a timestamp at or after `since_ms`; `None` when
+/// every record is older.
+fn first_offset_since(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    since_ms: i64,
+) -> Result<Option<i64>, RuntimeError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(since_ms))
+        .map_err(|source| RuntimeError::Kafka {
+            during: "build offsets-for-times request",
+            source,
+        })?;
+    let found = consumer
+        .offsets_for_times(tpl, TXN_CALL_TIMEOUT)
+        .map_err(|source| RuntimeError::Kafka {
+            during: "look up the restore start by time",
+            source,
+        })?;
+    Ok(
+        match found.find_partition(topic, partition).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => Some(o),
+            _ => None,
+        },
+    )
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -924,11 +992,8 @@ fn base_config(cfg: &RuntimeConfig) -> ClientConfig {
 fn build_engine(setup: &ThreadSetup) -> Result<Engine, RuntimeError> {
     let cfg = &setup.cfg;
     let kafka = |during: &'static str| move |source| RuntimeError::Kafka { during, source };
-    let changelog_topics: HashSet<String> = cfg
-        .stores
-        .iter()
-        .map(|s| cfg.changelog_topic(&s.name))
-        .collect();
+    let changelog_topics: HashSet<String> =
+        cfg.stores.iter().map(|s| cfg.store_log_topic(s)).collect();
     let mut pc = base_config(cfg);
     pc.set("transactional.id", cfg.transactional_id(setup.thread_index))
         .set("enable.idempotence", "true")
@@ -974,7 +1039,15 @@ fn build_engine(setup: &ThreadSetup) -> Result<Engine, RuntimeError> {
     let stores = cfg
         .stores
         .iter()
-        .map(|s| StateStore::open(&s.name, &cfg.changelog_topic(&s.name), &dir))
+        .map(|s| {
+            let store = StateStore::open(&s.name, &cfg.store_log_topic(s), &dir)?;
+            Ok::<_, crate::store::StoreError>(match &s.log {
+                StoreLog::Changelog => store,
+                StoreLog::Output {
+                    restore_window_ms, ..
+                } => store.logged_by_output(*restore_window_ms),
+            })
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Engine {
         cfg: cfg.clone(),
