@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measures the image and the chart's pods for BENCHMARKS.md: the image's size, and how long a
-# stream pod (the validator, as helm/corral renders it with ci/minimal-values.yaml) takes from
+# stream pod (identity, as helm/corral renders it with ci/minimal-values.yaml) takes from
 # `podman run` to ready on /readyz
 # (a stream pod is ready once its partitions are restored):
 #   (1) with no state (a new group: nothing to restore),
@@ -11,7 +11,8 @@
 #   deploy/container/bench.sh        (needs make build, the local broker; about 3 minutes)
 #
 # The changelog is filled with Kafka's ConsoleProducer (BENCH_VALUE_BYTES, default 1000, per
-# record, random so incompressible, distinct keys) into the validator's dedup changelog before (2). Topics are deleted after.
+# record, random so incompressible, distinct keys) into identity's graph changelog (its coordinator's
+# store) before (2). The validator has no changelog to fill: events.valid logs its store. Topics are deleted after.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -34,7 +35,7 @@ eval "$("$root/deploy/container/build.sh" --print-env)"
 "$root/deploy/local/kafka.sh" status >/dev/null || die "no broker on $bootstrap"
 
 cleanup() {
-  $PODMAN rm -f -t 5 "$run-validator" "$run-setup" >/dev/null 2>&1 || true
+  $PODMAN rm -f -t 5 "$run-pod" "$run-setup" >/dev/null 2>&1 || true
   "$root/deploy/local/kafka.sh" topics-cli --delete --topic "$run\\..*" >/dev/null 2>&1 || true
   rm -rf "$work/state"
 }
@@ -45,16 +46,16 @@ size="$($PODMAN image inspect --format '{{.Size}}' localhost/corral:dev)"
 
 "$helm" template corral "$chart" --namespace corral --kube-version 1.33.0 -f "$chart/ci/minimal-values.yaml" \
   --set kafka.bootstrapServers="$bootstrap" --set-string kafka.topicPrefix="$run." \
-  --set validator.applicationId="$run-validator" --set adminPort="$port" >"$work/render.yaml"
+  --set identity.applicationId="$run-identity" --set adminPort="$port" >"$work/render.yaml"
 echo '{}' >"$work/secrets.json"
 spec() { "$py" "$root/helm/tests/pod_to_podman.py" "$work/render.yaml" "$1" "$2" --secrets "$work/secrets.json" \
   --files "$work/files" --container-name "$run-$3" | "$py" -c 'import json,sys; sys.stdout.write("\0".join(json.load(sys.stdin)["argv"]) + "\0")'; }
 mapfile -d '' -t job < <(spec Job corral-setup setup)
-mapfile -d '' -t validator < <(spec StatefulSet corral-validator validator)
+mapfile -d '' -t stream_pod < <(spec StatefulSet corral-identity pod)
 $PODMAN run --rm "${job[@]}" >"$work/setup.log" 2>&1 || { cat "$work/setup.log"; die "setup job failed"; }
 
 start_to_ready() { # label [--keep-disk]: prints seconds from podman run to /readyz 200
-  local argv=("${validator[@]}") i
+  local argv=("${stream_pod[@]}") i
   if [[ "${2:-}" == --keep-disk ]]; then
     for i in "${!argv[@]}"; do
       [[ "${argv[$i]}" == /var/lib/corral/state:rw,U ]] && argv[i]="$work/state:/var/lib/corral/state:U" && argv[i - 1]=--volume
@@ -64,13 +65,13 @@ start_to_ready() { # label [--keep-disk]: prints seconds from podman run to /rea
   t0="$(date +%s.%N)"
   $PODMAN run -d "${argv[@]}" >/dev/null
   until curl -fs -o /dev/null --max-time 2 "http://127.0.0.1:$port/readyz"; do
-    [[ "$($PODMAN inspect -f '{{.State.Running}}' "$run-validator")" == true ]] || { $PODMAN logs "$run-validator" | tail; die "$1: exited"; }
+    [[ "$($PODMAN inspect -f '{{.State.Running}}' "$run-pod")" == true ]] || { $PODMAN logs "$run-pod" | tail; die "$1: exited"; }
     sleep 0.1
   done
   t1="$(date +%s.%N)"
   restored="$(curl -fs "http://127.0.0.1:$port/metrics" | awk '/^corral_state_restored_records_total/ {s += $NF} END {print s + 0}')"
-  $PODMAN stop -t 60 "$run-validator" >/dev/null
-  $PODMAN rm "$run-validator" >/dev/null
+  $PODMAN stop -t 60 "$run-pod" >/dev/null
+  $PODMAN rm "$run-pod" >/dev/null
   python3 -c "print(f'{$t1 - $t0:.2f} $restored')"
 }
 
@@ -78,7 +79,7 @@ read -r empty_s _ < <(start_to_ready empty); [[ -n "$empty_s" ]] || die "(1) fai
 log "(1) no state: ready in $empty_s s"
 
 records=$(( state_mb * 1024 * 1024 / (value_bytes + 12) ))
-changelog="$run.$run-validator.dedup-changelog"
+changelog="$run.$run-identity.graph-changelog"
 log "filling $changelog with $records records of $value_bytes bytes ($state_mb MB)"
 t0=$SECONDS
 python3 -c "

@@ -426,7 +426,9 @@ async fn ingest_request<S: Sink>(
                 counted.push((msg.message_type.as_str(), "accepted"));
                 records.push(OutRecord {
                     topic: Topic::Raw,
-                    key: Some(msg.message_id.clone().into_bytes()),
+                    // On the partition of the identity stitcher and the validator's memory of
+                    // this message (`corral_codec::routing`).
+                    key: Some(corral_codec::routing::message_key(&msg)),
                     value,
                 });
             }
@@ -683,7 +685,11 @@ mod tests {
         assert_eq!(recs.len(), 1);
         assert_eq!(recs[0].topic, Topic::Raw);
         let ev = RawEvent::decode(&recs[0].value).unwrap();
-        assert_eq!(recs[0].key.as_deref(), Some(ev.message_id.as_bytes()));
+        assert_eq!(
+            recs[0].key,
+            Some(corral_codec::routing::message_key(&ev)),
+            "keyed for the stitcher and the validator's memory"
+        );
         assert_eq!(ev.event.as_deref(), Some("E"));
         assert_eq!(ev.source_id.as_deref(), Some("demo"));
     }

@@ -114,9 +114,9 @@ fn segment_clients_deliver_every_call_exactly_once_with_fields_intact() {
         let (json, ev, rec) = &got[0];
         assert_eq!(json["type"], e["type"], "{uid}");
         assert_eq!(
-            rec.key.as_deref(),
-            Some(ev.message_id.as_bytes()),
-            "key is the messageId"
+            rec.key,
+            Some(corral_codec::routing::message_key(ev)),
+            "keyed by the routing identifier, else the messageId"
         );
         assert!(
             ids.insert(ev.message_id.clone()),

@@ -23,7 +23,7 @@ mod engine_tests;
 
 pub use engine::{evaluate, Decision, Verdict};
 pub use plan::{CompiledPlan, PlanFile};
-pub use processor::{ValidatorProcessor, DEDUP};
+pub use processor::{dedup_store, ValidatorProcessor, DEDUP};
 pub use registry::{PlanSet, PlanStore};
 
 pub use corral_ops::{now_ms, parse_since};

@@ -9,7 +9,7 @@ use corral_codec::RawEvent;
 use corral_runtime::{RuntimeArgs, Service};
 use corral_validator::metrics::Metrics;
 use corral_validator::registry::Applied;
-use corral_validator::{parse_duration_ms, PlanStore, ValidatorProcessor, DEDUP};
+use corral_validator::{dedup_store, parse_duration_ms, PlanStore, ValidatorProcessor};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -40,7 +40,7 @@ fn main() -> anyhow::Result<()> {
     let mut svc = Service::start("validator", args.common)?;
     let mut cfg = svc.config();
     cfg.input_topics = vec![svc.topics().of::<RawEvent>()];
-    cfg.stores = vec![DEDUP.into()];
+    cfg.stores = vec![dedup_store(window)];
     let runtime = svc.runtime(cfg).context("configuring the runtime")?;
     let metrics = Arc::new(Metrics::new(runtime.registry()).context("registering metrics")?);
 

@@ -7,7 +7,7 @@ use corral_codec::{
     AvroRecord, BlockedEvent, MessageType, RawEvent, SegmentMessage, ValidEvent, Violation,
     ViolationDetail,
 };
-use corral_runtime::{InputRecord, ProcessContext, ProcessError, Processor, Store};
+use corral_runtime::{InputRecord, ProcessContext, ProcessError, Processor, Store, StoreSpec};
 use serde_json::json;
 
 use crate::engine::{self, Verdict};
@@ -16,8 +16,16 @@ use crate::plan::CompiledPlan;
 use crate::registry::PlanStore;
 use crate::{dedup, now_ms};
 
-/// The de-duplication store: messageId → when it was delivered.
-pub const DEDUP: Store = Store::named("dedup");
+/// The de-duplication store: messageId → when it was delivered. Logged by `events.valid` (see
+/// [`dedup_store`]), so it has no changelog topic; named apart from the earlier changelogged
+/// `dedup` store, whose local offsets were of another topic.
+pub const DEDUP: Store = Store::named("message-ids");
+
+/// The de-duplication store's declaration: `events.valid` logs it, and a partition without
+/// local state restores only the window's records.
+pub fn dedup_store(window_ms: i64) -> StoreSpec {
+    StoreSpec::logged_by_output(DEDUP, ValidEvent::TOPIC, Some(window_ms))
+}
 
 /// Name and user of the events that forward violations (Segment's shape).
 pub const VIOLATION_EVENT: &str = "Violation Generated";
@@ -101,13 +109,15 @@ impl Processor for ValidatorProcessor {
                     message: *message,
                     protocols,
                 };
-                // Keyed by the identifier identity's stitcher looks the event up by, so it arrives
-                // on the partition holding that identifier's link (`corral_codec::routing`).
+                // Keyed by the identifier identity's stitcher looks the event up by. It goes to
+                // this task's partition, which is that key's: the collector keys events.raw the
+                // same way (`corral_codec::routing`). The record also carries the messageId's
+                // store entry: events.valid is the de-duplication store's log, so remembering a
+                // message costs no record of its own. Only delivered messages are remembered: a
+                // blocked one can be replayed once the plan is fixed.
                 let routing = corral_codec::routing::routing_key(&out.message);
-                ctx.emit_record(routing.as_deref().unwrap_or(key), &out)?;
-                // Only delivered messages are remembered: a blocked one can be replayed once the
-                // plan is fixed.
-                ctx.put(DEDUP, dkey, dedup::encode(now));
+                let routing = routing.unwrap_or_else(|| key.to_vec());
+                ctx.emit_logging(routing, &out, DEDUP, (dkey, dedup::encode(now)))?;
             }
             Verdict::Blocked { reason } => {
                 let out = BlockedEvent {
@@ -133,7 +143,7 @@ impl Processor for ValidatorProcessor {
             ctx.emit_record(key, &record)?;
             if let Some(source) = &forward_to {
                 let ev = violation_event(&record, source, i, now);
-                ctx.emit_record(ev.message_id.as_bytes(), &ev)?;
+                ctx.emit_record(corral_codec::routing::message_key(&ev), &ev)?;
             }
         }
         Ok(())

@@ -77,6 +77,11 @@ impl Setup {
     }
 
     fn spawn(&self) -> Service {
+        self.spawn_in("state")
+    }
+
+    /// A validator whose local state lives in `dir` below the test's folder.
+    fn spawn_in(&self, dir: &str) -> Service {
         let args: Vec<String> = [
             "--bootstrap",
             &bootstrap(),
@@ -97,7 +102,7 @@ impl Setup {
             "--definitions-topic",
             &self.definitions,
             "--state-dir",
-            &self.state.path().join("state").display().to_string(),
+            &self.state.path().join(dir).display().to_string(),
             "--session-timeout-ms",
             "6000",
             "--commit-interval-ms",
@@ -113,7 +118,7 @@ impl Setup {
         produce(
             &self.raw,
             msgs.iter()
-                .map(|m| (m.message_id.clone().into_bytes(), m.encode().unwrap())),
+                .map(|m| (corral_codec::routing::message_key(m), m.encode().unwrap())),
         );
     }
 
@@ -242,6 +247,16 @@ fn mixed_stream_gives_exact_outputs_and_duplicates_stay_dropped_across_sigkill()
     let svc = s.spawn();
     s.await_count(&s.valid, 26);
     assert_eq!(svc.terminate().code(), Some(0));
+    // A validator without local state (a pod rescheduled without its volume) rebuilds its memory
+    // of messageIds from events.valid, which logs it: duplicates are still dropped.
+    let mut again: Vec<_> = (0..10)
+        .map(|i| valid_feature(&format!("v-{i:02}")))
+        .collect();
+    again.push(valid_feature("n-2"));
+    s.send(&again);
+    let svc = s.spawn_in("fresh-state");
+    s.await_count(&s.valid, 27);
+    assert_eq!(svc.terminate().code(), Some(0));
 
     let valid = s.read(&s.valid);
     let blocked = s.read(&s.blocked);
@@ -250,7 +265,7 @@ fn mixed_stream_gives_exact_outputs_and_duplicates_stay_dropped_across_sigkill()
 
     let mut want_valid: Vec<String> = (0..20).map(|i| format!("v-{i:02}")).collect();
     want_valid.extend((0..5).map(|i| format!("e-{i}")));
-    want_valid.push("n-1".into());
+    want_valid.extend(["n-1".into(), "n-2".into()]);
     want_valid.sort();
     assert_eq!(
         valid_ids(&valid),
@@ -264,10 +279,10 @@ fn mixed_stream_gives_exact_outputs_and_duplicates_stay_dropped_across_sigkill()
     assert_eq!(blocked_ids(&blocked), want_blocked);
     assert_eq!(violations.len(), 20, "one record per violation");
     assert_eq!(dlq.len(), 2);
-    // Nothing lost: every input is accounted for (20 duplicates were dropped).
+    // Nothing lost: every input is accounted for (30 duplicates were dropped).
     assert_eq!(
-        valid.len() + blocked.len() + dlq.len() + 20,
-        input.len() + 2 + more.len()
+        valid.len() + blocked.len() + dlq.len() + 30,
+        input.len() + 2 + more.len() + again.len()
     );
 
     for r in &valid {
@@ -276,6 +291,10 @@ fn mixed_stream_gives_exact_outputs_and_duplicates_stay_dropped_across_sigkill()
         let routing = corral_codec::routing::routing_key(&e.message);
         assert!(routing.is_some(), "every test message has an identifier");
         assert_eq!(r.key, routing);
+        // On the partition the collector's key gives events.raw: the stitcher's and the
+        // de-duplication store's.
+        let raw_key = corral_codec::routing::message_key(&e.message);
+        assert_eq!(r.partition, corral_codec::history::partition(&raw_key, 3));
         assert_eq!(e.protocols.tracking_plan_id.as_deref(), Some("engagement"));
         assert_eq!(e.protocols.tracking_plan_version, Some(1));
         if e.message.message_id.starts_with("e-") {

@@ -1,9 +1,12 @@
 //! Keys that place a message with the identity stitcher of one of its identifiers.
 //!
-//! The validator keys `events.valid` by [`routing_key`], and identity's coordinator keys the links
-//! it writes to `identity.events-by-id` by [`identifier_key`] of each identifier. Both topics
-//! have the same partition count and the same (murmur2) partitioner, so an event lands on the
-//! stitcher partition that holds its identifier's link, without a re-keying hop. The choice needs
+//! The collector keys `events.raw` by [`message_key`] (the routing key, else the messageId), the
+//! validator writes each valid event to the same partition number of `events.valid`, and
+//! identity's coordinator keys the links it writes to `identity.events-by-id` by
+//! [`identifier_key`] of each identifier. The three topics have the same partition count and the
+//! same (murmur2) partitioner, so an event lands on the stitcher partition that holds its
+//! identifier's link, without a re-keying hop, and a client's retry of a message lands on the
+//! validator partition that remembers its messageId. The choice needs
 //! no identity settings: `userId`, else `anonymousId` (Segment requires one of the two). A
 //! producer that keys `events.valid` differently costs speed, never correctness: the stitcher
 //! then finds no link and sends the event to the coordinator.
@@ -69,6 +72,12 @@ pub fn routing_key(msg: &SegmentMessage) -> Option<Vec<u8>> {
     routing_identifier(msg).map(|(t, v)| identifier_key(&msg.space_id, t, &v))
 }
 
+/// The key of a message on `events.raw`: its routing key, else its messageId (a message without
+/// identifiers still spreads over the partitions).
+pub fn message_key(msg: &SegmentMessage) -> Vec<u8> {
+    routing_key(msg).unwrap_or_else(|| msg.message_id.as_bytes().to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +87,11 @@ mod tests {
     fn user_id_first_then_anonymous_id() {
         let mut m = SegmentMessage::new("s", MessageType::Track, "m1");
         assert_eq!(routing_key(&m), None);
+        assert_eq!(
+            message_key(&m),
+            b"m1".to_vec(),
+            "no identifier: the messageId"
+        );
         m.anonymous_id = Some("a1".into());
         assert_eq!(
             routing_key(&m),
@@ -87,6 +101,7 @@ mod tests {
         assert_eq!(routing_identifier(&m), Some(("user_id", "42".to_string())));
         m.user_id = Some("u1".into());
         assert_eq!(routing_key(&m), Some(identifier_key("s", "user_id", "u1")));
+        assert_eq!(message_key(&m), identifier_key("s", "user_id", "u1"));
         assert_ne!(
             identifier_key("s", "a", "bc"),
             identifier_key("s", "ab", "c")

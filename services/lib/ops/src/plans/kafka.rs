@@ -127,7 +127,12 @@ pub fn replay_blocked(
                 return Ok(None);
             }
             let value = b.message.encode()?;
-            Ok(Some((b.message.message_id.into_bytes(), value)))
+            // Keyed as the collector keys it, so it reaches the validator partition that
+            // remembers its messageId.
+            Ok(Some((
+                corral_codec::routing::message_key(&b.message),
+                value,
+            )))
         },
     )
 }
