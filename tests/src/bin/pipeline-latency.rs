@@ -121,6 +121,9 @@ fn main() {
     let args = Args::parse();
     let receiver = Receiver::start_on(args.webhook_port);
     let stop = Arc::new(AtomicBool::new(false));
+    // Its own flag: the reader must outlive the background load, or the last probes' records
+    // (those still in flight when sending stops) are never read.
+    let reader_stop = Arc::new(AtomicBool::new(false));
 
     // Committed `entered` records of the audience, by trigger messageId, from the end of the topic.
     let entered: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -149,7 +152,8 @@ fn main() {
         consumer.poll(Duration::from_millis(50));
     }
     let reader = {
-        let (entered, stop, audience) = (entered.clone(), stop.clone(), args.audience.clone());
+        let (entered, stop, audience) =
+            (entered.clone(), reader_stop.clone(), args.audience.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) else {
@@ -273,7 +277,7 @@ fn main() {
         }
         at
     };
-    let reader_stop = stop.clone();
+
     loop {
         let hooks = webhook_at(&receiver.requests());
         let members = entered.lock().unwrap().len();
