@@ -50,11 +50,13 @@ const DELIVERY_CHECK: Duration = Duration::from_micros(200);
 /// Records, per changelog partition, the offset after the last delivered changelog record.
 pub(crate) struct DeliveryTracker {
     changelog_topics: HashSet<String>,
-    next_offsets: Mutex<HashMap<(String, i32), i64>>,
+    /// Topic → partition → next offset. By topic first, so a delivery finds its entry without
+    /// allocating (an output topic that logs a store reports every record).
+    next_offsets: Mutex<HashMap<String, HashMap<i32, i64>>>,
 }
 
 impl DeliveryTracker {
-    fn take(&self) -> HashMap<(String, i32), i64> {
+    fn take(&self) -> HashMap<String, HashMap<i32, i64>> {
         self.next_offsets
             .lock()
             .map(|mut m| std::mem::take(&mut *m))
@@ -72,10 +74,13 @@ impl ProducerContext for DeliveryTracker {
             Ok(msg) => {
                 if self.changelog_topics.contains(msg.topic()) {
                     if let Ok(mut m) = self.next_offsets.lock() {
-                        let next = m
-                            .entry((msg.topic().to_string(), msg.partition()))
-                            .or_insert(0);
-                        *next = (*next).max(msg.offset() + 1);
+                        if !m.contains_key(msg.topic()) {
+                            m.insert(msg.topic().to_string(), HashMap::new());
+                        }
+                        if let Some(partitions) = m.get_mut(msg.topic()) {
+                            let next = partitions.entry(msg.partition()).or_insert(0);
+                            *next = (*next).max(msg.offset() + 1);
+                        }
                     }
                 }
             }
@@ -601,14 +606,11 @@ impl Engine {
         // Serve any delivery reports still queued, then move the overlays into RocksDB.
         self.producer.poll(Duration::ZERO);
         let delivered = self.producer.context().take();
+        let none = HashMap::new();
         for store in &mut self.stores {
-            let offsets: HashMap<i32, i64> = delivered
-                .iter()
-                .filter(|((t, _), _)| t == store.changelog_topic())
-                .map(|((_, p), o)| (*p, *o))
-                .collect();
+            let offsets = delivered.get(store.changelog_topic()).unwrap_or(&none);
             store
-                .apply_committed(&offsets)
+                .apply_committed(offsets)
                 .map_err(|e| (TxnAction::Fatal, e.into()))?;
         }
         self.pending_offsets.clear();
