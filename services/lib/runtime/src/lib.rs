@@ -47,6 +47,13 @@ pub mod topics;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+/// Every binary that links the runtime (the services, corralctl, the tests' tools) allocates
+/// with mimalloc: decoding, validating and encoding a record allocate dozens of small blocks,
+/// and glibc's malloc and free were a quarter of the validator's CPU in a profile under load
+/// (BENCHMARKS.md). RocksDB and librdkafka keep the C allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use corral_telemetry::Health;
 use prometheus::Registry;
 use tracing::{error, info};
