@@ -935,24 +935,18 @@ fn first_offset_since(
     partition: i32,
     since_ms: i64,
 ) -> Result<Option<i64>, RuntimeError> {
+    let kafka = |during: &'static str| move |source| RuntimeError::Kafka { during, source };
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(since_ms))
-        .map_err(|source| RuntimeError::Kafka {
-            during: "build offsets-for-times request",
-            source,
-        })?;
+        .map_err(kafka("build offsets-for-times request"))?;
     let found = consumer
         .offsets_for_times(tpl, TXN_CALL_TIMEOUT)
-        .map_err(|source| RuntimeError::Kafka {
-            during: "look up the restore start by time",
-            source,
-        })?;
-    Ok(
-        match found.find_partition(topic, partition).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => Some(o),
-            _ => None,
-        },
-    )
+        .map_err(kafka("look up the restore start by time"))?;
+    let offset = found.find_partition(topic, partition).map(|e| e.offset());
+    Ok(match offset {
+        Some(Offset::Offset(o)) => Some(o),
+        _ => None,
+    })
 }
 
 fn now_ms() -> i64 {
